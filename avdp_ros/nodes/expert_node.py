@@ -1,0 +1,95 @@
+"""Scripted expert as a teleoperator: it sees what a person at the robot would (end-effector
+pose, gripper state, object poses from the sim's privileged topic standing in for the person's
+eyes) and acts only by publishing target poses and gripper commands on the robot's topics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from geometry_msgs.msg import PoseArray, PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64, String
+
+from avdp_ros.nodes import topics
+from avdp_ros.nodes.msgs import pose_from_msg, pose_to_msg, stamp_to_sec
+from avdp_ros.nodes.spin import run_node
+from avdp_ros.sim.expert import make_expert
+
+
+class ExpertNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("avdp_expert", **kwargs)
+        self.rate_hz = float(self.declare_parameter("rate_hz", 50.0).value)
+        self.base_frame = self.declare_parameter("base_frame", topics.BASE_FRAME).value
+        self.input_timeout = float(self.declare_parameter("input_timeout", 0.5).value)
+        if not 1.0 <= self.rate_hz <= 1000.0:
+            raise ValueError(f"rate_hz {self.rate_hz}: expected 1..1000 Hz")
+
+        self.expert = None
+        self.episode = None
+        self.object_names: list[str] = []
+        self._pose = self._gripper = self._objects = None
+        self._seen: dict[str, float] = {}  # input -> monotonic arrival time, for staleness
+        self.commands = 0
+
+        self.pub_target = self.create_publisher(PoseStamped, topics.TARGET_FRAME, topics.COMMAND_QOS)
+        self.pub_gripper = self.create_publisher(Float64, topics.GRIPPER_COMMAND, topics.COMMAND_QOS)
+        self.create_subscription(PoseStamped, topics.CURRENT_POSE, self._on_pose, topics.STATE_QOS)
+        self.create_subscription(JointState, topics.GRIPPER_STATE, self._on_gripper, topics.STATE_QOS)
+        self.create_subscription(PoseArray, topics.OBJECT_POSES, self._on_objects, topics.STATE_QOS)
+        self.create_subscription(String, topics.EPISODE_INFO, self._on_info, topics.LATCHED_QOS)
+        self.create_timer(1.0 / self.rate_hz, self._tick)
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        self._pose = (stamp_to_sec(msg.header.stamp), pose_from_msg(msg.pose))
+        self._seen["pose"] = time.monotonic()
+
+    def _on_gripper(self, msg: JointState) -> None:
+        self._gripper = float(sum(msg.position))
+        self._seen["gripper"] = time.monotonic()
+
+    def _on_objects(self, msg: PoseArray) -> None:
+        self._objects = [pose_from_msg(p) for p in msg.poses]
+        self._seen["objects"] = time.monotonic()
+
+    def _on_info(self, msg: String) -> None:
+        info = json.loads(msg.data)
+        if info.get("episode") != self.episode:
+            self.episode = info.get("episode")
+            self.object_names = list(info["object_names"])
+            self.expert = make_expert(info["task"])
+            self.expert.reset()
+            self._objects = None  # poses of the previous episode's objects are meaningless now
+            self.get_logger().info(f"episode {self.episode}: expert for task '{info['task']}'")
+
+    def _tick(self) -> None:
+        if self.expert is None or self._pose is None or self._gripper is None or self._objects is None:
+            return
+        now = time.monotonic()
+        stale = [k for k in ("pose", "gripper", "objects") if now - self._seen[k] > self.input_timeout]
+        if stale:
+            # A teleoperator who cannot see lets go of the stick: publish nothing, the
+            # controller keeps tracking the last target.
+            self.get_logger().warn(f"inputs stale for > {self.input_timeout} s: {stale}; not commanding",
+                                   throttle_duration_sec=2.0)
+            return
+        if len(self._objects) != len(self.object_names):
+            return  # object list of a different episode; the next message will match
+        t, pose = self._pose
+        objects = dict(zip(self.object_names, self._objects))
+        target, width = self.expert.act(t, pose, self._gripper, objects)
+        stamp = self.get_clock().now().nanoseconds * 1e-9
+        self.pub_target.publish(pose_to_msg(target, self.base_frame, stamp))
+        self.pub_gripper.publish(Float64(data=float(width)))
+        self.commands += 1
+
+
+def main(args=None):
+    run_node(ExpertNode, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command 2 (and what CI runs): set-up with the test tools, then the whole test suite.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export AVDP_DEV=1
+source "$ROOT/scripts/bootstrap.sh"
+cd "$ROOT"
+exec "$VENV/bin/python" -m pytest -q "$@"

@@ -1,0 +1,43 @@
+"""ament_python package: builds with `colcon build` in a ROS 2 workspace and with `pip install -e .`."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "avdp_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/models", glob("models/*")),
+    ],
+    # ROS packages (rclpy, *_msgs) come from the ROS install or the PyPI wheels in
+    # requirements.txt; listing them here would break colcon builds against a system ROS.
+    install_requires=["setuptools", "numpy", "pyyaml"],
+    zip_safe=True,
+    maintainer="avdp_ros maintainers",
+    maintainer_email="avdp@example.com",
+    description="Autoregressive video diffusion policies for robot arms on ROS 2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    entry_points={
+        "console_scripts": [
+            # nodes (ROS executables: `ros2 run avdp_ros <name>`)
+            "sim_bridge = avdp_ros.nodes.sim_bridge_node:main",
+            "expert = avdp_ros.nodes.expert_node:main",
+            "teleop = avdp_ros.nodes.teleop_node:main",
+            "recorder = avdp_ros.nodes.recorder_node:main",
+            # tools
+            "avdp-run = avdp_ros.runner:main",
+            "avdp-collect = avdp_ros.tools.collect:main",
+            "avdp-convert = avdp_ros.tools.convert:main",
+            "avdp-sim-bench = avdp_ros.tools.sim_bench:main",
+        ],
+    },
+)

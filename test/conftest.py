@@ -1,0 +1,48 @@
+"""Shared test set-up.
+
+rclpy graph tests get an isolated DDS domain: discovery limited to localhost and a domain id
+derived from the process id, so two test runs on one host never hear each other. This must
+happen before rclpy is imported anywhere, hence at conftest import time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest  # noqa: E402
+
+
+def wait_until(predicate, timeout: float, step=None, what: str = "condition"):
+    """Poll `predicate` until it is truthy or `timeout` seconds pass; fail the test on timeout.
+
+    `step` (optional) is called on every iteration, e.g. to spin an executor once; it is what
+    makes progress, so there is no sleep as synchronisation.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if step is not None:
+            step()
+        value = predicate()
+        if value:
+            return value
+        if step is None:
+            time.sleep(0.005)  # polling interval only; the condition decides when we go on
+    pytest.fail(f"timed out after {timeout:.1f} s waiting for {what}")
+
+
+@pytest.fixture
+def rclpy_context():
+    """A fresh rclpy context per test, shut down afterwards even when the test fails."""
+    rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (ROS 2 graph tests need it)")
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        yield ctx
+    finally:
+        if ctx.ok():
+            rclpy.shutdown(context=ctx)

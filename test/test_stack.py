@@ -1,0 +1,81 @@
+"""Package structure: node sets, runner argument handling, launch files, and the rule that
+rclpy stays in the node shells."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from avdp_ros.runner import parse_sets, ros_args
+from avdp_ros.stack import NODES, record_roles
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_record_roles():
+    assert record_roles("sim", "expert") == ["sim_bridge", "expert", "recorder"]
+    assert record_roles("real", "teleop") == ["teleop", "recorder"]
+    assert record_roles("sim", "none") == ["sim_bridge", "recorder"]
+    with pytest.raises(ValueError, match="needs robot 'sim'"):
+        record_roles("real", "expert")
+    with pytest.raises(ValueError, match="expected one of"):
+        record_roles("gazebo", "teleop")
+
+
+def test_parse_sets_and_ros_args():
+    sets = parse_sets(["avdp_sim_bridge.task=pick_place", "avdp_sim_bridge.seed=3",
+                       "avdp_recorder.topics=[/a, /b]"])
+    assert sets == {"avdp_sim_bridge": {"task": "pick_place", "seed": 3}, "avdp_recorder": {"topics": ["/a", "/b"]}}
+    args = ros_args(Path("c.yaml"), sets["avdp_sim_bridge"], use_sim_time=True)
+    assert args == ["--ros-args", "--params-file", "c.yaml", "-p", "task:=pick_place", "-p", "seed:=3",
+                    "-p", "use_sim_time:=true"]
+    with pytest.raises(ValueError, match="NODE.PARAM=VALUE"):
+        parse_sets(["task=push"])
+
+
+def test_config_files_name_only_known_nodes():
+    known = {spec.name for spec in NODES.values()}
+    for path in (ROOT / "config").glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        for node, body in data.items():
+            assert node in known or node == "/**", f"{path.name}: unknown node '{node}'"
+            assert "ros__parameters" in body, f"{path.name}: '{node}' lacks ros__parameters"
+
+
+def test_launch_files_are_valid_python_with_generate_launch_description():
+    files = list((ROOT / "launch").glob("*.launch.py"))
+    assert files
+    for f in files:
+        tree = ast.parse(f.read_text())
+        names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert "generate_launch_description" in names, f.name
+
+
+def test_console_scripts_point_at_existing_mains():
+    import importlib
+    import re
+
+    text = (ROOT / "setup.py").read_text()
+    for module, func in re.findall(r"= (avdp_ros[\w.]*):(\w+)", text):
+        assert callable(getattr(importlib.import_module(module), func)), f"{module}:{func}"
+
+
+def test_rclpy_only_in_node_shells():
+    """STYLE.md boundary 1: model, data, sim, runtime code never imports rclpy."""
+    allowed = {"nodes", "runner.py", "collect.py"}  # runner/collect import it lazily, inside functions
+    offenders = []
+    for f in (ROOT / "avdp_ros").rglob("*.py"):
+        rel = f.relative_to(ROOT / "avdp_ros")
+        if rel.parts[0] in allowed or rel.name in allowed:
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module]
+            mods = [m for m in mods if m.split(".")[0] in ("rclpy", "launch", "launch_ros") or m.endswith("_msgs.msg")]
+            if mods:
+                offenders.append(f"{rel}: {mods}")
+    assert not offenders, offenders

@@ -76,9 +76,9 @@ class Stack:
     """
 
     def __init__(self, roles: list[str], config: Path, overrides: dict | None = None,
-                 use_sim_time: bool = False, context=None, threads: int = 4):
+                 use_sim_time: bool = False, context=None, threads: int = 1):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 
         self._rclpy = rclpy
         self._own_context = context is None
@@ -91,7 +91,10 @@ class Stack:
             raise ValueError(f"--set for node(s) {sorted(unknown)} not in this job: "
                              f"expected one of {[NODES[r].name for r in roles]}")
         self.nodes = {}
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=context)
+        # Single-threaded by default: every callback is short, and rclpy's multi-threaded
+        # executor burns CPU and GIL time that the sim loop needs on small machines.
+        self.executor = (SingleThreadedExecutor(context=context) if threads == 1
+                         else MultiThreadedExecutor(num_threads=threads, context=context))
         try:
             for role in roles:
                 spec = NODES[role]
@@ -129,34 +132,46 @@ class Stack:
             self._rclpy.try_shutdown()
 
 
+class ProcessStack:
+    """The same nodes, one process each, like `ros2 launch` (no shared GIL between nodes)."""
+
+    def __init__(self, roles: list[str], config: Path, overrides: dict | None = None,
+                 use_sim_time: bool = False):
+        overrides = overrides or {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        for role in roles:
+            spec = NODES[role]
+            module = spec.cls.split(":")[0]
+            cmd = [sys.executable, "-m", module, *ros_args(config, overrides.get(spec.name), use_sim_time)]
+            self.procs[role] = subprocess.Popen(cmd)
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs.values())
+
+    def shutdown(self, timeout: float = 10.0) -> int:
+        """SIGINT to every node (clean shutdown, bags closed), SIGKILL after `timeout`."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        codes = []
+        for p in self.procs.values():
+            try:
+                codes.append(p.wait(timeout=timeout))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait())
+        return max((abs(c) for c in codes), default=0)
+
+
 def run_processes(roles: list[str], config: Path, overrides: dict, use_sim_time: bool) -> int:
-    """One process per node, like `ros2 launch`; forwards Ctrl-C/SIGTERM to all as SIGINT."""
-    procs = []
-    for role in roles:
-        spec = NODES[role]
-        module = spec.cls.split(":")[0]
-        cmd = [sys.executable, "-m", module, *ros_args(config, overrides.get(spec.name), use_sim_time)]
-        procs.append(subprocess.Popen(cmd))
+    """Run a ProcessStack until Ctrl-C/SIGTERM (or a node dies); forward both as SIGINT."""
     stop = threading.Event()
-
-    def forward(*_):
-        stop.set()
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    while not stop.is_set() and all(p.poll() is None for p in procs):
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stack = ProcessStack(roles, config, overrides, use_sim_time)
+    while not stop.is_set() and stack.alive():
         stop.wait(0.2)
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    codes = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout=10))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            codes.append(p.wait())
-    return max((abs(c) for c in codes), default=0)
+    return stack.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

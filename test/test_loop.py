@@ -107,3 +107,27 @@ def test_invalid_rates_are_rejected():
         SimLoop(FakeSim(), real_time_factor=-1)
     with pytest.raises(ValueError, match="stream 'x'"):
         SimLoop(FakeSim()).add_stream("x", 0.0, print)
+
+
+def test_wall_locked_stamps_follow_the_wall_clock_when_the_sim_is_slow():
+    wall = [0.0]
+    sim = FakeSim(0.002)
+    real_step = sim.step
+
+    def slow_step(n=1):  # each physics step costs 4 ms of wall time: the sim runs at half speed
+        real_step(n)
+        wall[0] += 0.004
+
+    sim.step = slow_step
+    loop = SimLoop(sim, real_time_factor=1.0, clock_start=1000.0, wall_locked=True,
+                   wall=lambda: wall[0], sleep=lambda dt: wall.__setitem__(0, wall[0] + dt))
+    stamps = []
+    loop.add_stream("pose", 100.0, stamps.append)
+    loop.run(threading.Event(), max_sim_seconds=1.0)
+    assert loop.overruns > 0
+    # stamps stay within the 50 ms re-anchoring bound (+ one 10 ms stream period + one step)
+    # of the wall clock, and never go backwards; unlocked they would lag by ~1 s here
+    assert abs(stamps[-1] - (1000.0 + wall[0])) < 0.05 + 0.01 + 0.004 + 1e-9
+    assert np.all(np.diff(stamps) > 0)
+    free = SimLoop(FakeSim(0.002), real_time_factor=1.0, clock_start=1000.0, wall_locked=False)
+    assert not free.wall_locked

@@ -73,7 +73,7 @@ class ExpertNode(Node):
         if stale:
             # A teleoperator who cannot see lets go of the stick: publish nothing, the
             # controller keeps tracking the last target.
-            self.get_logger().warn(f"inputs stale for > {self.input_timeout} s: {stale}; not commanding",
+            self.get_logger().warning(f"inputs stale for > {self.input_timeout} s: {stale}; not commanding",
                                    throttle_duration_sec=2.0)
             return
         if len(self._objects) != len(self.object_names):

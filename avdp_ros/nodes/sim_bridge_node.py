@@ -5,13 +5,15 @@ Subscribes: target_frame (PoseStamped, tracked by the in-sim Cartesian impedance
 current_pose, /gripper/joint_states, /avdp/sim/object_poses (privileged state for the scripted
 expert), /avdp/episode_info (latched JSON), /clock when use_sim_time is set.
 Service: /avdp/sim/reset (Trigger) starts a new episode with the `seed` parameter, then
-increments it, so consecutive resets give seed, seed+1, ...
+increments it, so consecutive resets give seed, seed+1, ... (The episode shown at start-up uses
+`seed` too, without incrementing it: the first reset gives a fresh episode with the same seed.)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 
@@ -59,7 +61,7 @@ class SimBridgeNode(Node):
         gripper_hz = float(p("gripper_rate_hz", 100.0).value)
         objects_hz = float(p("object_rate_hz", 50.0).value)
         rtf = float(p("real_time_factor", 1.0).value)
-        physics_dt = float(p("physics_dt", 0.002).value)
+        physics_dt = float(p("physics_dt", 0.001).value)
         self.base_frame = p("base_frame", topics.BASE_FRAME).value
         self.sim_time = bool(self.get_parameter("use_sim_time").value)
 
@@ -72,7 +74,10 @@ class SimBridgeNode(Node):
         self.sim = PandaSim(SimConfig(task=self.task, image_width=width, image_height=height,
                                       physics_dt=physics_dt))
         clock_start = 0.0 if self.sim_time else time.time()
-        self.loop = SimLoop(self.sim, real_time_factor=rtf, clock_start=clock_start)
+        self.loop = SimLoop(self.sim, real_time_factor=rtf, clock_start=clock_start, wall_locked=not self.sim_time)
+        # The pacing thread sleeps a few ms at a time; with Python's default 5 ms GIL switch
+        # interval it can wake up late behind busy executor threads in the same process.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.episode = 0
         self.info: dict = {}
         self.rejected = 0
@@ -121,6 +126,9 @@ class SimBridgeNode(Node):
         except Exception as exc:  # noqa: BLE001 - a dead sim must be loud, not silent
             self.get_logger().fatal(f"sim loop crashed: {exc!r}")
             raise
+        finally:
+            # GL contexts belong to the thread that made them: release them here, not in close().
+            self.sim.close()
 
     def _publish_pose(self, t: float) -> None:
         self.pub_pose.publish(pose_to_msg(self.sim.ee_pose(), self.base_frame, t))
@@ -168,7 +176,7 @@ class SimBridgeNode(Node):
         err = check_pose(pose, msg.header.frame_id, self.base_frame, topics.TARGET_FRAME)
         if err is not None:
             self.rejected += 1
-            self.get_logger().warn(f"rejected target ({self.rejected} so far): {err}; holding the last target",
+            self.get_logger().warning(f"rejected target ({self.rejected} so far): {err}; holding the last target",
                                    throttle_duration_sec=1.0)
             return
         self.loop.set_target(pose)  # the in-sim controller clamps it to its workspace
@@ -177,7 +185,7 @@ class SimBridgeNode(Node):
         err = check_width(msg.data, 0.0, 0.08, topics.GRIPPER_COMMAND)
         if err is not None:
             self.rejected += 1
-            self.get_logger().warn(f"rejected gripper command: {err}", throttle_duration_sec=1.0)
+            self.get_logger().warning(f"rejected gripper command: {err}", throttle_duration_sec=1.0)
             return
         self.loop.set_gripper(msg.data)
 
@@ -193,8 +201,9 @@ class SimBridgeNode(Node):
         seed = self.seed
         info = (reset or self.loop.request_reset)(seed)
         self.episode += 1
-        self.seed = seed + 1
-        self.set_parameters([Parameter("seed", value=self.seed)])
+        if reset is None:  # the start-up episode is a preview: the first /avdp/sim/reset reuses its seed
+            self.seed = seed + 1
+            self.set_parameters([Parameter("seed", value=self.seed)])
         self._last_success = None
         self.info = {**info, "episode": self.episode, "success": False, "stamp": self.loop.clock}
         self.pub_info.publish(String(data=json.dumps(self.info)))
@@ -204,7 +213,9 @@ class SimBridgeNode(Node):
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5.0)
-        self.sim.close()
+        if self.loop.overruns:
+            self.get_logger().warning(f"the sim fell > 50 ms behind real time {self.loop.overruns} times "
+                                   "(CPU too slow for this camera size/rate?)")
 
 
 def main(args=None):

@@ -93,7 +93,7 @@ class TeleopNode(Node):
         if "toggle_record" in events:
             client = self.cli_stop if self.recording else self.cli_start
             if not client.service_is_ready():
-                self.get_logger().warn(f"recorder service {client.srv_name} not available; is the recorder running?")
+                self.get_logger().warning(f"recorder service {client.srv_name} not available; is the recorder running?")
                 return
             client.call_async(Trigger.Request()).add_done_callback(self._on_record_reply)
             self.recording = not self.recording

@@ -41,16 +41,19 @@ class SimLoop:
             0 runs as fast as the CPU allows.
         clock_start: stamp time (seconds) of sim time 0 of the first episode. Stamps are
             `clock_start + total sim time` and never go backwards across resets.
+        wall_locked: stamps are wall-clock times (clock_start = time.time() at start): when the
+            sim falls behind, the stamp clock skips forward instead of drifting from the wall.
         wall: monotonic wall clock (injectable for tests); sleep: its sleep.
     """
 
-    def __init__(self, sim, real_time_factor: float = 1.0, clock_start: float = 0.0,
+    def __init__(self, sim, real_time_factor: float = 1.0, clock_start: float = 0.0, wall_locked: bool = False,
                  wall: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         if real_time_factor < 0 or not np.isfinite(real_time_factor):
             raise ValueError(f"real_time_factor {real_time_factor}: expected >= 0 (0 = as fast as possible)")
         self.sim = sim
         self.rtf = float(real_time_factor)
         self.clock_start = float(clock_start)
+        self.wall_locked = bool(wall_locked) and self.rtf > 0
         self._wall = wall
         self._sleep = sleep
         self._streams: list[_Stream] = []
@@ -161,5 +164,11 @@ class SimLoop:
         if ahead > 0.002:  # sleep in >= 2 ms slices: finer sleeps cost more than they gain
             self._sleep(ahead)
         elif ahead < -0.05:
+            # Can't keep up (CPU busy). Don't burst to catch up; in wall-clock mode move the stamp
+            # clock forward by the lag, so stamps keep matching the wall time that other nodes
+            # (a teleop, the policy) stamp their messages with. The sim itself just lost time,
+            # like a camera dropping frames.
             self.overruns += 1
-            self._pace_origin = (wall, sim_clock)  # can't keep up: don't try to burst-catch-up
+            if self.wall_locked:
+                self.clock_start += (wall - w0) * self.rtf - (sim_clock - s0)
+            self._pace_origin = (wall, self.clock)

@@ -32,7 +32,8 @@ class EpisodeDriver:
     """Runs episodes through the graph's services and topics only (reset, record start/stop,
     /avdp/episode_info), exactly as a user's script would."""
 
-    def __init__(self, stack, context=None):
+    def __init__(self, context=None):
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
@@ -47,7 +48,11 @@ class EpisodeDriver:
         self.reset = self.node.create_client(Trigger, topics.SIM_RESET)
         self.start = self.node.create_client(Trigger, topics.RECORD_START)
         self.stop = self.node.create_client(Trigger, topics.RECORD_STOP)
-        stack.executor.add_node(self.node)
+        # Own executor thread: works the same whether the stack runs in this process or not.
+        self._executor = SingleThreadedExecutor(context=context)
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._executor.spin, name="collect", daemon=True)
+        self._thread.start()
 
     def _on_info(self, msg) -> None:
         with self._info_cv:
@@ -90,6 +95,7 @@ class EpisodeDriver:
                 "start": started, "stop": stopped}
 
     def close(self) -> None:
+        self._executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
 
 
@@ -119,7 +125,9 @@ def bag_video(bag: Path, out: Path, fps: float = 30.0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from avdp_ros.runner import Stack, default_config, parse_sets
+    import rclpy
+
+    from avdp_ros.runner import ProcessStack, Stack, default_config, parse_sets
 
     ap = argparse.ArgumentParser(prog="avdp-collect", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=0.5, help="seconds success must hold before stopping")
     ap.add_argument("--config", type=Path, default=None, help="parameter YAML (default config/record.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE")
+    ap.add_argument("--in-process", action="store_true",
+                    help="all nodes in this process (default: one process per node, like ros2 launch)")
     ap.add_argument("--no-video", action="store_true")
     ap.add_argument("--no-convert", action="store_true")
     a = ap.parse_args(argv)
@@ -141,8 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_sets(a.set)
     overrides.setdefault("avdp_sim_bridge", {}).update(task=a.task, seed=a.seed)
     overrides.setdefault("avdp_recorder", {}).update(output_dir=str(out / "bags"))
-    stack = Stack(["sim_bridge", "expert", "recorder"], a.config or default_config("record"), overrides)
-    driver = EpisodeDriver(stack)
+    roles, config = ["sim_bridge", "expert", "recorder"], a.config or default_config("record")
+    if a.in_process:
+        stack = Stack(roles, config, overrides)
+    else:  # one process per node, like ros2 launch: the sim's pacing never waits on another node's GIL
+        stack = ProcessStack(roles, config, overrides)
+        rclpy.init()
+    driver = EpisodeDriver()
     results = []
     try:
         for k in range(a.episodes):
@@ -153,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         driver.close()
         stack.shutdown()
+        rclpy.try_shutdown()
 
     from avdp_ros.data.bag_io import bag_info
     from avdp_ros.data.convert import ConvertConfig, convert_directory, find_bags

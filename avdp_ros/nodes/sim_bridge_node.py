@@ -124,6 +124,8 @@ class SimBridgeNode(Node):
         try:
             self.loop.run(self._stop)
         except Exception as exc:  # noqa: BLE001 - a dead sim must be loud, not silent
+            if not self.context.ok():
+                return  # Ctrl-C shut the context down under a publish: a normal exit
             self.get_logger().fatal(f"sim loop crashed: {exc!r}")
             raise
         finally:

@@ -173,24 +173,25 @@ def main(argv: list[str] | None = None) -> int:
     from avdp_ros.data.bag_io import bag_info
     from avdp_ros.data.convert import ConvertConfig, convert_directory, find_bags
 
-    bags = find_bags(out / "bags")
+    bags = find_bags(out / "bags")[-a.episodes:]
     summary = {"episodes": results, "bags": []}
-    print(f"\n{'bag':<40} {'MB':>7} {'msgs':>7}  per-topic counts")
-    for bag in bags[-a.episodes:]:
+    for bag in bags:
         info = bag_info(bag)
         size = sum(f.stat().st_size for f in bag.iterdir()) / 1e6
         summary["bags"].append({"path": str(bag), "mb": round(size, 2), "counts": info.counts})
-        counts = ", ".join(f"{t.rsplit('/', 2)[-2]}/{t.rsplit('/', 1)[-1]}={n}" for t, n in sorted(info.counts.items()))
-        print(f"{bag.name:<40} {size:7.2f} {sum(info.counts.values()):7d}  {counts}")
+        print(f"\n{bag}  ({size:.1f} MB)")
+        for topic, n in sorted(info.counts.items()):
+            print(f"  {topic:<48} {n:6d}")
     if not a.no_video and bags:
         video = out / "episode.mp4"
-        n = bag_video(bags[-a.episodes], video)
+        n = bag_video(bags[0], video)
         summary["video"] = str(video)
-        print(f"\nvideo of the first episode ({n} frames, from the bag): {video}")
+        print(f"\nvideo of the first episode ({n} frames, decoded from the bag): {video}")
     if not a.no_convert and bags:
         report = convert_directory(out / "bags", out / "dataset", ConvertConfig())
         summary["dataset"] = str(out / "dataset")
-        print(f"dataset: {out / 'dataset'} ({report})")
+        print(f"dataset: {out / 'dataset'}: {len(report.episodes)} episodes, {report.frames} steps, "
+              f"{len(report.failed)} failed, {report.frames_per_s:.0f} steps/s")
     success = sum(r["success"] for r in results)
     print(f"\nsuccess {success}/{len(results)}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

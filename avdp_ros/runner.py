@@ -26,18 +26,33 @@ import yaml
 from avdp_ros.stack import NODES, record_roles
 
 
-def default_config(name: str) -> Path:
-    """config/<name>.yaml from the source tree, else from the installed share/ directory."""
-    here = Path(__file__).resolve().parent.parent / "config" / f"{name}.yaml"
+def config_file(filename: str) -> Path:
+    """config/<filename> from the source tree, else from the installed share/ directory."""
+    here = Path(__file__).resolve().parent.parent / "config" / filename
     if here.exists():
         return here
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return Path(get_package_share_directory("avdp_ros")) / "config" / f"{name}.yaml"
+        return Path(get_package_share_directory("avdp_ros")) / "config" / filename
     except Exception as exc:  # noqa: BLE001 - turned into a clear message
-        raise FileNotFoundError(f"config '{name}.yaml' not found in the source tree or the installed "
+        raise FileNotFoundError(f"config '{filename}' not found in the source tree or the installed "
                                 f"package share directory ({exc})") from exc
+
+
+def default_config(name: str) -> Path:
+    """The parameter YAML of a job: config/<name>.yaml."""
+    return config_file(f"{name}.yaml")
+
+
+def use_dds_profile() -> None:
+    """Point Fast DDS at config/fastdds.xml unless the user chose a profile.
+
+    Must run before rclpy.init() in this process; child processes inherit it. Without it, Fast
+    DDS's 512 KiB shared-memory segment is smaller than one 640x480 image and about half the
+    frames are lost between processes (bench/recorder_stress.py).
+    """
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(config_file("fastdds.xml")))
 
 
 def parse_sets(sets: list[str]) -> dict[str, dict[str, object]]:
@@ -77,6 +92,7 @@ class Stack:
 
     def __init__(self, roles: list[str], config: Path, overrides: dict | None = None,
                  use_sim_time: bool = False, context=None, threads: int = 1):
+        use_dds_profile()
         import rclpy
         from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 
@@ -138,6 +154,7 @@ class ProcessStack:
     def __init__(self, roles: list[str], config: Path, overrides: dict | None = None,
                  use_sim_time: bool = False):
         overrides = overrides or {}
+        use_dds_profile()
         self.procs: dict[str, subprocess.Popen] = {}
         for role in roles:
             spec = NODES[role]

@@ -12,7 +12,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -39,8 +39,13 @@ def _nodes(context):
 
 
 def generate_launch_description():
-    default_config = os.path.join(get_package_share_directory("avdp_ros"), "config", "record.yaml")
+    share = get_package_share_directory("avdp_ros")
+    default_config = os.path.join(share, "config", "record.yaml")
+    # Fast DDS's default shared-memory segment is smaller than one 640x480 image (see
+    # config/fastdds.xml); keep a profile the user set, else use ours.
+    dds_profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds.xml"))
     return LaunchDescription([
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile),
         DeclareLaunchArgument("robot", default_value="sim", description="sim (MuJoCo bridge) or real"),
         DeclareLaunchArgument("operator", default_value="expert", description="expert | teleop | none"),
         DeclareLaunchArgument("config", default_value=default_config, description="parameter YAML"),

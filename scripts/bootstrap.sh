@@ -60,3 +60,4 @@ if [ "$(cat "$VENV/.avdp-stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > "$VENV/.avdp-stamp"
 fi
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$ROOT/config/fastdds.xml}"

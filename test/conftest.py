@@ -13,6 +13,9 @@ import time
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
 os.environ.setdefault("MUJOCO_GL", "egl")
+# Same DDS transport profile as the runner/launch files (large shared-memory segment).
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE",
+                      os.path.join(os.path.dirname(__file__), "..", "config", "fastdds.xml"))
 
 import pytest  # noqa: E402
 

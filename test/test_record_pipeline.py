@@ -36,7 +36,10 @@ def episode(tmp_path_factory):
         "avdp_sim_bridge": {"task": "push", "seed": 3},
         "avdp_recorder": {"output_dir": str(out / "bags"), "topics": RECORDED},
     }
-    stack = Stack(["sim_bridge", "expert", "recorder"], default_config("record"), overrides, context=ctx)
+    # Sim time (/clock) for the whole graph: on a loaded 2-core CI machine the in-process sim
+    # may run slower than real time, and then only sim-time stamps stay on an exact grid.
+    stack = Stack(["sim_bridge", "expert", "recorder"], default_config("record"), overrides,
+                  use_sim_time=True, context=ctx)
     driver = EpisodeDriver(context=ctx)
     try:
         result = driver.run_episode(time_limit=25.0, settle=0.3)
@@ -76,16 +79,15 @@ def test_bag_content_counts_stamps_and_images(episode):
     span = {t: (v[-1][0] - v[0][0]) * 1e-9 for t, v in msgs.items()}
     duration = span[topics.CURRENT_POSE]
     assert duration > 1.0
-    # Rates as published by the bridge, from the recorded stamps. The typical period must be
-    # exact (stamps are sim-consistent); when a loaded 2-core machine makes the sim fall behind
-    # real time, the stamp clock skips ahead, so only a floor is asserted on the counts.
-    for topic, hz in ((topics.CAMERA_IMAGE, 30.0), (topics.WRIST_IMAGE, 30.0), (topics.CURRENT_POSE, 200.0),
-                      (topics.GRIPPER_STATE, 100.0)):
+    # Rates as published by the bridge, from the recorded (sim-time) stamps: reliable topics
+    # lose nothing; best-effort cameras may lose a frame now and then on a loaded machine.
+    for topic, hz, floor in ((topics.CAMERA_IMAGE, 30.0, 0.9), (topics.WRIST_IMAGE, 30.0, 0.9),
+                             (topics.CURRENT_POSE, 200.0, 1.0), (topics.GRIPPER_STATE, 100.0, 1.0)):
         n = len(msgs[topic])
-        assert 0.4 * hz * span[topic] <= n <= hz * span[topic] + 2, f"{topic}: {n} msgs in {span[topic]:.2f} s"
+        expected = hz * span[topic] + 1
+        assert floor * expected - 1 <= n <= expected + 1e-6, f"{topic}: {n} msgs in {span[topic]:.3f} s"
         periods = np.diff([_ns(m.header.stamp) for _, m in msgs[topic]]) * 1e-9
-        assert np.median(periods) == pytest.approx(1.0 / hz, rel=0.1), f"{topic}: median period {np.median(periods)}"
-        assert periods.max() < 0.5, f"{topic}: {periods.max():.2f} s without a message"
+        assert np.median(periods) == pytest.approx(1.0 / hz, rel=0.05), f"{topic}: median period {np.median(periods)}"
     for topic, items in msgs.items():
         stamps = np.array([_ns(m.header.stamp) for _, m in items if hasattr(m, "header")])
         if stamps.size:

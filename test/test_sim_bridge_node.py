@@ -4,6 +4,7 @@ holds, and stamps from sim time on /clock when asked to."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -22,8 +23,7 @@ from std_msgs.msg import Float64  # noqa: E402
 from avdp_ros.nodes import topics  # noqa: E402
 from avdp_ros.nodes.msgs import pose_from_msg, pose_to_msg, stamp_to_sec  # noqa: E402
 from avdp_ros.nodes.sim_bridge_node import SimBridgeNode  # noqa: E402
-from avdp_ros.runner import ros_args  # noqa: E402
-from avdp_ros.runner import default_config  # noqa: E402
+from avdp_ros.runner import default_config, ros_args  # noqa: E402
 
 
 class Probe(Node):
@@ -67,10 +67,17 @@ def test_tracks_targets_and_rejects_bad_ones(rclpy_context):
         def send(pose, frame=topics.BASE_FRAME):
             probe.target.publish(pose_to_msg(pose, frame, stamp_to_sec(probe.poses[-1].header.stamp)))
 
+        last = [0.0]
+
+        def stream(pose):  # a target stream at ~50 Hz, like a teleop (not a busy loop)
+            if time.monotonic() - last[0] > 0.02:
+                last[0] = time.monotonic()
+                send(pose)
+
         def dist():
             return float(np.linalg.norm(pose_from_msg(probe.poses[-1].pose)[:3] - goal[:3]))
 
-        wait_until(lambda: send(goal) or dist() < 0.01, 15.0, spin, "the arm to reach a valid target")
+        wait_until(lambda: stream(goal) or dist() < 0.01, 15.0, spin, "the arm to reach a valid target")
 
         bad = goal.copy()
         bad[0] = math.nan
@@ -91,8 +98,6 @@ def test_tracks_targets_and_rejects_bad_ones(rclpy_context):
 
 
 def test_sim_time_mode_publishes_clock_and_stamps_in_sim_time(rclpy_context):
-    import time
-
     bridge, probe, ex = _graph(rclpy_context, task="pick_place", seed=2, real_time_factor=0.0, use_sim_time=True)
     spin = lambda: ex.spin_once(timeout_sec=0.01)  # noqa: E731
     try:

@@ -127,7 +127,7 @@ def bag_video(bag: Path, out: Path, fps: float = 30.0) -> int:
 def main(argv: list[str] | None = None) -> int:
     import rclpy
 
-    from avdp_ros.runner import ProcessStack, Stack, default_config, parse_sets
+    from avdp_ros.runner import ProcessStack, Stack, default_config, parse_sets, use_dds_profile
 
     ap = argparse.ArgumentParser(prog="avdp-collect", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides.setdefault("avdp_sim_bridge", {}).update(task=a.task, seed=a.seed)
     overrides.setdefault("avdp_recorder", {}).update(output_dir=str(out / "bags"))
     roles, config = ["sim_bridge", "expert", "recorder"], a.config or default_config("record")
+    use_dds_profile()
     if a.in_process:
         stack = Stack(roles, config, overrides)
     else:  # one process per node, like ros2 launch: the sim's pacing never waits on another node's GIL

@@ -1,0 +1,307 @@
+"""Scripted experts: waypoint state machines that act like a teleoperator.
+
+An expert sees only what a teleoperator sees (time, TCP pose, gripper width, object poses) and
+returns a TCP target pose and a gripper width command; it never touches MuJoCo state. The
+commanded target moves towards the current waypoint at a bounded speed (0.25 m/s, 1.5 rad/s by
+default), so it is streamed incrementally like a teleop device would, never as a jump.
+
+Usage::
+
+    expert = make_expert("push")
+    expert.reset()
+    while not expert.done:
+        pose, width = expert.act(sim.time, sim.ee_pose(), sim.gripper_width(), sim.object_poses())
+        sim.set_target(pose); sim.set_gripper(width); sim.step(10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from avdp_ros.geometry import quat_angle, quat_mul, quat_to_matrix, slerp
+from avdp_ros.sim.tasks import CUBE_HALF
+
+# TCP pointing down, fingers opening along the base y axis (the home orientation).
+Q_DOWN = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+def _yaw_quat(yaw: float) -> np.ndarray:
+    return np.array([0.0, 0.0, np.sin(0.5 * yaw), np.cos(0.5 * yaw)])
+
+
+def down_pose(pos, yaw: float = 0.0) -> np.ndarray:
+    """Pose with the gripper pointing down, turned by `yaw` about the base z axis."""
+    return np.concatenate([np.asarray(pos, float), quat_mul(_yaw_quat(yaw), Q_DOWN)])
+
+
+def body_yaw(quat_xyzw: np.ndarray) -> float:
+    """Yaw (rad) of a body's x axis about the base z axis."""
+    rot = quat_to_matrix(quat_xyzw)
+    return float(np.arctan2(rot[1, 0], rot[0, 0]))
+
+
+def wrap(angle: float, period: float) -> float:
+    """Wrap into [-period/2, period/2) (the gripper is symmetric, so yaw has period pi)."""
+    return float((angle + period / 2) % period - period / 2)
+
+
+@dataclass
+class ExpertConfig:
+    # Largest speed of the streamed target (m/s).
+    max_speed: float = 0.25
+    # Largest angular speed of the streamed target (rad/s).
+    max_angular_speed: float = 1.5
+    # Slower speed (m/s) while in contact (pushing, descending onto an object).
+    contact_speed: float = 0.10
+    # TCP-to-waypoint distance (m) and angle (rad) that count as "reached".
+    pos_tolerance: float = 0.012
+    rot_tolerance: float = 0.08
+    # Give up waiting for a waypoint after this long (s) and move on (contacts can block it).
+    phase_timeout: float = 4.0
+
+
+class Expert:
+    """Base: a phase machine that streams a speed-limited target towards each phase's waypoint."""
+
+    def __init__(self, cfg: ExpertConfig | None = None):
+        self.cfg = cfg or ExpertConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the episode: the next act() starts from the current TCP pose."""
+        self.phase = 0
+        self.phase_start = None
+        self.cmd: np.ndarray | None = None  # streamed target (7,)
+        self.width = 0.0
+        self.t_last = None
+        self.retries = 0
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """True once the task has been carried out and the gripper has backed off."""
+        return self._done
+
+    # Subclasses: return (waypoint pose7, gripper width, speed, advance?) for the current phase.
+    def plan(self, t: float, ee: np.ndarray, width: float, objects: dict) -> tuple:
+        raise NotImplementedError
+
+    def goto(self, phase: int, t: float) -> None:
+        self.phase = phase
+        self.phase_start = t
+
+    def act(self, t: float, ee_pose: np.ndarray, gripper_width: float,
+            object_poses: dict) -> tuple[np.ndarray, float]:
+        """One teleop tick.
+
+        Args:
+            t: time (s) since the episode started.
+            ee_pose: (7,) current TCP pose (base frame).
+            gripper_width: current finger opening (m).
+            object_poses: name -> (7,) pose (base frame).
+
+        Returns:
+            (target pose (7,), gripper width command in metres).
+        """
+        ee = np.asarray(ee_pose, dtype=np.float64)
+        if self.cmd is None:
+            self.cmd = ee.copy()
+            self.t_last = t
+            self.phase_start = t
+        dt = max(0.0, t - self.t_last)
+        self.t_last = t
+        if not self._done:
+            waypoint, self.width, speed = self.plan(t, ee, gripper_width, object_poses)
+            self._stream(waypoint, speed, dt)
+        return self.cmd.copy(), self.width
+
+    def _stream(self, waypoint: np.ndarray, speed: float, dt: float) -> None:
+        """Move the streamed target towards `waypoint` by at most speed*dt (and the angular cap)."""
+        delta = waypoint[:3] - self.cmd[:3]
+        dist = np.linalg.norm(delta)
+        step = speed * dt
+        self.cmd[:3] = waypoint[:3] if dist <= step else self.cmd[:3] + delta * (step / dist)
+        angle = float(quat_angle(self.cmd[3:], waypoint[3:]))
+        max_rot = self.cfg.max_angular_speed * dt
+        frac = 1.0 if angle <= max_rot else max_rot / angle
+        self.cmd[3:] = slerp(self.cmd[3:], waypoint[3:], frac)
+
+    def reached(self, ee: np.ndarray, waypoint: np.ndarray, tol: float | None = None) -> bool:
+        """Streamed target at the waypoint and the TCP close to it."""
+        tol = self.cfg.pos_tolerance if tol is None else tol
+        return (
+            np.linalg.norm(self.cmd[:3] - waypoint[:3]) < 1e-6
+            and np.linalg.norm(ee[:3] - waypoint[:3]) < tol
+            and float(quat_angle(ee[3:], waypoint[3:])) < self.cfg.rot_tolerance
+        )
+
+    def elapsed(self, t: float) -> float:
+        return t - self.phase_start
+
+
+class PushExpert(Expert):
+    """Closed gripper behind the cube, push it along the cube->target line, back off.
+
+    The pushing direction is recomputed from the cube's current position every tick, and the
+    expert re-approaches from behind if the cube slides off the finger line.
+    """
+
+    travel_z = 0.10  # TCP height (m) when moving over the table
+    push_z = 0.022  # TCP height while pushing (fingertips ~5 mm above the table)
+    finger_reach = 0.024  # TCP-to-front of the closed fingers along the push direction (m)
+    clearance = 0.035  # gap (m) between fingers and cube before the push starts
+    press = 0.03  # how far (m) the target leads into the cube, for a steady contact force
+    goal_tolerance = 0.012  # stop pushing when the cube centre is this close (m) to the target
+    max_lateral = 0.02  # re-approach when the cube is this far (m) off the finger line
+
+    def reset(self) -> None:
+        super().reset()
+        self.u = np.array([1.0, 0.0])  # push direction in the table plane
+
+    def plan(self, t, ee, width, objects):
+        cube = np.asarray(objects["cube"][:3], float)
+        goal = np.asarray(objects["target"][:3], float)
+        to_goal = goal[:2] - cube[:2]
+        dist = np.linalg.norm(to_goal)
+        if self.phase < 3 and dist > 1e-6:
+            self.u = to_goal / dist  # push direction, frozen once the push is over
+        u = self.u
+        # Fingers in line with the push direction: the wrist camera (mounted across the finger
+        # axis) then looks at the cube from the side instead of from behind the fingers.
+        yaw = wrap(float(np.arctan2(u[1], u[0])) - np.pi / 2, np.pi)
+        behind = cube[:2] - u * (CUBE_HALF + self.finger_reach + self.clearance)
+        c = self.cfg
+        if self.phase == 0:  # above the pre-push point
+            wp = down_pose([*behind, self.travel_z], yaw)
+            if self.reached(ee, wp, 0.02):
+                self.goto(1, t)
+            return wp, 0.0, c.max_speed
+        if self.phase == 1:  # down to pushing height, behind the cube
+            wp = down_pose([*behind, self.push_z], yaw)
+            if self.reached(ee, wp) or self.elapsed(t) > c.phase_timeout:
+                self.goto(2, t)
+            return wp, 0.0, c.contact_speed
+        if self.phase == 2:  # push, keeping the fingers on the cube->goal line
+            if dist < self.goal_tolerance:
+                self.goto(3, t)
+            rel = cube[:2] - ee[:2]
+            lateral = abs(rel[0] * u[1] - rel[1] * u[0])
+            along = float(rel @ u)
+            if (lateral > self.max_lateral or along < 0.0) and self.retries < 5:
+                self.retries += 1
+                self.goto(4, t)  # lost the cube: lift and come round again
+            contact = cube[:2] - u * (CUBE_HALF + self.finger_reach - self.press)
+            return down_pose([*contact, self.push_z], yaw), 0.0, c.contact_speed
+        if self.phase == 3:  # back off and lift
+            wp = down_pose([*(cube[:2] - u * 0.08), self.travel_z], yaw)
+            if self.reached(ee, wp, 0.02):
+                self._done = True
+            return wp, 0.0, c.max_speed
+        # phase 4: retreat upward, then approach again
+        wp = self.cmd.copy()
+        wp[2] = self.travel_z
+        if ee[2] > self.travel_z - 0.02:
+            self.goto(0, t)
+        return wp, 0.0, c.max_speed
+
+
+class PickPlaceExpert(Expert):
+    """Open, descend over the cube aligned with its faces, close, lift, carry over the bin, open."""
+
+    travel_z = 0.16  # TCP height (m) when carrying (cube bottom well above the bin walls)
+    grasp_z = 0.028  # TCP height (m) at the grasp (fingertips ~1 cm above the table)
+    release_z = 0.085  # TCP height (m) when letting go inside the bin
+    open_width = 0.08
+    grasp_time = 0.6  # s to wait for the fingers to close
+    release_time = 0.4  # s to wait for the fingers to open
+    min_hold_width = 0.03  # a closed gripper narrower than this (m) has missed the cube
+
+    def reset(self) -> None:
+        super().reset()
+        self.yaw = 0.0
+
+    def plan(self, t, ee, width, objects):
+        cube = np.asarray(objects["cube"][:3], float)
+        bin_pos = np.asarray(objects["bin"][:3], float)
+        c = self.cfg
+        if self.phase == 0:  # above the cube, fingers square to its faces
+            self.yaw = wrap(body_yaw(objects["cube"][3:]), np.pi / 2)
+            wp = down_pose([cube[0], cube[1], 0.12], self.yaw)
+            if self.reached(ee, wp, 0.01):
+                self.goto(1, t)
+            return wp, self.open_width, c.max_speed
+        if self.phase == 1:  # descend
+            wp = down_pose([cube[0], cube[1], self.grasp_z], self.yaw)
+            if self.reached(ee, wp, 0.008) or self.elapsed(t) > c.phase_timeout:
+                self.goto(2, t)
+            return wp, self.open_width, c.contact_speed * 1.5
+        if self.phase == 2:  # close
+            wp = self.cmd.copy()
+            if self.elapsed(t) > self.grasp_time:
+                self.goto(3, t)
+            return wp, 0.0, c.max_speed
+        if self.phase == 3:  # lift
+            wp = self.cmd.copy()
+            wp[2] = self.travel_z
+            if width < self.min_hold_width and self.retries < 3:  # missed: open and retry
+                self.retries += 1
+                self.goto(0, t)
+                return wp, self.open_width, c.max_speed
+            if self.reached(ee, wp, 0.02):
+                self.goto(4, t)
+            return wp, 0.0, c.max_speed
+        if self.phase == 4:  # carry over the bin
+            wp = down_pose([bin_pos[0], bin_pos[1], self.travel_z], self.yaw)
+            if self.reached(ee, wp, 0.01):
+                self.goto(5, t)
+            return wp, 0.0, c.max_speed
+        if self.phase == 5:  # lower into the bin
+            wp = down_pose([bin_pos[0], bin_pos[1], self.release_z], self.yaw)
+            if self.reached(ee, wp, 0.01) or self.elapsed(t) > c.phase_timeout:
+                self.goto(6, t)
+            return wp, 0.0, c.max_speed
+        if self.phase == 6:  # open
+            wp = self.cmd.copy()
+            if self.elapsed(t) > self.release_time:
+                self.goto(7, t)
+            return wp, self.open_width, c.max_speed
+        # phase 7: up and away
+        wp = self.cmd.copy()
+        wp[2] = self.travel_z
+        if ee[2] > self.travel_z - 0.03:
+            self._done = True
+        return wp, self.open_width, c.max_speed
+
+
+EXPERTS = {"push": PushExpert, "pick_place": PickPlaceExpert}
+
+
+def make_expert(task_name: str, cfg: ExpertConfig | None = None) -> Expert:
+    """Scripted expert for a task in ``tasks.TASKS``."""
+    if task_name not in EXPERTS:
+        raise ValueError(f"no expert for task {task_name!r}: expected one of {sorted(EXPERTS)}")
+    return EXPERTS[task_name](cfg)
+
+
+def run_episode(sim, expert: Expert, seed: int, control_hz: float = 50.0,
+                time_limit: float | None = None, settle: float = 0.5) -> dict:
+    """Roll out `expert` in a PandaSim (no ROS). Teleop rate `control_hz`, physics every step.
+
+    Returns:
+        {"success", "duration" (sim s until done, or the time limit), "done"}.
+    """
+    info = sim.reset(seed)
+    expert.reset()
+    limit = sim.cfg.episode_time_limit if time_limit is None else time_limit
+    substeps = max(1, int(round(1.0 / (control_hz * sim.physics_dt))))
+    while sim.time < limit and not expert.done:
+        pose, width = expert.act(sim.time, sim.ee_pose(), sim.gripper_width(), sim.object_poses())
+        sim.set_target(pose)
+        sim.set_gripper(width)
+        sim.step(substeps)
+    duration = sim.time
+    # Let the scene come to rest before judging (the cube may still be sliding or falling).
+    sim.step(int(round(settle / sim.physics_dt)))
+    return {"success": sim.success(), "duration": duration, "done": expert.done, "task": info["task"]}

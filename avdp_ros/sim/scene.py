@@ -1,0 +1,220 @@
+"""MuJoCo scene for the sim: Franka Panda (from the installed gymnasium-robotics assets), table,
+task objects, two cameras and lights, built with ``mujoco.MjSpec``.
+
+The Panda XML in gymnasium-robotics is split into ``<mujocoinclude>`` fragments (assets,
+kinematic chain, actuators). ``MjSpec.from_string`` cannot resolve ``<include>`` from memory, so
+the fragments are spliced into one document here and the mesh directory is pointed at the
+installed package; nothing is copied into this repository.
+
+Changes made to the stock model, and why:
+- The arm's position actuators become torque motors: the arm is driven by our operational-space
+  controller (``controller.py``), which writes torques into ``ctrl``.
+- The finger position actuators are kept (one per finger, 0..0.04 m each); a gripper width
+  command in metres is split evenly between them.
+- The stock joint damping (100 / 10) is meant for stiff position servos; under torque control it
+  would eat most of the torque budget, so it is reduced to a small realistic value.
+- Visual meshes (136k faces) are swapped for the collision meshes (~2.5k faces), and shadows and
+  reflections are disabled, so two cameras can render at 30 Hz on a CPU (DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from collections.abc import Callable
+
+import mujoco
+import numpy as np
+
+# Names other modules rely on.
+EE_SITE = "ee_site"  # tool centre point, between the finger pads
+HAND_BODY = "panda0_link7"
+FINGER_BODIES = ("panda0_leftfinger", "panda0_rightfinger")
+ARM_JOINTS = tuple(f"robot:panda0_joint{i}" for i in range(1, 8))
+FINGER_JOINTS = ("robot:panda0_finger_joint1", "robot:panda0_finger_joint2")
+ARM_ACTUATORS = tuple(f"panda0_joint{i}" for i in range(1, 8))
+FINGER_ACTUATORS = ("r_gripper_finger_joint", "l_gripper_finger_joint")
+CAMERAS = ("camera", "wrist")
+TABLE_GEOM = "table"
+
+# Franka limits: joints 1-4 87 Nm, 5-7 12 Nm.
+ARM_TORQUE_LIMITS = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])
+# Per-finger opening range of the Panda hand (total width 0..0.08 m).
+FINGER_MAX = 0.04
+# Where the tool centre point sits on link7 (+z is the approach axis). The (1.75x stretched)
+# fingertips end at z ~ 0.26, so the TCP is ~1.7 cm above the tips, on the finger pads.
+TCP_OFFSET = 0.243
+
+
+def franka_assets_dir() -> str:
+    """Directory of the Panda model inside the installed gymnasium-robotics package.
+
+    Located with ``find_spec`` so that gymnasium_robotics itself is not imported (its import
+    prints warnings and pulls in gymnasium).
+    """
+    spec = importlib.util.find_spec("gymnasium_robotics")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "gymnasium_robotics is not installed: the Panda model and meshes are loaded from "
+            "its package (pip install gymnasium-robotics)"
+        )
+    root = list(spec.submodule_search_locations)[0]
+    path = os.path.join(root, "envs", "assets", "kitchen_franka", "franka_assets")
+    if not os.path.isfile(os.path.join(path, "chain.xml")):
+        raise RuntimeError(f"expected the Panda model at {path}/chain.xml, but it is missing")
+    return path
+
+
+def _fragment(path: str) -> str:
+    """Inner text of a ``<mujocoinclude>`` file, comments removed."""
+    with open(path, encoding="utf-8") as f:
+        text = re.sub(r"<!--.*?-->", "", f.read(), flags=re.S)
+    match = re.search(r"<mujocoinclude>(.*)</mujocoinclude>", text, flags=re.S)
+    if match is None:
+        raise RuntimeError(f"{path}: expected a <mujocoinclude> document")
+    return match.group(1)
+
+
+def look_at_xyaxes(pos, target, up=(0.0, 0.0, 1.0)) -> list[float]:
+    """MuJoCo camera ``xyaxes`` for a camera at `pos` looking at `target` (camera looks along -z)."""
+    fwd = np.asarray(target, float) - np.asarray(pos, float)
+    fwd /= np.linalg.norm(fwd)
+    x = np.cross(fwd, np.asarray(up, float))
+    x /= np.linalg.norm(x)
+    y = np.cross(x, fwd)
+    return [*x, *y]
+
+
+def _xyaxes_to_quat(xyaxes) -> list[float]:
+    """MuJoCo (w, x, y, z) quaternion of a frame given its x and y axes."""
+    x = np.asarray(xyaxes[:3], float)
+    y = np.asarray(xyaxes[3:], float)
+    mat = np.stack([x, y, np.cross(x, y)], axis=1)
+    q = np.zeros(4)
+    mujoco.mju_mat2Quat(q, mat.ravel())
+    return list(q)
+
+
+def _set_damping(joint, value: float) -> None:
+    """Set a joint's linear damping (MuJoCo 4 stores damping as a 3-vector; index 0 is linear)."""
+    damping = np.array(joint.damping, dtype=np.float64).reshape(-1)
+    damping[0] = value
+    joint.damping = damping if damping.size > 1 else float(value)
+
+
+def load_panda_spec() -> mujoco.MjSpec:
+    """Panda arm + hand as an MjSpec, with torque motors on the arm and light visual meshes."""
+    root = franka_assets_dir()
+    xml = (
+        '<mujoco model="avdp_panda">'
+        + _fragment(os.path.join(root, "assets.xml"))
+        + "<worldbody>"
+        + _fragment(os.path.join(root, "chain.xml"))
+        + "</worldbody>"
+        + _fragment(os.path.join(root, "actuator.xml"))
+        + "</mujoco>"
+    )
+    spec = mujoco.MjSpec.from_string(xml)
+    spec.meshdir = os.path.join(root, "meshes")
+    # Light visuals: the "_viz" meshes become the collision meshes (same frames, ~50x fewer faces).
+    for mesh in spec.meshes:
+        if mesh.file.startswith("visual/"):
+            mesh.file = "collision/" + mesh.file[len("visual/"):]
+
+    for name, limit in zip(ARM_ACTUATORS, ARM_TORQUE_LIMITS):
+        act = spec.actuator(name)
+        act.set_to_motor()
+        act.ctrllimited = 1
+        act.ctrlrange = [-limit, limit]
+        act.forcelimited = 1
+        act.forcerange = [-limit, limit]
+    for name in ARM_JOINTS:
+        joint = spec.joint(name)
+        _set_damping(joint, 0.5)
+        # Reflected rotor inertia, as on the real arm; also keeps the light wrist links stable.
+        joint.armature = 0.1
+    for name in FINGER_JOINTS:
+        # Stock: damping 100, armature 5 -> a ~0.2 s time constant; halve it for a snappier hand.
+        _set_damping(spec.joint(name), 50.0)
+        spec.joint(name).armature = 2.0
+
+    # The stock "end_effector" site is drawn as a grey ball in front of the wrist camera.
+    spec.site("end_effector").group = 4
+    hand = spec.body(HAND_BODY)
+    # TCP frame: z along the approach axis, y along the finger opening direction
+    # (the fingers are mounted at -45 deg about link7 z).
+    hand.add_site(
+        name=EE_SITE, pos=[0, 0, TCP_OFFSET], size=[0.005, 0, 0], rgba=[1, 0, 0, 0],
+        quat=[np.cos(-np.pi / 8), 0, 0, np.sin(-np.pi / 8)], group=4,
+    )
+    return spec
+
+
+def _add_environment(spec: mujoco.MjSpec) -> None:
+    """Table (top at z = 0, robot base at the origin), floor, lights."""
+    spec.visual.quality.shadowsize = 0  # no shadow maps: the main cost of rendering
+    spec.visual.headlight.ambient = [0.4, 0.4, 0.4]
+    spec.visual.headlight.diffuse = [0.5, 0.5, 0.5]
+    world = spec.worldbody
+    world.add_geom(
+        name=TABLE_GEOM, type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.65, 0.6, 0.02],
+        pos=[0.35, 0.0, -0.02], rgba=[0.55, 0.42, 0.3, 1], friction=[0.6, 0.005, 0.0001],
+    )
+    world.add_geom(
+        name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3, 3, 0.1], pos=[0, 0, -0.75],
+        rgba=[0.35, 0.37, 0.4, 1], contype=0, conaffinity=0,
+    )
+    world.add_light(
+        name="key", pos=[0.6, -0.6, 2.0], dir=[-0.2, 0.3, -1.0], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
+        castshadow=0, diffuse=[0.6, 0.6, 0.6],
+    )
+
+
+def _add_cameras(spec: mujoco.MjSpec) -> None:
+    """Third-person "camera" (tripod at the front-side of the table) and hand-mounted "wrist"."""
+    pos = [1.2, 0.55, 0.7]
+    spec.worldbody.add_camera(
+        name="camera", pos=pos, quat=_xyaxes_to_quat(look_at_xyaxes(pos, [0.36, 0.0, 0.2])),
+        fovy=58.0,
+    )
+    # Wrist camera: on the side of the hand, perpendicular to the finger opening axis so both
+    # fingers and a grasped object are in view, looking down along the gripper.
+    side = np.array([1.0, -1.0, 0.0]) / np.sqrt(2.0)  # link7 frame; fingers open along (1, 1, 0)
+    cam_pos = side * 0.085 + np.array([0.0, 0.0, 0.12])
+    look = np.array([0.0, 0.0, 0.30])
+    up = -side  # image "up" points away from the camera mount, so the fingers are at the bottom
+    spec.body(HAND_BODY).add_camera(
+        name="wrist", pos=list(cam_pos), quat=_xyaxes_to_quat(look_at_xyaxes(cam_pos, look, up)),
+        fovy=75.0,
+    )
+
+
+def build_model(
+    add_objects: Callable[[mujoco.MjSpec], None],
+    physics_dt: float = 0.002,
+    offscreen_size: tuple[int, int] = (640, 480),
+) -> mujoco.MjModel:
+    """Compile the full scene.
+
+    Args:
+        add_objects: adds the task's objects to the spec (see ``tasks.py``).
+        physics_dt: physics time step in seconds.
+        offscreen_size: (width, height) the offscreen framebuffer must hold; renders larger than
+            this fail, so pass the largest image size that will be requested.
+
+    Returns:
+        The compiled ``MjModel``.
+    """
+    spec = load_panda_spec()
+    spec.option.timestep = physics_dt
+    # implicitfast: joint damping handled implicitly -> stable with light wrist links.
+    spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
+    spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC  # better grasp friction than pyramidal
+    spec.option.impratio = 10.0  # stiffer friction constraint: grasped objects slip less
+    spec.visual.global_.offwidth = max(640, int(offscreen_size[0]))
+    spec.visual.global_.offheight = max(480, int(offscreen_size[1]))
+    _add_environment(spec)
+    _add_cameras(spec)
+    add_objects(spec)
+    return spec.compile()

@@ -1,0 +1,188 @@
+"""Tests of the pure-Python simulation core (no ROS): controller, API checks, cameras, tasks, experts."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+mujoco = pytest.importorskip("mujoco")
+
+from avdp_ros.geometry import quat_angle, quat_mul, quat_to_mj  # noqa: E402
+from avdp_ros.sim.env import PandaSim, SimConfig  # noqa: E402
+from avdp_ros.sim.expert import make_expert, run_episode  # noqa: E402
+from avdp_ros.sim.tasks import CUBE_HALF, TASKS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def push_sim():
+    sim = PandaSim(SimConfig(task="push"))
+    yield sim
+    sim.close()
+
+
+@pytest.fixture(scope="module")
+def pick_sim():
+    sim = PandaSim(SimConfig(task="pick_place"))
+    yield sim
+    sim.close()
+
+
+def _yaw(yaw: float) -> np.ndarray:
+    return np.array([0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="task"):
+        SimConfig(task="juggle")
+    with pytest.raises(ValueError, match="physics_dt"):
+        SimConfig(physics_dt=0.01)
+    with pytest.raises(ValueError, match="cameras"):
+        SimConfig(cameras=("camera", "nose"))
+    with pytest.raises(ValueError, match="workspace"):
+        SimConfig(workspace_min=(0.5, 0, 0), workspace_max=(0.4, 1, 1))
+
+
+def test_controller_reaches_target(push_sim):
+    sim = push_sim
+    sim.reset(0)
+    home = sim.ee_pose()
+    assert np.allclose(sim.target(), home, atol=1e-9)
+    goal = np.concatenate([[0.55, 0.12, 0.20], quat_mul(_yaw(0.5), home[3:])])
+    used = sim.set_target(goal)
+    assert np.allclose(used, goal)
+    sim.step(int(2.0 / sim.physics_dt))  # 2 s of sim time
+    ee = sim.ee_pose()
+    assert np.linalg.norm(ee[:3] - goal[:3]) < 0.01
+    assert np.degrees(quat_angle(ee[3:], goal[3:])) < 3.0
+    assert np.linalg.norm(sim.ee_velocity()) < 0.05  # settled, not oscillating
+
+
+def test_set_target_rejects_bad_input_and_clamps(push_sim):
+    sim = push_sim
+    sim.reset(0)
+    pose = sim.ee_pose()
+    before = sim.target()
+    for bad in (np.nan, np.inf, -np.inf):
+        p = pose.copy()
+        p[1] = bad
+        with pytest.raises(ValueError, match="NaN/inf"):
+            sim.set_target(p)
+    with pytest.raises(ValueError):
+        sim.set_target(np.array([0.5, 0, 0.3, 0, 0, 0, 0]))  # zero quaternion
+    with pytest.raises(ValueError, match="shape"):
+        sim.set_target(np.zeros(6))
+    assert np.allclose(sim.target(), before)  # rejected targets leave the old one in place
+    far = np.array([5.0, -5.0, -1.0, *pose[3:]])
+    used = sim.set_target(far)
+    assert np.allclose(used[:3], [sim.cfg.workspace_max[0], sim.cfg.workspace_min[1], sim.cfg.workspace_min[2]])
+    unnormalised = sim.set_target(np.array([0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 2.0]))
+    assert np.isclose(np.linalg.norm(unnormalised[3:]), 1.0)
+    assert sim.set_gripper(0.5) == pytest.approx(0.08)
+    assert sim.set_gripper(-1.0) == 0.0
+    with pytest.raises(ValueError):
+        sim.set_gripper(float("nan"))
+
+
+def test_gripper_opens_and_closes(pick_sim):
+    sim = pick_sim
+    sim.reset(0)
+    assert sim.gripper_width() == pytest.approx(0.08, abs=1e-3)
+    sim.set_gripper(0.02)
+    sim.step(400)
+    assert sim.gripper_width() == pytest.approx(0.02, abs=3e-3)
+    assert sim.finger_positions().shape == (2,) and sim.finger_velocities().shape == (2,)
+    assert sim.joint_positions().shape == (7,)
+
+
+def test_render_shapes_and_content(pick_sim):
+    sim = pick_sim
+    sim.reset(1)
+    images = {cam: sim.render(cam) for cam in ("camera", "wrist")}
+    for img in images.values():
+        assert img.shape == (128, 128, 3) and img.dtype == np.uint8
+        assert img.std() > 5.0  # not a constant image
+    assert np.abs(images["camera"].astype(int) - images["wrist"].astype(int)).mean() > 10.0
+    fx, fy, cx, cy = sim.camera_intrinsics("camera")
+    assert fx == fy > 0 and (cx, cy) == (64.0, 64.0)
+    with pytest.raises(ValueError, match="camera"):
+        sim.render("nose")
+
+
+def test_render_from_another_thread_and_custom_size():
+    sim = PandaSim(SimConfig(task="push", image_width=96, image_height=64))
+    out = {}
+    try:
+        worker = threading.Thread(target=lambda: out.update(img=sim.render("wrist")))
+        worker.start()
+        worker.join(timeout=30)
+        assert out["img"].shape == (64, 96, 3)
+        assert sim.render("camera").shape == (64, 96, 3)  # and from this thread too
+    finally:
+        sim.close()
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_reset_is_deterministic_per_seed(task, push_sim, pick_sim):
+    sim = push_sim if task == "push" else pick_sim
+    info = sim.reset(7)
+    assert info["task"] == task and info["seed"] == 7 and info["instruction"]
+    assert list(sim.object_poses()) == info["object_names"]
+    a = sim.object_poses()
+    sim.step(50)
+    sim.reset(7)
+    b = sim.object_poses()
+    sim.reset(8)
+    c = sim.object_poses()
+    for name in a:
+        assert np.allclose(a[name], b[name])
+    assert not np.allclose(a["cube"], c["cube"])
+    assert sim.time == 0.0
+
+
+def _set_cube(sim, pos, yaw=0.0):
+    m, d = sim.model, sim.data
+    adr = m.jnt_qposadr[m.body("cube").jntadr[0]]
+    d.qpos[adr:adr + 3] = pos
+    d.qpos[adr + 3:adr + 7] = quat_to_mj(_yaw(yaw))
+    mujoco.mj_forward(m, d)
+
+
+def test_push_success_predicate(push_sim):
+    sim = push_sim
+    sim.reset(3)
+    assert not sim.success()
+    goal = sim.object_poses()["target"]
+    _set_cube(sim, [goal[0] + 0.02, goal[1] - 0.01, CUBE_HALF], yaw=0.3)
+    sim.step(100)
+    assert sim.success()
+    _set_cube(sim, [goal[0] + 0.08, goal[1], CUBE_HALF])
+    sim.step(10)
+    assert not sim.success()
+
+
+def test_pick_place_success_predicate(pick_sim):
+    sim = pick_sim
+    sim.reset(3)
+    assert not sim.success()
+    bin_pos = sim.object_poses()["bin"]
+    _set_cube(sim, [bin_pos[0], bin_pos[1], 0.004 + CUBE_HALF + 0.002])
+    sim.step(200)
+    assert sim.success()
+    _set_cube(sim, [bin_pos[0], bin_pos[1], 0.2])  # above the bin, falling: not resting
+    sim.step(5)
+    assert not sim.success()
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_expert_succeeds(task, push_sim, pick_sim):
+    sim = push_sim if task == "push" else pick_sim
+    expert = make_expert(task)
+    for seed in (0, 1):
+        result = run_episode(sim, expert, seed)
+        assert result["done"] and result["success"], f"{task} seed {seed}: {result}"
+        assert result["duration"] < 12.0

@@ -61,7 +61,7 @@ class SimBridgeNode(Node):
         gripper_hz = float(p("gripper_rate_hz", 100.0).value)
         objects_hz = float(p("object_rate_hz", 50.0).value)
         rtf = float(p("real_time_factor", 1.0).value)
-        physics_dt = float(p("physics_dt", 0.001).value)
+        physics_dt = float(p("physics_dt", SimConfig.physics_dt).value)
         self.base_frame = p("base_frame", topics.BASE_FRAME).value
         self.sim_time = bool(self.get_parameter("use_sim_time").value)
 

@@ -34,12 +34,15 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+PHYSICS_DT = [SimConfig.physics_dt]  # set from --physics-dt
+
+
 def bench_realtime(width: int, height: int, seconds: float, camera_hz: float = 30.0) -> dict:
     """Real-time factor of physics + controller while both cameras render at `camera_hz`.
 
     The arm follows a moving target so the controller and contacts do real work.
     """
-    sim = PandaSim(SimConfig(task="push", image_width=width, image_height=height))
+    sim = PandaSim(SimConfig(task="push", image_width=width, image_height=height, physics_dt=PHYSICS_DT[0]))
     try:
         sim.reset(0)
         home = sim.ee_pose()
@@ -71,7 +74,7 @@ def bench_realtime(width: int, height: int, seconds: float, camera_hz: float = 3
 
 def bench_render(width: int, height: int, frames: int) -> dict:
     """Raw render frames/s per camera (scene update + draw + readback)."""
-    sim = PandaSim(SimConfig(task="pick_place", image_width=width, image_height=height))
+    sim = PandaSim(SimConfig(task="pick_place", image_width=width, image_height=height, physics_dt=PHYSICS_DT[0]))
     out = {}
     try:
         for cam in sim.cfg.cameras:
@@ -88,7 +91,7 @@ def bench_render(width: int, height: int, frames: int) -> dict:
 def bench_expert(task: str, seeds: int, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    sim = PandaSim(SimConfig(task=task))
+    sim = PandaSim(SimConfig(task=task, physics_dt=PHYSICS_DT[0]))
     expert = make_expert(task)
     results = []
     try:
@@ -111,7 +114,7 @@ def write_video(path: str, task: str, seed: int, size: tuple[int, int], fps: int
     """One expert episode, both cameras side by side."""
     import imageio.v2 as imageio
 
-    sim = PandaSim(SimConfig(task=task, image_width=size[0], image_height=size[1]))
+    sim = PandaSim(SimConfig(task=task, image_width=size[0], image_height=size[1], physics_dt=PHYSICS_DT[0]))
     expert = make_expert(task)
     frames = []
     try:
@@ -145,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video", metavar="PATH", help="write one expert episode (mp4 or gif)")
     parser.add_argument("--video-task", default="pick_place", choices=sorted(TASKS))
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    parser.add_argument("--physics-dt", type=float, default=SimConfig.physics_dt,
+                        help=f"physics/controller step in s (default {SimConfig.physics_dt})")
     args = parser.parse_args(argv)
+    PHYSICS_DT[0] = args.physics_dt
     if args.seeds < 0:
         parser.error("--seeds must be >= 0")
 

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds:
             report["experts"].append(bench_expert(task, args.seeds, progress=not args.no_progress))
 
-    print("\nReal-time factor (physics + controller at 500 Hz, both cameras at 30 Hz)")
+    print(f"\nReal-time factor (physics + controller at {1.0 / args.physics_dt:.0f} Hz, both cameras at 30 Hz)")
     print(f"  {'size':>10} {'RTF':>7} {'physics steps/s':>16}")
     for r in report["realtime"]:
         print(f"  {r['size']:>10} {r['real_time_factor']:7.2f} {r['physics_steps_per_s']:16.0f}")

@@ -45,8 +45,11 @@ def test_runner_stops_cleanly_and_the_bag_is_complete(rclpy_context, tmp_path: P
         future = start.call_async(Trigger.Request())
         wait_until(future.done, 10.0, spin, "record start reply")
         assert future.result().success, future.result().message
-        wait_until(lambda: status and status[-1].get("counts", {}).get(topics.CAMERA_IMAGE, 0) >= 10,
-                   30.0, spin, "10 recorded camera frames")
+        def recorded(topic):
+            return status[-1].get("counts", {}).get(topic, 0) if status else 0
+
+        wait_until(lambda: recorded(topics.CAMERA_IMAGE) >= 10 and recorded(topics.CURRENT_POSE) >= 50,
+                   30.0, spin, "10 camera frames and 50 poses recorded")
         proc.send_signal(stop_signal)
         assert proc.wait(timeout=20) == 0
     finally:

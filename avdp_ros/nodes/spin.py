@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import signal
+import threading
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 
 
 def run_node(node_cls, args=None, threads: int = 1) -> None:
-    """Create `node_cls()` and spin it until Ctrl-C / SIGTERM; always destroy it cleanly.
+    """Create `node_cls()` and spin it until Ctrl-C / SIGTERM; always close it cleanly.
 
+    rclpy's own signal handler would shut the context down first, so the node's `close()`
+    could no longer log or publish; instead both signals only set a flag, and the node is
+    closed (threads joined, files closed) while the context is still alive.
     One executor thread by default: rclpy's multi-threaded executor costs far more CPU and GIL
     time than it saves for nodes whose callbacks are all short (ours; slow work has its own
-    thread inside the node)."""
-    rclpy.init(args=args)
-    # SIGTERM would otherwise kill us without closing files (e.g. an open bag): turn it into
-    # the same clean shutdown as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
+    thread inside the node).
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     node = None
+    executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
     try:
         node = node_cls()
-        executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -32,4 +39,5 @@ def run_node(node_cls, args=None, threads: int = 1) -> None:
             if close is not None:
                 close()
             node.destroy_node()
+        executor.shutdown()
         rclpy.try_shutdown()

@@ -51,8 +51,16 @@ class EpisodeDriver:
         # Own executor thread: works the same whether the stack runs in this process or not.
         self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._executor.spin, name="collect", daemon=True)
+        self._thread = threading.Thread(target=self._spin, name="collect", daemon=True)
         self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self._executor.spin()
+        except ExternalShutdownException:
+            pass
 
     def _on_info(self, msg) -> None:
         with self._info_cv:
@@ -96,6 +104,7 @@ class EpisodeDriver:
 
     def close(self) -> None:
         self._executor.shutdown(timeout_sec=2.0)
+        self._thread.join(timeout=2.0)  # before the caller may shut the context down under it
         self.node.destroy_node()
 
 

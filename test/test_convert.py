@@ -322,6 +322,12 @@ def test_padded_rows_are_cropped():
 def test_gap_fails_bag_and_bad_config(tmp_path: Path):
     make_bag(tmp_path / "bag", duration_s=1.0)
     with pytest.raises(ConversionError, match=f"bag .*bag: topic {CAM}: .*no frame within 1 ms"):
-        convert_bag(tmp_path / "bag", tmp_path / "ep", ConvertConfig(image_tolerance_s=0.001))
+        convert_bag(tmp_path / "bag", tmp_path / "ep", ConvertConfig(image_tolerance_s=0.001, max_gap_s=0.001))
+    # short gaps are kept (nearest frame) and counted
+    entry = convert_bag(tmp_path / "bag", tmp_path / "ep2", ConvertConfig(image_tolerance_s=0.001, max_gap_s=0.2))
+    meta = json.loads((tmp_path / "ep2" / "meta.json").read_text())
+    assert entry["length"] > 0 and meta["alignment"]["camera"]["gaps"] > 0
+    with pytest.raises(ValueError, match="image_tolerance_s <= max_gap_s"):
+        ConvertConfig(image_tolerance_s=0.2, max_gap_s=0.1)
     with pytest.raises(ValueError, match="integer multiple"):
         ConvertConfig(obs_hz=10, action_hz=15)

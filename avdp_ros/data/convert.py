@@ -8,9 +8,10 @@ Observation grid
     ``t_k = t0 + k / obs_hz`` for ``k = 0..T-1``, ``t0`` = the latest first stamp of the required
     streams (both cameras, ee pose, gripper state), last step <= the earliest last stamp.
     - camera / wrist: the frame whose stamp is nearest ``t_k``. If it is further than
-      ``image_tolerance_s`` away the step is a gap; gaps fail the bag by default
-      (``on_gap="error"``, a repeated frame would teach the video model a frozen world), or,
-      with ``on_gap="nearest"``, keep the nearest frame and count the gap in ``meta.json``.
+      ``image_tolerance_s`` away the step is a gap (a dropped frame or two, common on real
+      cameras): the nearest frame is kept and the gap counted in ``meta.json``. A frame further
+      than ``max_gap_s`` away fails the bag by default (``on_gap="error"``: a long run of repeated
+      frames would teach the video model a frozen world); ``on_gap="nearest"`` keeps it anyway.
     - ee pose: ``current_pose`` interpolated (linear + slerp, ``geometry.interpolate_poses``).
     - gripper: width = sum of the two finger positions of ``/gripper/joint_states``, linear.
 Actions (``has_actions`` when the bag has a ``target_frame`` topic)
@@ -92,6 +93,7 @@ class ConvertConfig:
     action_hz: float = 10.0  # an integer multiple of obs_hz
     image_size: tuple[int, int] = (128, 128)  # (height, width)
     image_tolerance_s: float = 0.05  # max |frame stamp - grid time|; > 1 frame period at 30 Hz
+    max_gap_s: float = 0.15  # a nearest frame further away than this fails the bag (on_gap="error")
     on_gap: str = "error"  # "error" | "nearest"
     cameras: dict[str, str] = field(
         default_factory=lambda: {
@@ -117,6 +119,9 @@ class ConvertConfig:
         if h <= 0 or w <= 0:
             raise ValueError(f"image_size={self.image_size}: expected positive (height, width)")
         self.image_size = (h, w)
+        if not self.max_gap_s >= self.image_tolerance_s > 0:
+            raise ValueError(f"max_gap_s={self.max_gap_s}, image_tolerance_s={self.image_tolerance_s}: "
+                             "expected 0 < image_tolerance_s <= max_gap_s")
         if self.on_gap not in ("error", "nearest"):
             raise ValueError(f"on_gap={self.on_gap!r}: expected 'error' or 'nearest'")
         if set(self.cameras) & {"ee_pose", "gripper", "action", "stamps", "meta"}:
@@ -325,14 +330,19 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
         order = np.argsort(st, kind="stable")
         idx, err_ns = nearest_indices(st[order], grid)
         gaps = np.flatnonzero(err_ns > tol)
-        if len(gaps) and cfg.on_gap == "error":
-            k = int(gaps[0])
+        long_gaps = np.flatnonzero(err_ns > int(cfg.max_gap_s * 1e9))
+        if len(long_gaps) and cfg.on_gap == "error":
+            k = int(long_gaps[0])
             raise ConversionError(
                 bag,
                 topic,
-                f"{len(gaps)} of {T} steps have no frame within {cfg.image_tolerance_s * 1e3:.0f} ms "
-                f"(first at step {k}, t={grid[k]} ns, nearest frame {err_ns[k] / 1e6:.1f} ms away)",
+                f"{len(long_gaps)} of {T} steps have no frame within {cfg.max_gap_s * 1e3:.0f} ms "
+                f"(first at step {k}, t={grid[k]} ns, nearest frame {err_ns[k] / 1e6:.1f} ms away); "
+                "expected a continuous camera stream (on_gap='nearest' keeps such bags)",
             )
+        if len(gaps):
+            log.warning("%s: %s: %d of %d steps have no frame within %.0f ms; nearest frames used",
+                        bag, topic, len(gaps), T, cfg.image_tolerance_s * 1e3)
         picks[topic] = order[idx]
         align[name] = {
             "max_offset_ms": float(err_ns.max() / 1e6),

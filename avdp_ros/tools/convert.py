@@ -36,13 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-tolerance",
         type=float,
         default=d.image_tolerance_s,
-        help="max seconds between a grid step and its camera frame (default %(default)s)",
+        help="seconds between a grid step and its camera frame beyond which the step counts as a "
+        "gap (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-gap",
+        type=float,
+        default=d.max_gap_s,
+        help="a step whose nearest frame is further away fails the bag (default %(default)s)",
     )
     p.add_argument(
         "--on-gap",
         choices=("error", "nearest"),
         default=d.on_gap,
-        help="a step without a frame within tolerance fails the bag, or keeps the nearest",
+        help="a step without a frame within --max-gap fails the bag (error), or keeps the nearest",
     )
     p.add_argument("--camera-topic", default=d.cameras["camera"])
     p.add_argument("--wrist-topic", default=d.cameras["wrist"])
@@ -64,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             action_hz=args.action_hz,
             image_size=tuple(args.image_size),
             image_tolerance_s=args.image_tolerance,
+            max_gap_s=args.max_gap,
             on_gap=args.on_gap,
             cameras={"camera": args.camera_topic, "wrist": args.wrist_topic},
             pose_topic=args.pose_topic,

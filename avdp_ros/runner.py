@@ -123,16 +123,9 @@ class Stack:
         except Exception:
             self.shutdown()
             raise
-        self._thread = threading.Thread(target=self._spin, name="executor", daemon=True)
-        self._thread.start()
+        from avdp_ros.nodes.spin import spin_in_thread
 
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
+        self._thread = spin_in_thread(self.executor)
 
     def shutdown(self) -> None:
         """Close every node (bags get finalised), then stop the executor."""

@@ -20,22 +20,19 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from avdp_ros.data.bag_io import EpisodeBagWriter
+from avdp_ros.nodes.spin import run_node
 
 DEFAULT_TOPICS = [
     "/camera/camera/color/image_raw",
@@ -320,25 +317,9 @@ class RecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the recorder; SIGINT and SIGTERM both close an open bag properly before exiting."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    node = None
-    executor = SingleThreadedExecutor()
-    try:
-        node = RecorderNode()
-        executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()  # closes the open bag: summary + metadata.yaml
-        executor.shutdown()
-        rclpy.try_shutdown()
+    """Run the recorder; SIGINT and SIGTERM both close an open bag properly before exiting
+    (destroy_node stops the episode: summary + metadata.yaml)."""
+    run_node(RecorderNode, args)
 
 
 if __name__ == "__main__":

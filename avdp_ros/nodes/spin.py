@@ -41,3 +41,17 @@ def run_node(node_cls, args=None, threads: int = 1) -> None:
             node.destroy_node()
         executor.shutdown()
         rclpy.try_shutdown()
+
+
+def spin_in_thread(executor, name: str = "executor") -> threading.Thread:
+    """Spin `executor` on a daemon thread until it (or its context) is shut down."""
+
+    def spin():
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    thread = threading.Thread(target=spin, name=name, daemon=True)
+    thread.start()
+    return thread

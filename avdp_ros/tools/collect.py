@@ -39,6 +39,7 @@ class EpisodeDriver:
         from std_srvs.srv import Trigger
 
         from avdp_ros.nodes import topics
+        from avdp_ros.nodes.spin import spin_in_thread
 
         self._Trigger = Trigger
         self.node = Node("avdp_collect", context=context)
@@ -51,16 +52,7 @@ class EpisodeDriver:
         # Own executor thread: works the same whether the stack runs in this process or not.
         self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name="collect", daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self._executor.spin()
-        except ExternalShutdownException:
-            pass
+        self._thread = spin_in_thread(self._executor, "collect")
 
     def _on_info(self, msg) -> None:
         with self._info_cv:

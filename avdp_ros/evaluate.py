@@ -1,0 +1,128 @@
+"""Closed-loop evaluation without ROS: the same MuJoCo task code the bridge uses, driven by a
+policy through the openpi-style boundary (`reset()`, `infer(obs) -> {"actions": (H, 8)}`).
+
+Timing model (matches the recorded data): observations at `obs_hz` (the dataset rate); a chunk
+of H targets, one per 1/obs_hz; the first `exec_steps` are executed (receding horizon), each
+streamed to the controller at `stream_hz` with linear position / slerp rotation interpolation
+from the previous target, as a teleop stream would be. The sim waits while the policy thinks
+(latency is measured and reported, not simulated; the ROS path in the policy node handles it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from avdp_ros.geometry import slerp
+
+
+class PolicyLike(Protocol):
+    def reset(self) -> None: ...
+
+    def infer(self, obs: dict) -> dict: ...
+
+
+@dataclass
+class EvalConfig:
+    task: str = "push"
+    episodes: int = 50
+    seed: int = 0  # episode i uses seed + i
+    obs_hz: float = 10.0  # observation / action-chunk rate (the dataset's obs_hz)
+    exec_steps: int = 4  # actions executed per chunk before replanning
+    stream_hz: float = 50.0  # target interpolation rate inside one action period
+    time_limit: float = 15.0  # sim seconds per episode
+    image_size: tuple[int, int] = (128, 128)  # (H, W) rendered, as in the recorded dataset
+    videos: int = 2  # episodes whose frames are kept for a video
+
+    def __post_init__(self):
+        if self.exec_steps < 1:
+            raise ValueError(f"exec_steps {self.exec_steps}: expected >= 1")
+        ratio = self.stream_hz / self.obs_hz
+        if self.stream_hz < self.obs_hz or abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError(f"stream_hz {self.stream_hz} must be an integer multiple of obs_hz {self.obs_hz}")
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    duration: float  # sim seconds until success (or the time limit)
+    infer_ms: list[float] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)
+
+
+def observe(sim, instruction: str) -> dict:
+    """The observation dict a policy gets: what the robot's topics carry, nothing privileged."""
+    return {
+        "camera": sim.render("camera"),  # (H, W, 3) uint8
+        "wrist": sim.render("wrist"),
+        "ee_pose": sim.ee_pose().astype(np.float32),  # (7,)
+        "gripper": np.float32(sim.gripper_width()),
+        "instruction": instruction,
+    }
+
+
+def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames: bool = False) -> EpisodeResult:
+    info = sim.reset(seed)
+    policy.reset()
+    res = EpisodeResult(seed=seed, success=False, duration=cfg.time_limit)
+    sub = int(round(cfg.stream_hz / cfg.obs_hz))
+    steps_per_stream = max(1, int(round(1.0 / (cfg.stream_hz * sim.physics_dt))))
+    target = sim.ee_pose()
+    while sim.time < cfg.time_limit - 1e-6:  # float sums of physics_dt land just below it
+        obs = observe(sim, info["instruction"])
+        if keep_frames:
+            res.frames.append(np.concatenate([obs["camera"], obs["wrist"]], axis=1))
+        t0 = time.perf_counter()
+        out = policy.infer(obs)
+        res.infer_ms.append((time.perf_counter() - t0) * 1e3)
+        actions = np.asarray(out["actions"], dtype=np.float64)  # (H, 8) pose7 + gripper
+        if actions.ndim != 2 or actions.shape[1] != 8 or not np.all(np.isfinite(actions)):
+            raise ValueError(f"policy returned actions {actions.shape} (finite: {np.isfinite(actions).all()}); "
+                             "expected finite (H, 8) = pose7 + gripper width")
+        for a in actions[: cfg.exec_steps]:
+            start = target
+            for j in range(1, sub + 1):
+                f = j / sub
+                pose = np.concatenate([start[:3] + f * (a[:3] - start[:3]), slerp(start[3:], a[3:7], f)])
+                sim.set_target(pose)
+                sim.set_gripper(float(a[7]))
+                sim.step(steps_per_stream)
+            target = a[:7]
+            if sim.success():
+                res.success, res.duration = True, sim.time
+                return res
+    return res
+
+
+def evaluate(policy: PolicyLike, cfg: EvalConfig, progress: bool = True) -> dict:
+    """Run `cfg.episodes` seeded episodes; returns success rate, lengths, latency percentiles."""
+    from tqdm import tqdm
+
+    from avdp_ros.sim.env import PandaSim, SimConfig
+
+    sim = PandaSim(SimConfig(task=cfg.task, image_height=cfg.image_size[0], image_width=cfg.image_size[1],
+                             episode_time_limit=cfg.time_limit))
+    results: list[EpisodeResult] = []
+    try:
+        for i in tqdm(range(cfg.episodes), desc=f"eval {cfg.task}", disable=not progress):
+            results.append(run_episode(sim, policy, cfg.seed + i, cfg, keep_frames=i < cfg.videos))
+    finally:
+        sim.close()
+    lat = np.concatenate([r.infer_ms[1:] for r in results if len(r.infer_ms) > 1] or [np.zeros(0)])
+    ok = [r.success for r in results]
+    return {
+        "task": cfg.task,
+        "episodes": len(results),
+        "success_rate": float(np.mean(ok)) if ok else 0.0,
+        "failed_seeds": [r.seed for r in results if not r.success],
+        "mean_duration_s": float(np.mean([r.duration for r in results])) if results else 0.0,
+        # first call of each episode excluded: warm-up (allocations, caches)
+        "infer_ms_p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        "infer_ms_p99": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+        "infer_calls": int(lat.size),
+        "frames": [r.frames for r in results if r.frames],
+    }

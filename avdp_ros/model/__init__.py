@@ -1,0 +1,1 @@
+"""Model core (pure torch, no rclpy): tokenizer, autoregressive video model, inverse dynamics."""

@@ -38,6 +38,7 @@ setup(
             "avdp-collect = avdp_ros.tools.collect:main",
             "avdp-convert = avdp_ros.tools.convert:main",
             "avdp-sim-bench = avdp_ros.tools.sim_bench:main",
+            "avdp-eval = avdp_ros.tools.eval:main",
         ],
     },
 )

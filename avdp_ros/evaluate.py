@@ -66,35 +66,47 @@ def observe(sim, instruction: str) -> dict:
 
 
 def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames: bool = False) -> EpisodeResult:
+    """One seeded episode. Every 1/obs_hz the policy sees an observation: `infer` at the start of
+    a chunk, `observe` (if the policy has it) in between, so its frame history is spaced as in
+    training. Action i of a chunk is the target due i periods after the chunk's observation;
+    actions 1..exec_steps are executed, each approached by interpolation over its period."""
     info = sim.reset(seed)
     policy.reset()
     res = EpisodeResult(seed=seed, success=False, duration=cfg.time_limit)
     sub = int(round(cfg.stream_hz / cfg.obs_hz))
     steps_per_stream = max(1, int(round(1.0 / (cfg.stream_hz * sim.physics_dt))))
     target = sim.ee_pose()
+    chunk, i, k = None, 0, 0
     while sim.time < cfg.time_limit - 1e-6:  # float sums of physics_dt land just below it
         obs = observe(sim, info["instruction"])
         if keep_frames:
             res.frames.append(np.concatenate([obs["camera"], obs["wrist"]], axis=1))
-        t0 = time.perf_counter()
-        out = policy.infer(obs)
-        res.infer_ms.append((time.perf_counter() - t0) * 1e3)
-        actions = np.asarray(out["actions"], dtype=np.float64)  # (H, 8) pose7 + gripper
-        if actions.ndim != 2 or actions.shape[1] != 8 or not np.all(np.isfinite(actions)):
-            raise ValueError(f"policy returned actions {actions.shape} (finite: {np.isfinite(actions).all()}); "
-                             "expected finite (H, 8) = pose7 + gripper width")
-        for a in actions[: cfg.exec_steps]:
-            start = target
-            for j in range(1, sub + 1):
-                f = j / sub
-                pose = np.concatenate([start[:3] + f * (a[:3] - start[:3]), slerp(start[3:], a[3:7], f)])
-                sim.set_target(pose)
-                sim.set_gripper(float(a[7]))
-                sim.step(steps_per_stream)
-            target = a[:7]
-            if sim.success():
-                res.success, res.duration = True, sim.time
-                return res
+        if k % cfg.exec_steps == 0:
+            t0 = time.perf_counter()
+            out = policy.infer(obs)
+            res.infer_ms.append((time.perf_counter() - t0) * 1e3)
+            chunk = np.asarray(out["actions"], dtype=np.float64)  # (H, 8) pose7 + gripper
+            if chunk.ndim != 2 or chunk.shape[1] != 8 or not np.all(np.isfinite(chunk)):
+                raise ValueError(f"policy returned actions {chunk.shape} (finite: {np.isfinite(chunk).all()}); "
+                                 "expected finite (H, 8) = pose7 + gripper width")
+            if chunk.shape[0] <= cfg.exec_steps:
+                raise ValueError(f"policy horizon {chunk.shape[0]} must exceed exec_steps {cfg.exec_steps}")
+            i = 0
+        elif hasattr(policy, "observe"):
+            policy.observe(obs)
+        i += 1
+        a = chunk[i]
+        start = target
+        for j in range(1, sub + 1):
+            f = j / sub
+            sim.set_target(np.concatenate([start[:3] + f * (a[:3] - start[:3]), slerp(start[3:], a[3:7], f)]))
+            sim.set_gripper(float(a[7]))
+            sim.step(steps_per_stream)
+        target = a[:7]
+        k += 1
+        if sim.success():
+            res.success, res.duration = True, sim.time
+            break
     return res
 
 

@@ -16,10 +16,13 @@ class ConstantPolicy:
 
     def __init__(self, offset, horizon=8, width=0.0):
         self.offset, self.horizon, self.width = np.asarray(offset, float), horizon, width
-        self.calls, self.goal = 0, None
+        self.calls, self.observed, self.goal = 0, 0, None
 
     def reset(self):
-        self.calls, self.goal = 0, None
+        self.calls, self.observed, self.goal = 0, 0, None
+
+    def observe(self, obs):
+        self.observed += 1
 
     def infer(self, obs):
         assert obs["camera"].shape == (64, 64, 3) and obs["camera"].dtype == np.uint8
@@ -43,8 +46,8 @@ def test_chunks_are_executed_and_the_arm_follows(sim):
     policy = ConstantPolicy([0.05, 0.0, 0.05])
     res = run_episode(sim, policy, seed=0, cfg=cfg, keep_frames=True)
     assert not res.success and res.duration == 2.0
-    # 2 s at 10 Hz with 4 actions executed per chunk -> 5 chunks
-    assert policy.calls == len(res.infer_ms) == len(res.frames) == 5
+    # 2 s at 10 Hz with 4 actions executed per chunk -> 5 chunks, 20 observations
+    assert policy.calls == len(res.infer_ms) == 5 and policy.observed == 15 and len(res.frames) == 20
     assert np.linalg.norm(sim.ee_pose()[:3] - policy.goal[:3]) < 0.01
     assert res.frames[0].shape == (64, 128, 3)
 
@@ -58,6 +61,12 @@ def test_non_finite_actions_are_refused(sim):
 
     with pytest.raises(ValueError, match="expected finite"):
         run_episode(sim, Bad([0, 0, 0]), seed=0, cfg=EvalConfig(time_limit=1.0, image_size=(64, 64)))
+
+
+def test_horizon_must_exceed_exec_steps(sim):
+    with pytest.raises(ValueError, match="horizon 4 must exceed exec_steps 4"):
+        run_episode(sim, ConstantPolicy([0, 0, 0], horizon=4), seed=0,
+                    cfg=EvalConfig(time_limit=1.0, exec_steps=4, image_size=(64, 64)))
 
 
 def test_config_is_validated():

@@ -1,0 +1,170 @@
+"""The policy boundary (openpi style): `infer(observation dict of numpy) -> dict` and `reset()`.
+
+This is what the ROS policy node and the no-ROS evaluator call. It owns the frame history
+(latents of the last `context_frames` observations), runs tokenizer -> video rollout -> IDM (or
+tokenizer -> action-only baseline), and returns an action chunk in robot units:
+
+    obs = {"camera": (H, W, 3) uint8, "wrist": (H, W, 3) uint8, "ee_pose": (7,) x y z qx qy qz qw,
+           "gripper": width (m), "instruction": str}
+    out = policy.infer(obs, noise=None)
+    out["actions"]            (H, 8) float64: target pose7 + gripper width, action i due at t_obs + i / obs_hz
+    out["predicted_frames"]   (K, cams, S, S, 3) uint8, only with return_frames=True (video policies)
+    out["timings"]            {"tokenizer_ms", "video_ms", "idm_ms", "total_ms"}
+
+`infer` expects to be called once per observation period (1 / obs_hz), which is how the frame
+history is spaced in training; `observe(obs)` adds a frame without planning (when a controller
+replans less often than it observes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avdp_ros.model.checkpoint import CheckpointError, load_checkpoint, load_into
+from avdp_ros.model.config import PolicyConfig
+from avdp_ros.model.idm import ActionBatch, ActionOnlyPolicy, InverseDynamics, Normalizer
+from avdp_ros.model.rotation import pose9_to_pose7
+from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig, pose_to_state10
+from avdp_ros.model.video import VideoModel
+
+KINDS = ("idm", "baseline")  # checkpoint kinds a Policy can be built from
+
+
+class Policy:
+    """A trained policy: video model + IDM ("idm" checkpoints) or the action-only baseline.
+
+    Args:
+        cfg: the policy config stored in the checkpoint.
+        tokenizer: frame tokenizer (eval mode).
+        actor: InverseDynamics or ActionOnlyPolicy (owns its state/action normalisers).
+        video, video_state_norm: the frozen video model and its state normaliser (idm only).
+        video_steps, action_steps: Euler steps per predicted frame / per action chunk
+            (default: the config's).
+    """
+
+    def __init__(self, cfg: PolicyConfig, tokenizer: Tokenizer, actor: torch.nn.Module,
+                 video: VideoModel | None = None, video_state_norm: Normalizer | None = None,
+                 video_steps: int | None = None, action_steps: int | None = None):
+        if isinstance(actor, InverseDynamics) and (video is None or video_state_norm is None):
+            raise ValueError("an InverseDynamics policy needs the video model and its state normaliser")
+        self.cfg = cfg
+        self.tokenizer = tokenizer.eval()
+        self.actor = actor.eval()
+        self.video = video.eval() if video is not None else None
+        self.video_state_norm = video_state_norm
+        self.video_steps = video_steps or cfg.video_steps
+        self.action_steps = action_steps or cfg.action_steps
+        self.device = next(actor.parameters()).device
+        self._frames: deque[tuple[torch.Tensor, np.ndarray]] = deque(maxlen=cfg.context_frames)
+
+    @property
+    def obs_hz(self) -> float:
+        return self.cfg.obs_hz
+
+    @property
+    def kind(self) -> str:
+        return "idm" if self.video is not None else "baseline"
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
+                        video_steps: int | None = None, action_steps: int | None = None) -> Policy:
+        """Rebuild a policy from an `avdp-train-idm` or `avdp-train-baseline` checkpoint directory
+        (the run's `latest/`, or the run folder itself)."""
+        path = Path(path)
+        if not (path / "checkpoint.json").exists() and (path / "latest" / "checkpoint.json").exists():
+            path = path / "latest"
+        states, meta = load_checkpoint(path)
+        kind = meta.get("kind")
+        if kind not in KINDS:
+            raise CheckpointError(f"checkpoint {path} holds a '{kind}' model; a policy needs one of {KINDS} "
+                                  "(train one with avdp-train-idm or avdp-train-baseline)")
+        cfg = PolicyConfig.from_dict(meta["config"])
+        tok = Tokenizer(TokenizerConfig.from_dict(cfg.tokenizer))
+        load_into(tok, states["tokenizer"], f"{path}: tokenizer")
+        actor = InverseDynamics(cfg) if kind == "idm" else ActionOnlyPolicy(cfg)
+        load_into(actor, states[kind], f"{path}: {kind}")
+        video = vnorm = None
+        if kind == "idm":
+            video, vnorm = VideoModel(cfg), Normalizer(10)
+            load_into(video, states["video"], f"{path}: video")
+            load_into(vnorm, states["video_state_norm"], f"{path}: video_state_norm")
+            video, vnorm = video.to(device), vnorm.to(device)
+        return cls(cfg, tok.to(device), actor.to(device), video, vnorm, video_steps, action_steps)
+
+    def reset(self) -> None:
+        """Forget the frame history (call at the start of every episode)."""
+        self._frames.clear()
+
+    def _check(self, obs: dict) -> None:
+        for cam in self.cfg.cameras:
+            img = obs.get(cam)
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                got = "missing" if img is None else f"{getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}"
+                raise ValueError(f"observation '{cam}': {got}, expected a uint8 (H, W, 3) RGB image")
+        pose = np.asarray(obs.get("ee_pose", ()), dtype=np.float64)
+        if pose.shape != (7,) or not np.all(np.isfinite(pose)):
+            raise ValueError(f"observation 'ee_pose': {np.array2string(pose, precision=3, max_line_width=200)}, "
+                             "expected 7 finite numbers (x y z qx qy qz qw)")
+        if not np.isfinite(float(obs.get("gripper", np.nan))):
+            raise ValueError(f"observation 'gripper': {obs.get('gripper')!r}, expected a finite width in metres")
+
+    @torch.no_grad()
+    def observe(self, obs: dict) -> float:
+        """Encode and append one observation to the history; returns the tokenizer time (ms)."""
+        self._check(obs)
+        t0 = time.perf_counter()
+        images = np.stack([obs[cam] for cam in self.cfg.cameras])  # (cams, H, W, 3)
+        latents = self.tokenizer.encode(images).to(self.device)  # (cams, C, h, w)
+        state = pose_to_state10(np.asarray(obs["ee_pose"], np.float32)[None],
+                                np.asarray([obs["gripper"]], np.float32))[0]  # (10,)
+        if not self._frames:  # episode start: the history is padded with the first frame, as in training
+            for _ in range(self.cfg.context_frames - 1):
+                self._frames.append((latents, state))
+        self._frames.append((latents, state))
+        return (time.perf_counter() - t0) * 1e3
+
+    @torch.no_grad()
+    def infer(self, obs: dict, noise: dict[str, torch.Tensor] | None = None,
+              return_frames: bool = False) -> dict:
+        """Plan an action chunk for `obs` (see the module docstring for keys and shapes).
+
+        Args:
+            noise: optional fixed noise for determinism: {"video": (1, K, cams, C, h, w),
+                "action": (1, H, 10)}.
+            return_frames: also decode the predicted frames (costs a decoder pass).
+        """
+        noise = noise or {}
+        t_start = time.perf_counter()
+        tok_ms = self.observe(obs)
+        context = torch.stack([f for f, _ in self._frames])[None]  # (1, Fc, cams, C, h, w)
+        states = torch.from_numpy(np.stack([s for _, s in self._frames]))[None].to(self.device)  # (1, Fc, 10)
+        instr = torch.tensor([self.cfg.instruction_index(str(obs.get("instruction", "")))], device=self.device)
+        timings = {"tokenizer_ms": tok_ms, "video_ms": 0.0}
+        pred = feats = None
+        if self.video is not None:
+            t0 = time.perf_counter()
+            pred, feats = self.video.rollout(context, instr, self.video_state_norm.normalize(states),
+                                             k=self.cfg.future_frames, steps=self.video_steps,
+                                             noise=noise.get("video"))  # (1, K, cams, C, h, w), (1, Fc+K, D)
+            timings["video_ms"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        batch = ActionBatch(context=context, state=self.actor.state_norm.normalize(states[:, -1]), instr=instr,
+                            future=pred,
+                            video_features=feats if self.cfg.idm.video_feature_dim > 0 and feats is not None else None)
+        a = self.actor.action_norm.unnormalize(
+            self.actor.sample(batch, steps=self.action_steps, noise=noise.get("action")))  # (1, H, 10)
+        pose7 = pose9_to_pose7(a[0, :, :9])  # (H, 7)
+        actions = torch.cat([pose7, a[0, :, 9:10]], dim=-1).double().cpu().numpy()  # (H, 8)
+        timings["idm_ms"] = (time.perf_counter() - t0) * 1e3
+        out = {"actions": actions, "timings": timings}
+        if return_frames and pred is not None:
+            imgs = self.tokenizer.decode(pred[0].flatten(0, 1))  # (K*cams, 3, S, S)
+            imgs = (imgs.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            out["predicted_frames"] = imgs.reshape(pred.shape[1], pred.shape[2], *imgs.shape[1:])
+        timings["total_ms"] = (time.perf_counter() - t_start) * 1e3
+        return out

@@ -1,0 +1,119 @@
+"""The policy boundary: a checkpoint in the trainer's format -> Policy.infer on numpy
+observations, deterministic with fixed noise, clear errors on bad observations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avdp_ros.geometry import axis_angle_to_quat
+from avdp_ros.model.checkpoint import CheckpointError, save_checkpoint
+from avdp_ros.model.config import preset
+from avdp_ros.model.idm import ActionOnlyPolicy, InverseDynamics, Normalizer
+from avdp_ros.model.policy import Policy
+from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer
+from avdp_ros.model.video import VideoModel
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _perturb(m: torch.nn.Module, scale=0.05):
+    # zero-initialised output layers would make every output identical: give them weights
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("policy")
+    tok_cfg = TOKENIZER_PRESETS["tiny"]
+    cfg = preset("tiny")
+    cfg.tokenizer = tok_cfg.to_dict()
+    tok = Tokenizer(tok_cfg)
+    video, vnorm = VideoModel(cfg), Normalizer(10)
+    idm, base = InverseDynamics(cfg), ActionOnlyPolicy(cfg)
+    for m in (video, idm, base):
+        _perturb(m)
+    # plausible action statistics: around a pose in front of the robot
+    for net in (idm, base):
+        net.action_norm.fit(torch.randn(256, 10) * 0.05 + torch.tensor([0.5, 0, 0.3, 1, 0, 0, 0, -1, 0, 0.04]))
+    save_checkpoint(root / "idm", "idm", {"idm": idm, "tokenizer": tok, "video": video, "video_state_norm": vnorm},
+                    cfg.to_dict())
+    save_checkpoint(root / "baseline", "baseline", {"baseline": base, "tokenizer": tok}, cfg.to_dict())
+    save_checkpoint(root / "video", "video", {"video": video, "tokenizer": tok}, cfg.to_dict())
+    return root, cfg
+
+
+def _obs(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "camera": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+        "wrist": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+        "ee_pose": np.concatenate([[0.45, 0.0, 0.3], axis_angle_to_quat(np.array([np.pi, 0, 0]))]),
+        "gripper": 0.04,
+        "instruction": "push the red cube onto the green target region",
+    }
+
+
+@pytest.mark.parametrize("kind", ["idm", "baseline"])
+def test_infer_shapes_determinism_and_noise(checkpoints, kind):
+    root, cfg = checkpoints
+    policy = Policy.from_checkpoint(root / kind)
+    assert policy.kind == kind and policy.obs_hz == cfg.obs_hz
+    K, cams, (C, h, w) = cfg.future_frames, len(cfg.cameras), cfg.latent_shape
+    g = torch.Generator().manual_seed(1)
+    noise = {"video": torch.randn(1, K, cams, C, h, w, generator=g), "action": torch.randn(1, cfg.horizon, 10, generator=g)}
+    out = policy.infer(_obs(), noise=noise, return_frames=True)
+    a = out["actions"]
+    assert a.shape == (cfg.horizon, 8) and np.all(np.isfinite(a))
+    np.testing.assert_allclose(np.linalg.norm(a[:, 3:7], axis=1), 1.0, atol=1e-5)
+    assert {"tokenizer_ms", "video_ms", "idm_ms", "total_ms"} <= set(out["timings"])
+    if kind == "idm":
+        assert out["predicted_frames"].shape == (K, cams, 16, 16, 3) and out["predicted_frames"].dtype == np.uint8
+    else:
+        assert "predicted_frames" not in out
+    policy.reset()
+    again = policy.infer(_obs(), noise=noise)["actions"]
+    np.testing.assert_array_equal(again, a)  # same history + same noise -> same chunk
+    policy.reset()
+    other = policy.infer(_obs(), noise={k: v + 1.0 for k, v in noise.items()})["actions"]
+    assert not np.allclose(other, a)
+
+
+def test_history_is_padded_then_rolls(checkpoints):
+    root, cfg = checkpoints
+    policy = Policy.from_checkpoint(root / "idm")
+    policy.observe(_obs(0))
+    assert len(policy._frames) == cfg.context_frames  # padded with the first frame
+    first = policy._frames[0][0].clone()
+    for s in range(1, cfg.context_frames + 1):
+        policy.observe(_obs(s))
+    assert len(policy._frames) == cfg.context_frames and not torch.equal(policy._frames[0][0], first)
+
+
+def test_bad_observations_and_checkpoints_are_refused(checkpoints):
+    root, _ = checkpoints
+    policy = Policy.from_checkpoint(root / "baseline")
+    bad = _obs()
+    bad["wrist"] = bad["wrist"].astype(np.float32)
+    with pytest.raises(ValueError, match="'wrist'.*expected a uint8"):
+        policy.infer(bad)
+    bad = _obs()
+    del bad["camera"]
+    with pytest.raises(ValueError, match="'camera': missing"):
+        policy.infer(bad)
+    bad = _obs()
+    bad["ee_pose"][0] = np.nan
+    with pytest.raises(ValueError, match="'ee_pose'.*7 finite"):
+        policy.infer(bad)
+    with pytest.raises(CheckpointError, match="holds a 'video' model; a policy needs one of"):
+        Policy.from_checkpoint(root / "video")

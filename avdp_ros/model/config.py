@@ -1,0 +1,201 @@
+"""Configs of the video model, the inverse dynamics policy and the whole policy, plus presets.
+
+`PolicyConfig` declares the shapes once (cameras, latent shape, frame counts, horizon, vocabulary);
+`VideoModel`, `InverseDynamics` and `ActionOnlyPolicy` are all built from a `PolicyConfig` and read
+their architecture from its `video` / `idm` parts. A checkpoint stores `PolicyConfig.to_dict()` so
+the models can be rebuilt from the file alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+STATE_DIM = 10   # proprio: ee position (3) + rot6d (6) + gripper width (1)
+ACTION_DIM = 10  # one action: target ee position (3) + rot6d (6) + gripper width (1)
+
+
+def _check_positive(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{owner}.{name} = {value}: expected > 0")
+
+
+def _check_heads(owner: str, n_embd: int, n_head: int) -> None:
+    if n_embd % n_head:
+        raise ValueError(f"{owner}: n_embd {n_embd} not divisible by n_head {n_head}")
+
+
+@dataclass
+class VideoConfig:
+    """Architecture of the autoregressive latent video model (`model/video.py`)."""
+
+    patch_size: int = 2              # latent patch side; tokens per camera = (h / p) * (w / p)
+    n_embd: int = 192                # transformer width
+    n_head: int = 6                  # attention heads (n_embd must be divisible by it)
+    n_layer: int = 4                 # transformer blocks
+    mlp_ratio: float = 4.0           # MLP hidden width = mlp_ratio * n_embd
+    max_frames: int = 8              # frame position embeddings; >= context_frames + future_frames
+    logit_normal_t: bool = True      # training noise levels ~ logit-normal (else uniform)
+    clean_prefix_prob: float = 0.5   # per sample: probability that a random prefix of frames is clean
+    #                                  (t = 0, no loss), the rollout situation of clean context frames
+
+    def __post_init__(self) -> None:
+        _check_positive("VideoConfig", patch_size=self.patch_size, n_embd=self.n_embd, n_head=self.n_head,
+                        n_layer=self.n_layer, mlp_ratio=self.mlp_ratio, max_frames=self.max_frames)
+        _check_heads("VideoConfig", self.n_embd, self.n_head)
+        if not 0.0 <= self.clean_prefix_prob <= 1.0:
+            raise ValueError(f"VideoConfig.clean_prefix_prob = {self.clean_prefix_prob}: expected in [0, 1]")
+
+
+@dataclass
+class IDMConfig:
+    """Architecture of the observation encoder + flow-matching action head (`model/idm.py`)."""
+
+    patch_size: int = 4              # latent patch side of the observation encoder (coarser than video)
+    n_embd: int = 128                # width of encoder and action head
+    n_head: int = 4                  # attention heads
+    enc_layers: int = 2              # observation encoder blocks (bidirectional self-attention)
+    head_layers: int = 3             # action head blocks (self-attention over H actions + cross-attention)
+    mlp_ratio: float = 4.0           # MLP hidden width = mlp_ratio * n_embd
+    past_frames: int = 1             # most recent context frames the IDM sees (the baseline sees all)
+    video_feature_dim: int = 0       # width of video-model features fed to the IDM; 0 = not used
+    logit_normal_t: bool = True      # training flow times ~ logit-normal (else uniform)
+
+    def __post_init__(self) -> None:
+        _check_positive("IDMConfig", patch_size=self.patch_size, n_embd=self.n_embd, n_head=self.n_head,
+                        enc_layers=self.enc_layers, head_layers=self.head_layers, mlp_ratio=self.mlp_ratio,
+                        past_frames=self.past_frames)
+        _check_heads("IDMConfig", self.n_embd, self.n_head)
+        if self.video_feature_dim < 0:
+            raise ValueError(f"IDMConfig.video_feature_dim = {self.video_feature_dim}: expected >= 0 (0 = unused)")
+
+
+@dataclass
+class PolicyConfig:
+    """Everything needed to rebuild the video model and the action policies from a checkpoint."""
+
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig as plain data (owned by tokenizer.py)
+    latent_shape: tuple[int, int, int] = (4, 8, 8)  # (C, h, w) latents of one camera image
+    cameras: tuple[str, ...] = ("camera", "wrist")   # camera order inside a frame
+    obs_hz: float = 10.0             # frame rate of observations and of actions
+    context_frames: int = 4          # Fc: past frames the video model conditions on
+    future_frames: int = 4           # K: frames the video model predicts per policy step
+    horizon: int = 8                 # H: actions per chunk (at obs_hz)
+    instructions: tuple[str, ...] = ("<unk>",)  # vocabulary; index 0 is "<unk>" for unknown strings
+    video_steps: int = 2             # default Euler steps per predicted frame
+    action_steps: int = 8            # default Euler steps for an action chunk
+    video: VideoConfig = field(default_factory=VideoConfig)
+    idm: IDMConfig = field(default_factory=IDMConfig)
+
+    def __post_init__(self) -> None:
+        # from_dict / JSON give lists; keep tuples so configs compare equal and stay hashable-ish
+        self.latent_shape = tuple(int(v) for v in self.latent_shape)
+        self.cameras = tuple(self.cameras)
+        self.instructions = tuple(self.instructions)
+        if isinstance(self.video, dict):
+            self.video = VideoConfig(**self.video)
+        if isinstance(self.idm, dict):
+            self.idm = IDMConfig(**self.idm)
+        if len(self.latent_shape) != 3 or min(self.latent_shape) <= 0:
+            raise ValueError(f"PolicyConfig.latent_shape = {self.latent_shape}: expected positive (C, h, w)")
+        _, h, w = self.latent_shape
+        for owner, p in (("video", self.video.patch_size), ("idm", self.idm.patch_size)):
+            if h % p or w % p:
+                raise ValueError(f"PolicyConfig.{owner}.patch_size {p} does not divide latent size {h}x{w}")
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"PolicyConfig.cameras = {self.cameras}: expected distinct camera names")
+        if not self.instructions or self.instructions[0] != "<unk>":
+            raise ValueError(f"PolicyConfig.instructions must start with '<unk>', got {self.instructions[:1]}")
+        if len(set(self.instructions)) != len(self.instructions):
+            raise ValueError("PolicyConfig.instructions has duplicate strings")
+        _check_positive("PolicyConfig", obs_hz=self.obs_hz, context_frames=self.context_frames,
+                        future_frames=self.future_frames, horizon=self.horizon,
+                        video_steps=self.video_steps, action_steps=self.action_steps)
+        if self.context_frames + self.future_frames > self.video.max_frames:
+            raise ValueError(f"PolicyConfig: context_frames {self.context_frames} + future_frames "
+                             f"{self.future_frames} exceeds video.max_frames {self.video.max_frames}")
+        if self.idm.past_frames > self.context_frames:
+            raise ValueError(f"PolicyConfig: idm.past_frames {self.idm.past_frames} exceeds "
+                             f"context_frames {self.context_frames}")
+        if self.idm.video_feature_dim not in (0, self.video.n_embd):
+            raise ValueError(f"PolicyConfig: idm.video_feature_dim {self.idm.video_feature_dim} must be 0 (unused) "
+                             f"or the video model width video.n_embd {self.video.n_embd}")
+        self._check_tokenizer()
+
+    def _check_tokenizer(self) -> None:
+        """If the tokenizer dict says enough to derive its latent shape, it must match ours."""
+        tok = self.tokenizer
+        if not {"image_size", "latent_channels", "block_out_channels"} <= tok.keys():
+            return
+        down = 2 ** (len(tok["block_out_channels"]) - 1)  # AutoencoderKL halves once per extra block
+        side = int(tok["image_size"]) // down
+        expected = (int(tok["latent_channels"]), side, side)
+        if expected != self.latent_shape:
+            raise ValueError(f"PolicyConfig.latent_shape {self.latent_shape} does not match the tokenizer "
+                             f"config, which gives {expected}")
+
+    @property
+    def n_cameras(self) -> int:
+        return len(self.cameras)
+
+    def instruction_index(self, text: str) -> int:
+        """Vocabulary index of an instruction string; unknown strings map to 0 (`<unk>`)."""
+        try:
+            return self.instructions.index(text)
+        except ValueError:
+            return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable data (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["latent_shape"] = list(self.latent_shape)
+        d["cameras"] = list(self.cameras)
+        d["instructions"] = list(self.instructions)
+        d["tokenizer"] = copy.deepcopy(self.tokenizer)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
+        """Inverse of `to_dict`; unknown keys raise so a stale checkpoint fails loudly."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"PolicyConfig.from_dict: unknown keys {sorted(unknown)}")
+        d = dict(d)
+        d["video"] = VideoConfig(**d.get("video", {}))
+        d["idm"] = IDMConfig(**d.get("idm", {}))
+        return cls(**d)
+
+
+SIM_INSTRUCTIONS = (
+    "<unk>",
+    "push the red cube onto the green target region",
+    "pick up the red cube and place it in the blue bin",
+)
+
+PRESETS: dict[str, PolicyConfig] = {
+    # CPU unit tests: a forward + backward in milliseconds
+    "tiny": PolicyConfig(
+        latent_shape=(4, 4, 4), context_frames=2, future_frames=2, horizon=4,
+        instructions=SIM_INSTRUCTIONS, video_steps=2, action_steps=4,
+        video=VideoConfig(patch_size=2, n_embd=32, n_head=2, n_layer=2, max_frames=4),
+        idm=IDMConfig(patch_size=2, n_embd=32, n_head=2, enc_layers=1, head_layers=1, video_feature_dim=32),
+    ),
+    # sim tasks: 64x64 images -> (4, 8, 8) latents, 16 video tokens per camera, trainable on CPU
+    "base": PolicyConfig(
+        latent_shape=(4, 8, 8), context_frames=4, future_frames=4, horizon=8,
+        instructions=SIM_INSTRUCTIONS, video_steps=2, action_steps=8,
+        video=VideoConfig(patch_size=2, n_embd=192, n_head=6, n_layer=4, max_frames=8),
+        idm=IDMConfig(patch_size=4, n_embd=128, n_head=4, enc_layers=2, head_layers=3, video_feature_dim=192),
+    ),
+}
+
+
+def preset(name: str) -> PolicyConfig:
+    """A fresh copy of a named preset (so callers may edit it freely)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])

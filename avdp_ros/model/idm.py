@@ -1,0 +1,228 @@
+"""Action policies: inverse dynamics over predicted frames, and the action-only baseline.
+
+Both share one backbone (`ObsEncoder`: frames + state + instruction -> conditioning tokens) and
+one flow-matching head (`ActionHead`: a small transformer over the H action tokens that
+cross-attends to the conditioning tokens). They differ only in which frames they see:
+
+- `InverseDynamics`: the last `idm.past_frames` context frames plus the K future frames (ground
+  truth in training, predicted by the video model at inference), optionally with video-model
+  features, which are detached so no action gradient reaches the video model (Video Policy's
+  two-stage training).
+- `ActionOnlyPolicy`: all context frames and nothing predicted: the honest baseline.
+
+States and actions in an `ActionBatch` are normalised; each policy owns `state_norm` and
+`action_norm` (`Normalizer`) so the statistics travel in its checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import flow
+from .config import ACTION_DIM, STATE_DIM, PolicyConfig
+from .layers import (
+    MLP,
+    Attention,
+    CrossAttention,
+    EncoderBlock,
+    Normalizer,
+    TimestepEmbedder,
+    init_weights,
+    modulate,
+    patchify,
+)
+
+__all__ = ["ActionBatch", "ActionOnlyPolicy", "InverseDynamics", "Normalizer"]
+
+
+@dataclass
+class ActionBatch:
+    """Inputs of the action policies (all tensors on one device)."""
+
+    context: Tensor                        # (B, Fc, cams, C, h, w) latents of observed frames
+    state: Tensor                          # (B, 10) normalised proprio at the last observed frame
+    instr: Tensor                          # (B,) long instruction indices
+    future: Tensor | None = None           # (B, K, cams, C, h, w) future latents (truth / predicted)
+    actions: Tensor | None = None          # (B, H, 10) normalised action chunk (training only)
+    video_features: Tensor | None = None   # (B, Fv, n_embd_video) video-model features, or None
+
+
+class ObsEncoder(nn.Module):
+    """Frames (+ video features) + state + instruction -> conditioning tokens (B, L, D).
+
+    Frame tokens are coarse latent patches with spatial, camera and frame-index embeddings; a
+    few bidirectional transformer blocks mix everything.
+    """
+
+    def __init__(self, cfg: PolicyConfig, max_frames: int, video_feature_dim: int = 0):
+        super().__init__()
+        c = cfg.idm
+        C, h, w = cfg.latent_shape
+        self.patch_size = c.patch_size
+        n_patch = (h // c.patch_size) * (w // c.patch_size)
+        D = c.n_embd
+        self.patch_in = nn.Linear(C * c.patch_size ** 2, D)
+        self.pos_spatial = nn.Parameter(torch.randn(n_patch, D) * 0.02)
+        self.pos_camera = nn.Parameter(torch.randn(cfg.n_cameras, D) * 0.02)
+        self.pos_frame = nn.Parameter(torch.randn(max_frames, D) * 0.02)
+        self.state_proj = nn.Linear(STATE_DIM, D)
+        self.instr_embed = nn.Embedding(len(cfg.instructions), D)
+        self.feature_proj = nn.Linear(video_feature_dim, D) if video_feature_dim else None
+        self.pos_feature = nn.Parameter(torch.randn(cfg.video.max_frames, D) * 0.02) if video_feature_dim else None
+        self.blocks = nn.ModuleList([EncoderBlock(D, c.n_head, c.mlp_ratio) for _ in range(c.enc_layers)])
+        self.norm = nn.LayerNorm(D)
+
+    def forward(self, frames: Tensor, state: Tensor, instr: Tensor,
+                video_features: Tensor | None = None) -> Tensor:
+        """frames (B, F, cams, C, h, w), state (B, 10), instr (B,), video_features (B, Fv, Dv)."""
+        B, Fr = frames.shape[:2]
+        tok = self.patch_in(patchify(frames, self.patch_size))  # (B, F, cams, N, D)
+        tok = tok + self.pos_spatial + self.pos_camera[:, None, :] + self.pos_frame[:Fr, None, None, :]
+        parts = [tok.reshape(B, -1, tok.shape[-1]),  # (B, F*cams*N, D)
+                 self.state_proj(state.to(tok.dtype))[:, None, :],  # (B, 1, D)
+                 self.instr_embed(instr)[:, None, :]]  # (B, 1, D)
+        if self.feature_proj is not None:
+            if video_features is None:
+                raise ValueError("this policy was configured with idm.video_feature_dim > 0: "
+                                 "ActionBatch.video_features is required")
+            # detach: the action loss must not train the video model (two-stage training)
+            feats = video_features.detach().to(tok.dtype)
+            parts.append(self.feature_proj(feats) + self.pos_feature[:feats.shape[1]])  # (B, Fv, D)
+        x = torch.cat(parts, dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)  # (B, L, D)
+
+
+class HeadBlock(nn.Module):
+    """Self-attention over action tokens, cross-attention to conditioning, MLP; adaLN-zero on t."""
+
+    def __init__(self, n_embd: int, n_head: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(n_embd, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(n_embd, n_head)
+        self.norm_x = nn.LayerNorm(n_embd)
+        self.cross = CrossAttention(n_embd, n_head)
+        self.norm2 = nn.LayerNorm(n_embd, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(n_embd, mlp_ratio)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(n_embd, 6 * n_embd))
+
+    def forward(self, x: Tensor, c: Tensor, ctx: Tensor) -> Tensor:
+        """x (B, H, D) action tokens, c (B, D) time (+ pooled context) vector, ctx (B, L, D)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None, :].chunk(6, dim=-1)  # (B, 1, D)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1))[0]
+        x = x + self.cross(self.norm_x(x), ctx)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class ActionHead(nn.Module):
+    """Flow-matching velocity of an action chunk: (a_t (B, H, 10), t (B,), ctx (B, L, D)) -> (B, H, 10)."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        c = cfg.idm
+        D = c.n_embd
+        self.action_in = nn.Linear(ACTION_DIM, D)
+        self.pos = nn.Parameter(torch.randn(cfg.horizon, D) * 0.02)
+        self.t_embed = TimestepEmbedder(D)
+        self.blocks = nn.ModuleList([HeadBlock(D, c.n_head, c.mlp_ratio) for _ in range(c.head_layers)])
+        self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
+        self.action_out = nn.Linear(D, ACTION_DIM)
+
+    def forward(self, a_t: Tensor, t: Tensor, ctx: Tensor) -> Tensor:
+        x = self.action_in(a_t) + self.pos  # (B, H, D)
+        c = self.t_embed(t) + ctx.mean(dim=1)  # (B, D)
+        for block in self.blocks:
+            x = block(x, c, ctx)
+        shift, scale = self.ada_out(c)[:, None, :].chunk(2, dim=-1)
+        return self.action_out(modulate(self.norm_out(x), shift, scale))  # (B, H, 10)
+
+
+class _ChunkPolicy(nn.Module):
+    """Backbone + action head + normalisers; subclasses choose the frames (and features) seen."""
+
+    def __init__(self, cfg: PolicyConfig, max_frames: int, video_feature_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ObsEncoder(cfg, max_frames, video_feature_dim)
+        self.head = ActionHead(cfg)
+        self.state_norm = Normalizer(STATE_DIM)
+        self.action_norm = Normalizer(ACTION_DIM)
+        self.apply(init_weights)
+        for lin in [b.ada[1] for b in self.head.blocks] + [self.head.ada_out[1], self.head.action_out]:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def _frames(self, batch: ActionBatch) -> Tensor:
+        raise NotImplementedError
+
+    def _video_features(self, batch: ActionBatch) -> Tensor | None:
+        return None
+
+    def encode(self, batch: ActionBatch) -> Tensor:
+        """Conditioning tokens (B, L, n_embd) for the action head (computed once per chunk)."""
+        return self.encoder(self._frames(batch), batch.state, batch.instr, self._video_features(batch))
+
+    def loss(self, batch: ActionBatch, t: Tensor | None = None, noise: Tensor | None = None,
+             generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        """Flow-matching loss on the normalised chunk `batch.actions` (B, H, 10).
+
+        Returns:
+            (scalar loss, logs {"action_loss"}).
+        """
+        if batch.actions is None:
+            raise ValueError(f"{type(self).__name__}.loss: ActionBatch.actions is required")
+        x0 = batch.actions
+        B = x0.shape[0]
+        if t is None:
+            t = flow.sample_t((B,), generator, x0.device, self.cfg.idm.logit_normal_t).to(x0.dtype)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        v = self.head(flow.interpolate(x0, noise, t), t, self.encode(batch))
+        loss = F.mse_loss(v, flow.velocity_target(x0, noise))
+        return loss, {"action_loss": loss.item()}
+
+    @torch.no_grad()
+    def sample(self, batch: ActionBatch, steps: int | None = None, noise: Tensor | None = None) -> Tensor:
+        """A normalised action chunk (B, H, 10) by `steps` Euler steps (default cfg.action_steps)
+        from `noise` (B, H, 10) (drawn when None). Use `action_norm.unnormalize` for real units."""
+        steps = self.cfg.action_steps if steps is None else steps
+        ctx = self.encode(batch)
+        B = ctx.shape[0]
+        if noise is None:
+            noise = torch.randn(B, self.cfg.horizon, ACTION_DIM, device=ctx.device, dtype=ctx.dtype)
+        elif noise.shape != (B, self.cfg.horizon, ACTION_DIM):
+            raise ValueError(f"{type(self).__name__}.sample: noise of shape {tuple(noise.shape)}, "
+                             f"expected {(B, self.cfg.horizon, ACTION_DIM)}")
+        return flow.euler_sample(lambda a, t: self.head(a, t, ctx), noise, steps)
+
+
+class InverseDynamics(_ChunkPolicy):
+    """pi(a_t..t+H | last past frames, future frames, state, instruction[, video features])."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__(cfg, cfg.idm.past_frames + cfg.future_frames, cfg.idm.video_feature_dim)
+
+    def _frames(self, batch: ActionBatch) -> Tensor:
+        if batch.future is None:
+            raise ValueError("InverseDynamics: ActionBatch.future (B, K, cams, C, h, w) is required")
+        past = batch.context[:, -self.cfg.idm.past_frames:]
+        return torch.cat([past, batch.future], dim=1)  # (B, P + K, cams, C, h, w)
+
+    def _video_features(self, batch: ActionBatch) -> Tensor | None:
+        return batch.video_features
+
+
+class ActionOnlyPolicy(_ChunkPolicy):
+    """pi(a_t..t+H | all context frames, state, instruction): no predicted frames, no video model."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__(cfg, cfg.context_frames, 0)
+
+    def _frames(self, batch: ActionBatch) -> Tensor:
+        return batch.context  # (B, Fc, cams, C, h, w)

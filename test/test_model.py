@@ -1,0 +1,354 @@
+"""Fast tests of the model core (tiny preset, CPU): configs, flow helpers, rotations, normaliser,
+video model (causality, KV cache, sampling) and the action policies (IDM, action-only baseline)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from avdp_ros import geometry
+from avdp_ros.model import flow, rotation
+from avdp_ros.model.checkpoint import load_checkpoint, save_checkpoint
+from avdp_ros.model.config import PRESETS, IDMConfig, PolicyConfig, VideoConfig, preset
+from avdp_ros.model.idm import ActionBatch, ActionOnlyPolicy, InverseDynamics, Normalizer
+from avdp_ros.model.video import VideoModel, block_causal_mask
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # on a shared 2-core machine, intra-op threads spin against each other (tens of times slower)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cfg() -> PolicyConfig:
+    return preset("tiny")
+
+
+def _latents(cfg: PolicyConfig, batch: int, frames: int) -> torch.Tensor:
+    return torch.randn(batch, frames, cfg.n_cameras, *cfg.latent_shape)
+
+
+def _scramble(model: torch.nn.Module) -> torch.nn.Module:
+    """Perturb every parameter: adaLN-zero makes a fresh model's output identically 0, which
+    would let causality / cache tests pass vacuously."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def _action_batch(cfg: PolicyConfig, batch: int = 4) -> ActionBatch:
+    return ActionBatch(
+        context=_latents(cfg, batch, cfg.context_frames),
+        future=_latents(cfg, batch, cfg.future_frames),
+        state=torch.randn(batch, 10),
+        instr=torch.randint(0, len(cfg.instructions), (batch,)),
+        actions=torch.randn(batch, cfg.horizon, 10),
+        video_features=torch.randn(batch, cfg.context_frames + cfg.future_frames, cfg.video.n_embd),
+    )
+
+
+# ---- config ---------------------------------------------------------------------------------
+
+def test_config_round_trip_through_json():
+    for name in PRESETS:
+        c = preset(name)
+        back = PolicyConfig.from_dict(json.loads(json.dumps(c.to_dict())))
+        assert back == c
+    assert preset("tiny") is not PRESETS["tiny"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: VideoConfig(n_embd=100, n_head=3), "n_embd 100 not divisible by n_head 3"),
+    (lambda: IDMConfig(n_embd=30, n_head=4), "n_embd 30 not divisible by n_head 4"),
+    (lambda: VideoConfig(n_layer=0), "n_layer = 0"),
+    (lambda: PolicyConfig(latent_shape=(4, 6, 6), video=VideoConfig(patch_size=4)), "does not divide"),
+    (lambda: PolicyConfig(instructions=("push",)), "must start with '<unk>'"),
+    (lambda: PolicyConfig(context_frames=6, future_frames=4), "exceeds video.max_frames"),
+    (lambda: PolicyConfig(idm=IDMConfig(past_frames=5)), "exceeds context_frames"),
+    (lambda: PolicyConfig(idm=IDMConfig(video_feature_dim=7)), "video_feature_dim 7"),
+    (lambda: PolicyConfig(tokenizer={"image_size": 64, "latent_channels": 4, "block_out_channels": [32, 64]}),
+     r"gives \(4, 32, 32\)"),
+    (lambda: PolicyConfig.from_dict({**PolicyConfig().to_dict(), "bogus": 1}), "unknown keys"),
+    (lambda: preset("huge"), "unknown preset 'huge'"),
+])
+def test_config_validation_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_instruction_index_maps_unknown_to_zero(cfg):
+    assert cfg.instruction_index(cfg.instructions[2]) == 2
+    assert cfg.instruction_index("dance") == 0
+
+
+# ---- flow -----------------------------------------------------------------------------------
+
+def test_flow_interpolation_and_target():
+    x0, eps = torch.randn(3, 5), torch.randn(3, 5)
+    assert torch.equal(flow.interpolate(x0, eps, torch.zeros(3)), x0)
+    assert torch.equal(flow.interpolate(x0, eps, torch.ones(3)), eps)
+    t, dt = torch.full((3,), 0.3), 1e-3
+    finite = (flow.interpolate(x0, eps, t + dt) - flow.interpolate(x0, eps, t)) / dt
+    torch.testing.assert_close(finite, flow.velocity_target(x0, eps), atol=1e-2, rtol=0)
+    # per-frame times broadcast over trailing dims
+    x0f, epsf, tf = torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.rand(2, 3)
+    torch.testing.assert_close(flow.interpolate(x0f, epsf, tf), (1 - tf[..., None]) * x0f + tf[..., None] * epsf)
+
+
+def test_sample_t_range_and_generator():
+    for logit_normal in (True, False):
+        t = flow.sample_t((1000,), torch.Generator().manual_seed(0), logit_normal=logit_normal)
+        assert t.shape == (1000,) and (t > 0).all() and (t < 1).all()
+        again = flow.sample_t((1000,), torch.Generator().manual_seed(0), logit_normal=logit_normal)
+        assert torch.equal(t, again)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_euler_sample_follows_straight_paths(steps):
+    # the exact velocity field of a single data point x0 is (x - x0) / t: Euler is exact on it
+    x0, noise = torch.randn(2, 6), torch.randn(2, 6)
+    out = flow.euler_sample(lambda x, t: (x - x0) / t[:, None], noise, steps)
+    torch.testing.assert_close(out, x0)
+    with pytest.raises(ValueError, match="steps = 0"):
+        flow.euler_sample(lambda x, t: x, noise, 0)
+
+
+# ---- rotation -------------------------------------------------------------------------------
+
+def _random_quats(n: int) -> torch.Tensor:
+    q = torch.nn.functional.normalize(torch.randn(n, 4, dtype=torch.float64), dim=-1)
+    return torch.where(q[:, 3:] < 0, -q, q)
+
+
+def test_rotation_round_trips():
+    q = _random_quats(500)
+    # include the hard cases: identity and 180-degree turns about each axis
+    q = torch.cat([q, torch.tensor([[0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0.0]], dtype=q.dtype)])
+    m = rotation.quat_to_matrix(q)
+    torch.testing.assert_close(m @ m.transpose(-1, -2), torch.eye(3, dtype=q.dtype).expand_as(m))
+    torch.testing.assert_close(torch.linalg.det(m), torch.ones(len(q), dtype=q.dtype))
+    np.testing.assert_allclose(m.numpy(), geometry.quat_to_matrix(q.numpy()), atol=1e-12)
+    d6 = rotation.quat_to_rot6d(q)
+    assert d6.shape == (len(q), 6)
+    back = rotation.rot6d_to_quat(d6)
+    # unique up to sign; w >= 0 leaves only w == 0 ambiguous, so compare as rotations
+    assert (torch.abs((back * q).sum(-1)) > 1 - 1e-9).all()
+    torch.testing.assert_close(rotation.matrix_to_quat(m)[:-4], q[:-4])
+
+
+def test_rot6d_gram_schmidt_projects_to_a_rotation():
+    q = _random_quats(100)
+    d6 = rotation.quat_to_rot6d(q)
+    noisy = 2.5 * d6 + 0.05 * torch.randn_like(d6)  # scaled, slightly non-orthogonal network output
+    m = rotation.rot6d_to_matrix(noisy)
+    torch.testing.assert_close(m @ m.transpose(-1, -2), torch.eye(3, dtype=q.dtype).expand_as(m))
+    torch.testing.assert_close(torch.linalg.det(m), torch.ones(100, dtype=q.dtype))
+    torch.testing.assert_close(rotation.rot6d_to_matrix(d6), rotation.quat_to_matrix(q))
+
+
+def test_pose7_pose9_round_trip():
+    pose = torch.cat([torch.randn(20, 3, dtype=torch.float64), _random_quats(20)], dim=-1)
+    p9 = rotation.pose7_to_pose9(pose)
+    assert p9.shape == (20, 9)
+    torch.testing.assert_close(rotation.pose9_to_pose7(p9), pose)
+
+
+# ---- normaliser -----------------------------------------------------------------------------
+
+def test_normalizer_round_trip_and_checkpoint(tmp_path):
+    data = torch.randn(200, 10) * torch.linspace(0.1, 3, 10) + torch.arange(10.0)
+    data[:, 4] = 0.7  # a constant dimension (e.g. fixed orientation) must stay finite
+    norm = Normalizer(10).fit(data)
+    z = norm.normalize(data)
+    assert torch.isfinite(z).all()
+    torch.testing.assert_close(z[:, :4].mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z[:, :4].std(0, unbiased=False), torch.ones(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(norm.unnormalize(z), data, atol=1e-5, rtol=1e-5)
+    save_checkpoint(tmp_path / "ckpt", "test", {"norm": norm}, {"dim": 10})
+    states, _ = load_checkpoint(tmp_path / "ckpt", expected_kind="test")
+    loaded = Normalizer(10)
+    loaded.load_state_dict(states["norm"])
+    assert torch.equal(loaded.normalize(data), z)
+
+
+# ---- video model ----------------------------------------------------------------------------
+
+def test_block_causal_mask():
+    m = block_causal_mask(2, 1, 3)  # query frames 1, 2 over key frames 0..2, 3 tokens each
+    assert m.shape == (6, 9)
+    assert m[:3, :6].all() and not m[:3, 6:].any() and m[3:].all()
+
+
+def test_video_shapes(cfg):
+    model = VideoModel(cfg)
+    B, Fr = 2, cfg.video.max_frames
+    lat, instr = _latents(cfg, B, Fr), torch.tensor([1, 2])
+    assert model(lat, torch.rand(B, Fr), instr).shape == lat.shape
+    assert model.features(lat, instr, torch.randn(B, 2, 10)).shape == (B, Fr, cfg.video.n_embd)
+    loss, logs = model.loss(lat, instr, torch.randn(B, Fr, 10))
+    assert loss.shape == () and set(logs) == {"video_loss", "video_t_mean"}
+    pred, feats = model.rollout(lat[:, :cfg.context_frames], instr)
+    assert pred.shape == (B, cfg.future_frames, cfg.n_cameras, *cfg.latent_shape)
+    assert feats.shape == (B, cfg.context_frames + cfg.future_frames, cfg.video.n_embd)
+    with pytest.raises(ValueError, match="exceed video.max_frames"):
+        model.rollout(lat[:, :cfg.context_frames], instr, k=cfg.video.max_frames)
+    with pytest.raises(ValueError, match="expected"):
+        model(lat[:, :, :1], torch.rand(B, Fr), instr)
+
+
+def test_video_is_block_causal(cfg):
+    model = _scramble(VideoModel(cfg)).eval()
+    B, Fr = 2, cfg.video.max_frames
+    lat, t, instr, state = _latents(cfg, B, Fr), torch.rand(B, Fr), torch.tensor([0, 1]), torch.randn(B, Fr, 10)
+    out = model(lat, t, instr, state)
+    for f in range(Fr - 1):
+        lat2, t2, state2 = lat.clone(), t.clone(), state.clone()
+        lat2[:, f + 1:] += torch.randn_like(lat2[:, f + 1:])
+        t2[:, f + 1:] = torch.rand_like(t2[:, f + 1:])
+        state2[:, f + 1:] += 1.0
+        out2 = model(lat2, t2, instr, state2)
+        torch.testing.assert_close(out2[:, :f + 1], out[:, :f + 1], atol=1e-6, rtol=0)
+        assert not torch.allclose(out2[:, f + 1:], out[:, f + 1:])
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_kv_cache_rollout_equals_recomputation(cfg, steps):
+    model = _scramble(VideoModel(cfg)).eval()
+    B = 2
+    ctx, instr, state = _latents(cfg, B, cfg.context_frames), torch.tensor([1, 2]), torch.randn(B, 1, 10)
+    noise = torch.randn(B, cfg.future_frames, cfg.n_cameras, *cfg.latent_shape)
+    pred, feats = model.rollout(ctx, instr, state, steps=steps, noise=noise, cache=True)
+    ref_pred, ref_feats = model.rollout(ctx, instr, state, steps=steps, noise=noise, cache=False)
+    torch.testing.assert_close(pred, ref_pred, atol=1e-5, rtol=0)
+    torch.testing.assert_close(feats, ref_feats, atol=1e-5, rtol=0)
+    # the features of the predicted frames are those of a clean pass over context + prediction
+    full = torch.cat([ctx, pred], dim=1)
+    torch.testing.assert_close(feats, model.features(full, instr, state), atol=1e-5, rtol=0)
+
+
+def test_video_rollout_noise_determinism(cfg):
+    model = _scramble(VideoModel(cfg)).eval()
+    ctx, instr = _latents(cfg, 2, cfg.context_frames), torch.tensor([1, 2])
+    noise = torch.randn(2, cfg.future_frames, cfg.n_cameras, *cfg.latent_shape)
+    a, _ = model.rollout(ctx, instr, noise=noise)
+    b, _ = model.rollout(ctx, instr, noise=noise.clone())
+    c, _ = model.rollout(ctx, instr, noise=torch.randn_like(noise))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def _synthetic_clips(cfg: PolicyConfig, batch: int, frames: int) -> torch.Tensor:
+    """Smooth travelling waves with a random amplitude per sample, camera and channel."""
+    C, h, w = cfg.latent_shape
+    amp = torch.randn(batch, 1, cfg.n_cameras, C, 1, 1)
+    phase = 0.5 * torch.arange(frames).view(1, frames, 1, 1, 1, 1)
+    ys, xs = torch.linspace(0, 3, h).view(h, 1), torch.linspace(0, 3, w).view(1, w)
+    return (amp * torch.sin(xs + ys + phase)).contiguous()  # (B, F, cams, C, h, w)
+
+
+def test_video_loss_decreases(cfg):
+    model = VideoModel(cfg)
+    B, Fr = 4, cfg.video.max_frames
+    lat, instr, state = _synthetic_clips(cfg, B, Fr), torch.tensor([1, 2, 1, 2]), torch.randn(B, Fr, 10)
+    g = torch.Generator().manual_seed(1)
+    t_eval, noise_eval = torch.rand(B, Fr, generator=g), torch.randn(lat.shape, generator=g)
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return model.loss(lat, instr, state, t=t_eval, noise=noise_eval)[0].item()
+
+    before = eval_loss()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(50):
+        loss, _ = model.loss(lat, instr, state, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    assert after < 0.7 * before
+
+
+# ---- action policies ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [InverseDynamics, ActionOnlyPolicy])
+def test_policy_shapes_and_determinism(cfg, cls):
+    policy = _scramble(cls(cfg)).eval()
+    batch = _action_batch(cfg)
+    loss, logs = policy.loss(batch)
+    assert loss.shape == () and set(logs) == {"action_loss"}
+    assert policy.encode(batch).shape[:1] == (4,) and policy.encode(batch).shape[2] == cfg.idm.n_embd
+    noise = torch.randn(4, cfg.horizon, 10)
+    a = policy.sample(batch, steps=2, noise=noise)
+    assert a.shape == (4, cfg.horizon, 10)
+    assert torch.equal(a, policy.sample(batch, steps=2, noise=noise.clone()))
+    assert not torch.allclose(a, policy.sample(batch, steps=2, noise=torch.randn_like(noise)))
+    assert policy.sample(batch).shape == (4, cfg.horizon, 10)  # default steps, drawn noise
+
+
+def test_inverse_dynamics_uses_future_and_baseline_does_not(cfg):
+    batch = _action_batch(cfg)
+    other = ActionBatch(**{**batch.__dict__, "future": torch.randn_like(batch.future)})
+    noise = torch.randn(4, cfg.horizon, 10)
+    idm, base = _scramble(InverseDynamics(cfg)).eval(), _scramble(ActionOnlyPolicy(cfg)).eval()
+    assert not torch.allclose(idm.sample(batch, 2, noise), idm.sample(other, 2, noise))
+    assert torch.equal(base.sample(batch, 2, noise), base.sample(other, 2, noise))
+    with pytest.raises(ValueError, match="future"):
+        idm.sample(ActionBatch(**{**batch.__dict__, "future": None}), 2, noise)
+    with pytest.raises(ValueError, match="video_features is required"):
+        idm.sample(ActionBatch(**{**batch.__dict__, "video_features": None}), 2, noise)
+
+
+def test_no_action_gradient_into_video_model(cfg):
+    video, idm = _scramble(VideoModel(cfg)), InverseDynamics(cfg)
+    batch = _action_batch(cfg)
+    clip = torch.cat([batch.context, batch.future], dim=1)
+    batch.video_features = video.features(clip, batch.instr)  # built with grad enabled
+    loss, _ = idm.loss(batch)
+    loss.backward()
+    assert all(p.grad is None for p in video.parameters())
+    assert idm.encoder.feature_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("cls", [InverseDynamics, ActionOnlyPolicy])
+def test_policy_loss_decreases(cfg, cls):
+    policy = cls(cfg)
+    batch = _action_batch(cfg, batch=8)
+    # learnable: actions are a fixed function of state
+    batch.actions = torch.tanh(batch.state[:, None, :] + torch.linspace(0, 1, cfg.horizon)[None, :, None])
+    g = torch.Generator().manual_seed(2)
+    t_eval, noise_eval = torch.rand(8, generator=g), torch.randn(batch.actions.shape, generator=g)
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return policy.loss(batch, t=t_eval, noise=noise_eval)[0].item()
+
+    before = eval_loss()
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    for _ in range(50):
+        loss, _ = policy.loss(batch, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    assert after < 0.7 * before
+
+
+def test_policy_checkpoint_round_trip(cfg, tmp_path):
+    idm = _scramble(InverseDynamics(cfg)).eval()
+    idm.action_norm.fit(torch.randn(50, 10) * 3 + 1)
+    save_checkpoint(tmp_path / "idm", "idm", {"idm": idm}, cfg.to_dict())
+    states, meta = load_checkpoint(tmp_path / "idm", expected_kind="idm")
+    loaded = InverseDynamics(PolicyConfig.from_dict(meta["config"])).eval()
+    loaded.load_state_dict(states["idm"])
+    batch, noise = _action_batch(cfg), torch.randn(4, cfg.horizon, 10)
+    assert torch.equal(loaded.sample(batch, 2, noise), idm.sample(batch, 2, noise))
+    assert torch.equal(loaded.action_norm.std, idm.action_norm.std)

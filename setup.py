@@ -39,6 +39,10 @@ setup(
             "avdp-convert = avdp_ros.tools.convert:main",
             "avdp-sim-bench = avdp_ros.tools.sim_bench:main",
             "avdp-eval = avdp_ros.tools.eval:main",
+            "avdp-train-tokenizer = avdp_ros.tools.train:main_tokenizer",
+            "avdp-train-video = avdp_ros.tools.train:main_video",
+            "avdp-train-idm = avdp_ros.tools.train:main_idm",
+            "avdp-train-baseline = avdp_ros.tools.train:main_baseline",
         ],
     },
 )

@@ -1,0 +1,478 @@
+"""Training-loop pieces shared by every CLI in `avdp_ros/tools/train.py`.
+
+Device selection, seeding, DDP under `torchrun` (plain `python` launches run single-process with
+the same code), AdamW + warmup/cosine schedule, a resumable loop with a tqdm bar, loss history
+(JSON + PNG), image metrics (PSNR/SSIM), action metrics and the predicted-vs-real GIF.
+
+Run directory layout (`--out`)::
+
+    <out>/latest/           checkpoint (save_checkpoint) + optimizer.safetensors + trainer.json
+    <out>/history.json      every logged step: {"step", "lr", <loss logs>, "val/<metric>"...}
+    <out>/loss.png          loss curves (train and validation)
+    <out>/*.gif             predicted vs real frames (video runs)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+LATEST = "latest"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_FILE = "trainer.json"
+HISTORY_FILE = "history.json"
+LOSS_PNG = "loss.png"
+NOT_PLOTTED = ("step", "lr", "samples_per_s", "grad_norm")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one run; stored in every checkpoint's `extra`."""
+
+    steps: int = 1000              # total optimizer steps (resume continues up to this)
+    batch_size: int = 32           # per process
+    lr: float = 3e-4               # peak learning rate
+    min_lr_ratio: float = 0.1      # cosine floor, as a fraction of lr
+    warmup_steps: int = 100        # linear warmup from 0
+    weight_decay: float = 0.01     # AdamW, on >= 2-D weights only
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0         # max global grad norm; 0 disables
+    log_every: int = 10            # steps between history entries
+    val_every: int = 200           # steps between validations (and at the end)
+    ckpt_every: int = 200          # steps between checkpoints (and at the end)
+    seed: int = 0
+    device: str = "auto"           # "auto" = cuda if available, else cpu
+    num_workers: int = 0           # DataLoader workers
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# -- process set-up --------------------------------------------------------------------------
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """"auto" -> cuda:<local_rank> if available else cpu; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available here; use 'cpu' or 'auto'")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Dist:
+    """Process group facts; a plain launch is rank 0 of world 1."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def setup_distributed(device_name: str = "auto", threads: int | None = None) -> tuple[Dist, torch.device]:
+    """Join the process group when launched by `torchrun` (WORLD_SIZE > 1), else run alone.
+
+    `threads` sets torch's CPU intra-op threads (small models on shared cores run faster with 1).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), pick_device(device_name)
+    info = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+    device = pick_device(device_name, info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# -- optimisation ----------------------------------------------------------------------------
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices/kernels only (not biases, norms, embeddings' 1-D)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then cosine down to lr * min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    """Optimizer state as safetensors (keys "<param index>.<name>") + hyperparameters in JSON."""
+    sd = opt.state_dict()
+    tensors = {}
+    scalars: dict[str, Any] = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    save_file(tensors, str(path))
+    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": list(g["params"])}
+              for g in sd["param_groups"]]
+    path.with_suffix(".json").write_text(json.dumps({"param_groups": groups, "scalars": scalars}, default=list))
+
+
+def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    flat = load_file(str(path))
+    meta = json.loads(path.with_suffix(".json").read_text())
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in flat.items():
+        idx, _, name = key.partition(".")
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["scalars"].items():
+        idx, _, name = key.partition(".")
+        state.setdefault(int(idx), {})[name] = value
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def make_loader(dataset: Dataset, batch_size: int, info: Dist, seed: int, num_workers: int = 0,
+                drop_last: bool = True) -> tuple[DataLoader, Any]:
+    """Shuffled DataLoader; a DistributedSampler under DDP. Returns (loader, sampler)."""
+    if len(dataset) == 0:
+        raise ValueError("training set is empty: check --data, --label-fraction and --val-fraction")
+    if info.enabled:
+        sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed,
+                                     drop_last=drop_last)
+    else:
+        g = torch.Generator()
+        g.manual_seed(seed)
+        sampler = RandomSampler(dataset, generator=g)
+    per_rank = len(dataset) // info.world_size
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        drop_last=drop_last and per_rank >= batch_size)
+    return loader, sampler
+
+
+def forever(loader: DataLoader, sampler: Any, start_epoch: int = 0) -> Iterator[Any]:
+    epoch = start_epoch
+    while True:
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def split_keys(keys: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded episode-level split -> (train, val); at least one val episode when val_fraction > 0."""
+    keys = sorted(keys)
+    rng = random.Random(seed)
+    rng.shuffle(keys)
+    n_val = 0 if val_fraction <= 0 else max(1, round(len(keys) * val_fraction))
+    n_val = min(n_val, max(len(keys) - 1, 0))
+    return sorted(keys[n_val:]), sorted(keys[:n_val])
+
+
+def label_subset(keys: list[str], fraction: float, seed: int) -> list[str]:
+    """Seeded subset of `fraction` of `keys` (at least one when fraction > 0)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"--label-fraction {fraction}: expected in (0, 1]")
+    keys = sorted(keys)
+    rng = random.Random(seed + 1)  # independent of the val split's shuffle
+    rng.shuffle(keys)
+    return sorted(keys[:max(1, round(len(keys) * fraction))])
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of (B, 3, H, W) images in [0, 1] -> (B,)."""
+    mse = ((pred - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10.0 * torch.log10(1.0 / mse)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    """Per-image SSIM (Gaussian window, luminance over RGB channels averaged) -> (B,)."""
+    c1, c2 = 0.01**2, 0.03**2
+    window = min(window, pred.shape[-1], pred.shape[-2])
+    coords = torch.arange(window, dtype=pred.dtype, device=pred.device) - (window - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(pred.shape[1], 1, window, window)  # (3, 1, w, w)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, kernel, groups=x.shape[1])
+
+    mu_x, mu_y = blur(pred), blur(target)
+    sxx = blur(pred * pred) - mu_x**2
+    syy = blur(target * target) - mu_y**2
+    sxy = blur(pred * target) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1)
+
+
+def action_errors(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Mean errors of (..., 10) actions (x y z rot6d width, metres): position mm, rotation deg, gripper mm."""
+    from avdp_ros.model.rotation import rot6d_to_matrix
+
+    pos_mm = (pred[..., :3] - target[..., :3]).norm(dim=-1).mean() * 1000.0
+    r_pred, r_true = rot6d_to_matrix(pred[..., 3:9]), rot6d_to_matrix(target[..., 3:9])
+    rel = r_pred.transpose(-1, -2) @ r_true  # (..., 3, 3)
+    cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    rot_deg = torch.rad2deg(torch.acos(cos)).mean()
+    grip_mm = (pred[..., 9] - target[..., 9]).abs().mean() * 1000.0
+    return {"pos_mm": pos_mm.item(), "rot_deg": rot_deg.item(), "gripper_mm": grip_mm.item()}
+
+
+# -- artefacts -------------------------------------------------------------------------------
+
+
+def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Loss curves: every numeric train key (loss, components) and every val/ metric, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k, v in h.items()
+                   if k not in NOT_PLOTTED and isinstance(v, (int, float))})
+    train_keys = [k for k in keys if not k.startswith("val/")]
+    val_keys = [k for k in keys if k.startswith("val/")]
+    panels = [("train", train_keys), ("validation", val_keys)]
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6 * max(len(panels), 1), 4), squeeze=False)
+    for ax, (name, ks) in zip(axes[0], panels):
+        for k in ks:
+            pts = [(h["step"], h[k]) for h in history if k in h]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, marker="." if len(pts) < 30 else None)
+        if name == "train" and all(h.get(k, 1.0) > 0 for h in history for k in ks if k in h):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"{title} {name}".strip())
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def save_comparison_gif(real: torch.Tensor, pred: torch.Tensor, path: Path, fps: float = 4.0,
+                        scale: int = 2) -> None:
+    """GIF of real (top row) vs predicted (bottom row) frames.
+
+    Args:
+        real, pred: (T, N, 3, S, S) float in [0, 1]: T time steps, N images side by side (cameras).
+    """
+    import imageio.v2 as imageio
+
+    frames = []
+    for t in range(real.shape[0]):
+        rows = [torch.cat(list(x[t]), dim=-1) for x in (real, pred)]  # each (3, S, N*S)
+        img = torch.cat(rows, dim=-2)  # (3, 2S, N*S)
+        if scale > 1:
+            img = img.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+        frames.append((img.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy())
+    imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What the loop needs to know about one run; the CLI fills it in."""
+
+    out: Path
+    kind: str                                   # checkpoint kind ("tokenizer", "video", "idm", "baseline")
+    model: nn.Module                            # trained module (wrapped in DDP here when distributed)
+    loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]  # (bare model, batch) -> loss, logs
+    dataset: Dataset
+    cfg: TrainConfig
+    save_fn: Callable[[nn.Module, Path, dict[str, Any]], None]  # (bare model, dir, extra) -> writes checkpoint
+    validate_fn: Callable[[nn.Module, int], dict[str, float]] | None = None  # (bare model, step) -> metrics
+    finalize_fn: Callable[[nn.Module], None] | None = None  # before the last checkpoint (e.g. latent scale)
+    collate_device: bool = True                 # move batches to the device
+
+
+class _LossModule(nn.Module):
+    def __init__(self, model: nn.Module, loss_fn: Callable) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(self.model, batch)
+
+
+def train(run: Run, info: Dist, device: torch.device, resume: bool = False) -> dict[str, Any]:
+    """Optimise `run.model` for `run.cfg.steps` steps; returns the last history entry.
+
+    Resume (`resume=True`) reloads `<out>/latest` (weights, optimizer, step, history) and goes on
+    from the saved step; the data order is reseeded with (seed, step) so it does not replay.
+    """
+    from tqdm import tqdm
+
+    cfg = run.cfg
+    out = Path(run.out)
+    model = run.model.to(device)
+    opt = make_optimizer(model, cfg)
+    step, history = 0, []
+    latest = out / LATEST
+    if resume:
+        if not (latest / TRAINER_FILE).exists():
+            raise FileNotFoundError(f"--resume: no checkpoint in {latest} (expected {TRAINER_FILE}); "
+                                    "start without --resume")
+        trainer = json.loads((latest / TRAINER_FILE).read_text())
+        step = int(trainer["step"])
+        load_optimizer(opt, latest / OPTIMIZER_FILE)
+        if (out / HISTORY_FILE).exists():
+            history = [h for h in json.loads((out / HISTORY_FILE).read_text()) if h["step"] <= step]
+    # DDP syncs gradients through forward(), so the loss call is routed through one
+    ddp_model: nn.Module = _LossModule(model, run.loss_fn)
+    if info.enabled:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            ddp_model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # e.g. an IDM without video features leaves a projection unused
+    loader, sampler = make_loader(run.dataset, cfg.batch_size, info, cfg.seed + 7919 * step, cfg.num_workers)
+    batches = forever(loader, sampler)
+
+    def checkpoint(at: int, last: dict[str, Any]) -> None:
+        if not info.is_main:
+            return
+        extra = {"step": at, "train": cfg.to_dict(), "metrics": last}
+        tmp = out / (LATEST + ".tmp")
+        run.save_fn(model, tmp, extra)
+        save_optimizer(opt, tmp / OPTIMIZER_FILE)
+        (tmp / TRAINER_FILE).write_text(json.dumps({"step": at, "train": cfg.to_dict()}))
+        old = out / (LATEST + ".old")
+        if latest.exists():
+            latest.rename(old)
+        tmp.rename(latest)
+        if old.exists():
+            import shutil
+
+            shutil.rmtree(old)
+        (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+        plot_history(history, out / LOSS_PNG, run.kind)
+
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {run.kind}", disable=not info.is_main,
+               dynamic_ncols=True)
+    model.train()
+    last: dict[str, Any] = history[-1] if history else {}
+    running: dict[str, float] = {}
+    n_running = 0
+    tick = time.perf_counter()
+    while step < cfg.steps:
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = next(batches)
+        if run.collate_device:
+            batch = to_device(batch, device)
+        loss, logs = ddp_model(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            logs = dict(logs, grad_norm=float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)))
+        opt.step()
+        step += 1
+        for k, v in logs.items():
+            running[k] = running.get(k, 0.0) + float(v)
+        n_running += 1
+        bar.update(1)
+        is_last = step == cfg.steps
+        do_val = (step % cfg.val_every == 0 or is_last) and run.validate_fn is not None
+        if step % cfg.log_every == 0 or is_last or do_val:
+            now = time.perf_counter()
+            last = {"step": step, "lr": lr, **{k: v / n_running for k, v in running.items()},
+                    "samples_per_s": n_running * cfg.batch_size * info.world_size / max(now - tick, 1e-9)}
+            running, n_running = {}, 0
+            bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
+            if do_val and info.is_main:
+                model.eval()
+                with torch.no_grad():
+                    metrics = run.validate_fn(model, step)
+                model.train()
+                last.update({f"val/{k}": v for k, v in metrics.items()})
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            history.append(last)
+            tick = time.perf_counter()  # throughput excludes validation time
+        if is_last and run.finalize_fn is not None and info.is_main:
+            run.finalize_fn(model)
+        if step % cfg.ckpt_every == 0 or is_last:
+            checkpoint(step, last)
+        info.barrier()
+    bar.close()
+    return last

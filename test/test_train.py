@@ -1,0 +1,157 @@
+"""End to end on a synthetic dataset: tokenizer -> latent cache -> video -> IDM / baseline via the
+CLI entry functions (tiny preset, CPU), plus the loop utilities."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_tokenizer import write_synthetic_dataset
+
+from avdp_ros.model import train_utils as tu
+from avdp_ros.model.checkpoint import load_checkpoint
+from avdp_ros.model.tokenizer import Tokenizer
+from avdp_ros.tools.train import main_baseline, main_idm, main_tokenizer, main_video
+
+COMMON = ["--preset", "tiny", "--device", "cpu", "--threads", "1", "--seed", "0", "--val-fraction", "0.3",
+          "--log-every", "5", "--no-progress"]
+
+
+def history(run: Path) -> list[dict]:
+    return json.loads((run / tu.HISTORY_FILE).read_text())
+
+
+def early_late(run: Path, key: str = "loss") -> tuple[float, float]:
+    losses = [h[key] for h in history(run) if key in h]
+    return sum(losses[:2]) / 2, sum(losses[-2:]) / 2
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Train everything once for the module (a few steps each)."""
+    before = torch.get_num_threads()
+    base = tmp_path_factory.mktemp("train")
+    data = [str(write_synthetic_dataset(base / "push", n_labelled=4, n_free=2, T=10, seed=1)),
+            str(write_synthetic_dataset(base / "pick", n_labelled=3, n_free=0, T=10, seed=2))]
+    r = {name: base / name for name in ("tok", "video", "idm", "baseline")}
+    assert main_tokenizer(["--data", *data, "--out", str(r["tok"]), "--steps", "30", "--batch-size", "16",
+                           "--lr", "3e-3", "--val-every", "15", "--ckpt-every", "15", *COMMON]) == 0
+    tok_ckpt = str(r["tok"] / tu.LATEST)
+    assert main_video(["--data", *data, "--out", str(r["video"]), "--tokenizer", tok_ckpt, "--steps", "30",
+                       "--batch-size", "16", "--lr", "2e-3", "--val-every", "30", "--ckpt-every", "30", *COMMON]) == 0
+    assert main_idm(["--data", *data, "--out", str(r["idm"]), "--video", str(r["video"] / tu.LATEST),
+                     "--steps", "30", "--batch-size", "16", "--lr", "2e-3", "--val-every", "30",
+                     "--ckpt-every", "30", "--label-fraction", "0.5", *COMMON]) == 0
+    assert main_baseline(["--data", *data, "--out", str(r["baseline"]), "--tokenizer", tok_ckpt,
+                          "--steps", "10", "--batch-size", "8", "--val-every", "10", "--ckpt-every", "10",
+                          *COMMON]) == 0
+    r["data"] = [Path(d) for d in data]
+    torch.set_num_threads(before)
+    return r
+
+
+def test_tokenizer_run(runs):
+    first, last = early_late(runs["tok"])
+    assert last < first
+    tok = Tokenizer.from_checkpoint(runs["tok"] / tu.LATEST)
+    assert tok.config.image_size == 16 and tok.config.latent_scale != 1.0  # calibrated at the end
+    _, meta = load_checkpoint(runs["tok"] / tu.LATEST, expected_kind="tokenizer")
+    assert meta["extra"]["step"] == 30 and meta["data_manifest_sha256"] and meta["git_revision"]
+    assert meta["extra"]["fingerprint"] == tok.fingerprint()
+    vals = [h for h in history(runs["tok"]) if "val/psnr" in h]
+    assert [h["step"] for h in vals] == [15, 30] and math.isfinite(vals[-1]["val/psnr"])
+    assert (runs["tok"] / tu.LOSS_PNG).stat().st_size > 0
+
+
+def test_video_run(runs):
+    first, last = early_late(runs["video"])
+    assert last < first
+    states, meta = load_checkpoint(runs["video"] / tu.LATEST, expected_kind="video")
+    assert set(states) == {"video", "state_norm", "tokenizer"}
+    cfg = meta["config"]
+    assert cfg["instructions"][0] == "<unk>" and len(cfg["instructions"]) == 3  # vocabulary from manifests
+    assert cfg["tokenizer"]["latent_scale"] != 1.0
+    from avdp_ros.model.config import PolicyConfig
+    from avdp_ros.model.video import VideoModel
+
+    VideoModel(PolicyConfig.from_dict(cfg)).load_state_dict(states["video"])
+    last_val = [h for h in history(runs["video"]) if "val/psnr_1" in h][-1]
+    assert {"val/psnr_2", "val/ssim_1", "val/psnr_tokenizer"} <= last_val.keys()
+    assert (runs["video"] / "rollout.gif").stat().st_size > 0 and (runs["video"] / tu.LOSS_PNG).exists()
+    # the video model trains on action-free episodes too; the latents were cached once per dataset
+    for d in runs["data"]:
+        assert len(list((d / "latents").iterdir())) == 1
+
+
+def test_idm_and_baseline_runs(runs):
+    first, last = early_late(runs["idm"])
+    assert last < first
+    states, meta = load_checkpoint(runs["idm"] / tu.LATEST, expected_kind="idm")
+    assert set(states) == {"idm", "video", "video_state_norm", "tokenizer"}
+    assert "action_norm.mean" in states["idm"] and "state_norm.std" in states["idm"]
+    train_eps = meta["extra"]["train_episodes"]
+    val_eps = set(meta["extra"]["val_episodes"])
+    assert train_eps and not (set(train_eps) & val_eps)
+    assert all(not k.startswith("push/ep04") and not k.startswith("push/ep05") for k in train_eps)  # action-free
+    val = [h for h in history(runs["idm"]) if "val/pos_mm" in h][-1]
+    assert {"val/rot_deg", "val/gripper_mm", "val/gt_future/pos_mm"} <= val.keys()
+    states, meta = load_checkpoint(runs["baseline"] / tu.LATEST, expected_kind="baseline")
+    assert set(states) == {"baseline", "tokenizer"} and meta["extra"]["step"] == 10
+
+
+def test_label_fraction_is_seeded_subset(runs):
+    _, meta = load_checkpoint(runs["idm"] / tu.LATEST, expected_kind="idm")
+    _, full = load_checkpoint(runs["baseline"] / tu.LATEST, expected_kind="baseline")
+    half, every = meta["extra"]["train_episodes"], full["extra"]["train_episodes"]
+    assert set(half) < set(every) and len(half) == round(len(every) * 0.5)
+
+
+def test_resume_continues_from_saved_step(runs):
+    out = runs["baseline"]
+    n_before = len(history(out))
+    assert main_baseline(["--data", *map(str, runs["data"]), "--out", str(out), "--steps", "15",
+                          "--batch-size", "8", "--val-every", "15", "--ckpt-every", "15", "--resume",
+                          *COMMON]) == 0
+    steps = [h["step"] for h in history(out)]
+    assert steps[:n_before] == [5, 10] and steps[n_before:] == [15]
+    _, meta = load_checkpoint(out / tu.LATEST, expected_kind="baseline")
+    assert meta["extra"]["step"] == 15
+
+
+def test_schedule_split_and_metrics():
+    cfg = tu.TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert tu.lr_at(0, cfg) == pytest.approx(0.1) and tu.lr_at(9, cfg) == pytest.approx(1.0)
+    assert tu.lr_at(100, cfg) == pytest.approx(0.1) and tu.lr_at(55, cfg) == pytest.approx(0.55)
+    keys = [f"d/e{i}" for i in range(10)]
+    train, val = tu.split_keys(keys, 0.2, seed=3)
+    assert len(val) == 2 and sorted(train + val) == sorted(keys) and tu.split_keys(keys, 0.2, 3) == (train, val)
+    assert tu.label_subset(train, 0.5, 3) == tu.label_subset(train, 0.5, 3) and len(tu.label_subset(train, 0.5, 3)) == 4
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.isinf(tu.psnr(x, x)).sum() == 0 and tu.psnr(x, x).min() > 90
+    torch.testing.assert_close(tu.ssim(x, x), torch.ones(2))
+    a = torch.zeros(4, 10)
+    a[:, 3] = 1.0
+    a[:, 7] = 1.0  # identity rotation in 6D
+    b = a.clone()
+    b[:, 0] += 0.01
+    b[:, 9] += 0.002
+    err = tu.action_errors(b, a)
+    assert err["pos_mm"] == pytest.approx(10.0, rel=1e-4) and err["gripper_mm"] == pytest.approx(2.0, rel=1e-4)
+    assert err["rot_deg"] == pytest.approx(0.0, abs=1e-2)
+
+
+def test_optimizer_state_round_trip(tmp_path: Path):
+    model = torch.nn.Linear(3, 2)
+    opt = tu.make_optimizer(model, tu.TrainConfig())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tu.save_optimizer(opt, tmp_path / "opt.safetensors")
+    other = tu.make_optimizer(model, tu.TrainConfig())
+    tu.load_optimizer(other, tmp_path / "opt.safetensors")
+    a, b = opt.state_dict(), other.state_dict()
+    for idx in a["state"]:
+        for k, v in a["state"][idx].items():
+            torch.testing.assert_close(torch.as_tensor(b["state"][idx][k]), torch.as_tensor(v))

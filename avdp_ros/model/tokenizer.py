@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,7 +235,8 @@ def cache_dir_for(dataset_root: str | os.PathLike, tokenizer_hash: str) -> Path:
 
 
 def _atomic_write_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # unique temp name: two trainers may cache the same dataset at once (same bytes, last wins)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, array)
     os.replace(tmp, path)
@@ -297,7 +299,7 @@ def cache_latents(dataset_root: str | os.PathLike, tokenizer: Tokenizer, out_dir
             "dataset_manifest_sha256": file_sha256(ds.root / "manifest.json"),
             "episodes": {e["name"]: int(e["length"]) for e in ds.episodes},
         }
-        tmp = manifest_path.with_name("manifest.json.tmp")
+        tmp = manifest_path.with_name(f"manifest.json.{os.getpid()}.tmp")
         out.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(manifest, indent=2))
         os.replace(tmp, manifest_path)

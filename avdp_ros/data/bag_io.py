@@ -386,8 +386,8 @@ class EpisodeBagWriter:
             log.exception("bag writer for %s failed", self.path)
             try:
                 self._writer.abort()
-            except Exception:  # noqa: BLE001 - already failing, keep the first error
-                pass
+            except Exception as abort_err:  # noqa: BLE001 - already failing, keep the first error
+                log.error("bag writer for %s: abort after the failure also failed: %s", self.path, abort_err)
 
     def _write_sidecar(self, state: str) -> None:
         _write_json_atomic(
@@ -622,8 +622,9 @@ def repair_bag(path: str | os.PathLike, *, keep_original: bool = True) -> Repair
             side = json.loads(sidecar.read_text("utf8"))
             side.update(state="repaired", recovered_counts=recovered)
             _write_json_atomic(sidecar, side)
-        except json.JSONDecodeError:
-            pass
+        except json.JSONDecodeError as err:
+            # the bag itself is repaired; only the sidecar could not be updated
+            log.warning("%s: not valid JSON (%s); left as it was, repair state not recorded", sidecar, err)
     log.warning(
         "repaired %s: kept %d of %d bytes, %d messages recovered", bag, kept, size, sum(recovered.values())
     )
@@ -641,6 +642,7 @@ def _complete_prefix_bytes(mcap_path: Path) -> int:
         try:
             for _ in reader.records:
                 end = f.tell()
-        except (McapError, struct.error, EOFError, ValueError):
-            pass
+        except (McapError, struct.error, EOFError, ValueError) as err:
+            # expected for a cut-off file: this is where the usable prefix ends
+            log.debug("%s: records end at byte %d (%s)", mcap_path, end, err)
     return end

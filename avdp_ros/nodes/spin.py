@@ -32,7 +32,9 @@ def run_node(node_cls, args=None, threads: int = 1) -> None:
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        # Ctrl-C before our handler took over, or the context was shut down elsewhere:
+        # both are a normal stop, and the finally block closes the node.
+        stop.set()
     finally:
         if node is not None:
             close = getattr(node, "close", None)
@@ -50,7 +52,7 @@ def spin_in_thread(executor, name: str = "executor") -> threading.Thread:
         try:
             executor.spin()
         except ExternalShutdownException:
-            pass
+            return  # the context was shut down: the normal way this thread ends
 
     thread = threading.Thread(target=spin, name=name, daemon=True)
     thread.start()

@@ -12,6 +12,7 @@ lazily per calling thread.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -24,6 +25,8 @@ from avdp_ros.geometry import quat_from_mj
 from avdp_ros.sim import scene
 from avdp_ros.sim.controller import ControllerConfig, OperationalSpaceController
 from avdp_ros.sim.tasks import TASKS, make_task
+
+log = logging.getLogger(__name__)
 
 BASE_FRAME = "panda_link0"  # ROS frame id of the base (== MuJoCo world)
 # Home posture: TCP at about (0.45, 0, 0.30), pointing down, fingers opening along the base y axis.
@@ -310,8 +313,8 @@ class PandaSim:
         for r in renderers:
             try:
                 r.close()
-            except Exception:  # a context from a dead thread may already be gone
-                pass
+            except Exception as err:  # noqa: BLE001 - a context from a dead thread may already be gone
+                log.debug("renderer close failed (its GL context is gone): %s", err)
         self._local = threading.local()
 
     def __enter__(self) -> PandaSim:

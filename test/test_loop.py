@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from avdp_ros.sim.loop import SimLoop
+from avdp_ros.sim.loop import SimLoop, _Reset
 
 
 class FakeSim:
@@ -131,3 +131,28 @@ def test_wall_locked_stamps_follow_the_wall_clock_when_the_sim_is_slow():
     assert np.all(np.diff(stamps) > 0)
     free = SimLoop(FakeSim(0.002), real_time_factor=1.0, clock_start=1000.0, wall_locked=False)
     assert not free.wall_locked
+
+
+def test_wall_locked_stamps_do_not_drift_behind_the_wall_across_slow_resets():
+    # Regression: each reset took wall time that sim time never counted, so after N episodes
+    # the bridge's stamps lagged the wall clock (and every other node's stamps) by N resets.
+    wall = [0.0]
+    sim = FakeSim(0.002)
+    real_reset = sim.reset
+
+    def slow_reset(seed):  # a reset costs 300 ms of wall time (re-rendering, settling)
+        wall[0] += 0.3
+        return real_reset(seed)
+
+    sim.reset = slow_reset
+    loop = SimLoop(sim, real_time_factor=1.0, clock_start=1000.0, wall_locked=True,
+                   wall=lambda: wall[0], sleep=lambda dt: wall.__setitem__(0, wall[0] + dt))
+    stamps = []
+    loop.add_stream("pose", 100.0, stamps.append)
+    for episode in range(5):
+        loop.run(threading.Event(), max_sim_seconds=0.5)
+        with loop._lock:
+            loop._reset = _Reset(episode)
+        loop.step_once()  # applies the reset
+        assert abs(loop.clock - (1000.0 + wall[0])) < 0.01, f"episode {episode}: stamp clock drifted"
+    assert np.all(np.diff(stamps) > 0)  # and stamps still never go backwards

@@ -162,6 +162,27 @@ def test_pose7_pose9_round_trip():
     torch.testing.assert_close(rotation.pose9_to_pose7(p9), pose)
 
 
+def test_relative_actions_round_trip_and_meaning():
+    def pose10(n):
+        p9 = rotation.pose7_to_pose9(torch.cat([torch.randn(n, 3, dtype=torch.float64), _random_quats(n)], -1))
+        return torch.cat([p9, torch.rand(n, 1, dtype=torch.float64) * 0.08], dim=-1)
+
+    state = pose10(5)  # (5, 10)
+    actions = pose10(5 * 4).view(5, 4, 10)  # (5, H=4, 10)
+    rel = rotation.actions_to_relative(actions, state)
+    torch.testing.assert_close(rotation.actions_from_relative(rel, state), actions)
+    # meaning: position offsets, rotation R_s^T R_a, width untouched
+    torch.testing.assert_close(rel[..., :3], actions[..., :3] - state[:, None, :3])
+    r_s = rotation.rot6d_to_matrix(state[:, 3:9])
+    torch.testing.assert_close(r_s[:, None] @ rotation.rot6d_to_matrix(rel[..., 3:9]),
+                               rotation.rot6d_to_matrix(actions[..., 3:9]))
+    torch.testing.assert_close(rel[..., 9], actions[..., 9])
+    # holding the current pose is the identity motion
+    hold = rotation.actions_to_relative(state[:, None, :].expand(5, 4, 10), state)
+    torch.testing.assert_close(hold[..., :3], torch.zeros(5, 4, 3, dtype=torch.float64))
+    torch.testing.assert_close(rotation.rot6d_to_matrix(hold[..., 3:9]), torch.eye(3, dtype=torch.float64).expand(5, 4, 3, 3))
+
+
 # ---- normaliser -----------------------------------------------------------------------------
 
 def test_normalizer_round_trip_and_checkpoint(tmp_path):

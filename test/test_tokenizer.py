@@ -194,6 +194,9 @@ def test_windows_padding_and_actions(dataset: Path, tok: Tokenizer):
     free = ds[3 * 7]  # ep03 is action-free
     assert not bool(free["has_actions"]) and free["actions"].abs().sum() == 0
     only = LatentDataset([(dataset, cache)], 3, 2, 4, vocab, require_actions=True)
-    assert len(only.refs) == 3 and only.action_rows().shape == (3 * 8, 10)
+    chunks, starts = only.action_chunks()  # one chunk per window, with the state it starts from
+    assert len(only.refs) == 3 and chunks.shape == (3 * 7, 4, 10) and starts.shape == (3 * 7, 10)
+    np.testing.assert_array_equal(chunks[0], first["actions"].numpy())
+    np.testing.assert_array_equal(starts[0], first["state"].numpy())
     some = LatentDataset([(dataset, cache)], 3, 2, 4, vocab, episodes=["ds/ep01"])
     assert [r.name for r in some.refs] == ["ep01"]

@@ -85,6 +85,8 @@ class PolicyConfig:
     future_frames: int = 4           # K: frames the video model predicts per policy step
     horizon: int = 8                 # H: actions per chunk (at obs_hz)
     instructions: tuple[str, ...] = ("<unk>",)  # vocabulary; index 0 is "<unk>" for unknown strings
+    relative_actions: bool = False   # chunks relative to the state they were planned from
+    #                                  (position offset + relative rotation; see rotation.actions_to_relative)
     video_steps: int = 2             # default Euler steps per predicted frame
     action_steps: int = 8            # default Euler steps for an action chunk
     video: VideoConfig = field(default_factory=VideoConfig)
@@ -180,14 +182,14 @@ PRESETS: dict[str, PolicyConfig] = {
     # CPU unit tests: a forward + backward in milliseconds
     "tiny": PolicyConfig(
         latent_shape=(4, 4, 4), context_frames=2, future_frames=2, horizon=4,
-        instructions=SIM_INSTRUCTIONS, video_steps=2, action_steps=4,
+        instructions=SIM_INSTRUCTIONS, relative_actions=True, video_steps=2, action_steps=4,
         video=VideoConfig(patch_size=2, n_embd=32, n_head=2, n_layer=2, max_frames=4),
         idm=IDMConfig(patch_size=2, n_embd=32, n_head=2, enc_layers=1, head_layers=1, video_feature_dim=32),
     ),
     # sim tasks: 64x64 images -> (4, 8, 8) latents, 16 video tokens per camera, trainable on CPU
     "base": PolicyConfig(
         latent_shape=(4, 8, 8), context_frames=4, future_frames=4, horizon=8,
-        instructions=SIM_INSTRUCTIONS, video_steps=2, action_steps=8,
+        instructions=SIM_INSTRUCTIONS, relative_actions=True, video_steps=2, action_steps=8,
         video=VideoConfig(patch_size=2, n_embd=192, n_head=6, n_layer=4, max_frames=8),
         idm=IDMConfig(patch_size=4, n_embd=128, n_head=4, enc_layers=2, head_layers=3, video_feature_dim=192),
     ),

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from . import flow
 from .config import ACTION_DIM, STATE_DIM, PolicyConfig
+from .rotation import actions_from_relative, actions_to_relative
 from .layers import (
     MLP,
     Attention,
@@ -161,6 +162,20 @@ class _ChunkPolicy(nn.Module):
     def _frames(self, batch: ActionBatch) -> Tensor:
         raise NotImplementedError
 
+    def action_space(self, actions: Tensor, state: Tensor) -> Tensor:
+        """Absolute (..., H, 10) actions + raw (..., 10) state -> the (unnormalised) space the head
+        models: relative to the state when `cfg.relative_actions`, else unchanged."""
+        return actions_to_relative(actions, state) if self.cfg.relative_actions else actions
+
+    def normalize_actions(self, actions: Tensor, state: Tensor) -> Tensor:
+        """Absolute actions -> the head's normalised training target."""
+        return self.action_norm.normalize(self.action_space(actions, state))
+
+    def unnormalize_actions(self, sample: Tensor, state: Tensor) -> Tensor:
+        """A normalised sample of the head -> absolute (..., H, 10) actions (inverse of normalize_actions)."""
+        a = self.action_norm.unnormalize(sample)
+        return actions_from_relative(a, state) if self.cfg.relative_actions else a
+
     def _video_features(self, batch: ActionBatch) -> Tensor | None:
         return None
 
@@ -190,7 +205,7 @@ class _ChunkPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, batch: ActionBatch, steps: int | None = None, noise: Tensor | None = None) -> Tensor:
         """A normalised action chunk (B, H, 10) by `steps` Euler steps (default cfg.action_steps)
-        from `noise` (B, H, 10) (drawn when None). Use `action_norm.unnormalize` for real units."""
+        from `noise` (B, H, 10) (drawn when None). Use `unnormalize_actions` for robot units."""
         steps = self.cfg.action_steps if steps is None else steps
         ctx = self.encode(batch)
         B = ctx.shape[0]

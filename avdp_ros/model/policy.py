@@ -156,8 +156,8 @@ class Policy:
         batch = ActionBatch(context=context, state=self.actor.state_norm.normalize(states[:, -1]), instr=instr,
                             future=pred,
                             video_features=feats if self.cfg.idm.video_feature_dim > 0 and feats is not None else None)
-        a = self.actor.action_norm.unnormalize(
-            self.actor.sample(batch, steps=self.action_steps, noise=noise.get("action")))  # (1, H, 10)
+        a = self.actor.unnormalize_actions(self.actor.sample(batch, steps=self.action_steps, noise=noise.get("action")),
+                                           states[:, -1])  # (1, H, 10) absolute
         pose7 = pose9_to_pose7(a[0, :, :9])  # (H, 7)
         actions = torch.cat([pose7, a[0, :, 9:10]], dim=-1).double().cpu().numpy()  # (H, 8)
         timings["idm_ms"] = (time.perf_counter() - t0) * 1e3

@@ -80,3 +80,25 @@ def pose7_to_pose9(pose: Tensor) -> Tensor:
 def pose9_to_pose7(pose: Tensor) -> Tensor:
     """(..., 9) (x, y, z, rot6d) -> (..., 7) (x, y, z, qx, qy, qz, qw)."""
     return torch.cat([pose[..., :3], rot6d_to_quat(pose[..., 3:9])], dim=-1)
+
+
+def actions_to_relative(actions: Tensor, state: Tensor) -> Tensor:
+    """Express (..., H, 10) absolute actions (x y z rot6d width) relative to the (..., 10) state
+    they were planned from: position as an offset from the state's position (base frame), rotation
+    as R_state^T R_action in 6D, gripper width unchanged.
+
+    Why: in absolute coordinates most of an action is "where the arm already is", which the
+    network must copy exactly from its state input; relative to the state, a chunk is the motion
+    itself (UMI, openpi's delta actions), so errors in the copy cannot move the arm.
+    """
+    s = state[..., None, :]  # (..., 1, 10)
+    r_s = rot6d_to_matrix(s[..., 3:9])
+    r_rel = r_s.transpose(-1, -2) @ rot6d_to_matrix(actions[..., 3:9])
+    return torch.cat([actions[..., :3] - s[..., :3], matrix_to_rot6d(r_rel), actions[..., 9:10]], dim=-1)
+
+
+def actions_from_relative(rel: Tensor, state: Tensor) -> Tensor:
+    """Inverse of `actions_to_relative`: (..., H, 10) relative + (..., 10) state -> absolute."""
+    s = state[..., None, :]
+    r_abs = rot6d_to_matrix(s[..., 3:9]) @ rot6d_to_matrix(rel[..., 3:9])
+    return torch.cat([rel[..., :3] + s[..., :3], matrix_to_rot6d(r_abs), rel[..., 9:10]], dim=-1)

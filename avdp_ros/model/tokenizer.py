@@ -435,10 +435,16 @@ class LatentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def action_rows(self) -> np.ndarray:
-        """All action rows (N, 10) of the action-labelled episodes (to fit a normaliser)."""
-        rows = [a for a in self.actions if a is not None]
-        return np.concatenate(rows) if rows else np.zeros((0, ACTION_DIM), np.float32)
+    def action_chunks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every window's action chunk (N, H, 10) and the state it starts from (N, 10), action-labelled
+        episodes only: what an action normaliser is fitted on (relative chunks depend on the state)."""
+        chunks, starts = [np.zeros((0, self.H, ACTION_DIM), np.float32)], [np.zeros((0, ACTION_DIM), np.float32)]
+        for e, t in self.index:
+            if self.actions[e] is not None:
+                rows = np.clip(np.arange(t, t + self.H), 0, len(self.actions[e]) - 1)
+                chunks.append(self.actions[e][rows][None])
+                starts.append(self.states[e][t][None])
+        return np.concatenate(chunks), np.concatenate(starts)
 
     def state_rows(self) -> np.ndarray:
         return np.concatenate(self.states) if self.states else np.zeros((0, ACTION_DIM), np.float32)

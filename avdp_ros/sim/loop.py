@@ -65,6 +65,8 @@ class SimLoop:
         self.steps = 0
         self.overruns = 0  # pacing found the sim more than 50 ms behind the wall clock
         self._pace_origin: tuple[float, float] | None = None  # (wall, sim clock) at start
+        # wall-locked: stamp = wall() + this offset (fixed at construction; clock_start is the stamp now)
+        self._stamp_offset = self.clock_start - wall()
 
     # ----- thread-safe inputs -------------------------------------------------------------
     def set_target(self, pose7: np.ndarray) -> None:
@@ -137,6 +139,10 @@ class SimLoop:
         try:
             self._episode_offset += self.sim.time
             req.info = self.sim.reset(req.seed)
+            # A reset takes wall time that sim time does not count; without this the stamps of a
+            # wall-locked loop fall behind the wall by every reset's duration, episode after
+            # episode, and commands stamped by other nodes no longer line up with the states.
+            self._sync_to_wall()
             # Keep the streams' grids continuous relative to the new clock.
             for s in self._streams:
                 s.next_t = min(s.next_t, self.clock)
@@ -154,11 +160,19 @@ class SimLoop:
             if self.rtf > 0:
                 self._pace()
 
+    def _sync_to_wall(self) -> None:
+        """Wall-locked only: move the stamp clock forward (never back) to the wall clock."""
+        if self.wall_locked:
+            lag = self._wall() + self._stamp_offset - self.clock
+            if lag > 0:
+                self.clock_start += lag
+
     def _pace(self) -> None:
-        wall, sim_clock = self._wall(), self.clock
         if self._pace_origin is None:
-            self._pace_origin = (wall, sim_clock)
+            self._sync_to_wall()  # time spent before the first step (start-up) is not sim time either
+            self._pace_origin = (self._wall(), self.clock)
             return
+        wall, sim_clock = self._wall(), self.clock
         w0, s0 = self._pace_origin
         ahead = (sim_clock - s0) / self.rtf - (wall - w0)
         if ahead > 0.002:  # sleep in >= 2 ms slices: finer sleeps cost more than they gain
@@ -169,6 +183,5 @@ class SimLoop:
             # (a teleop, the policy) stamp their messages with. The sim itself just lost time,
             # like a camera dropping frames.
             self.overruns += 1
-            if self.wall_locked:
-                self.clock_start += (wall - w0) * self.rtf - (sim_clock - s0)
+            self._sync_to_wall()
             self._pace_origin = (wall, self.clock)

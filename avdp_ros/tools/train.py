@@ -433,7 +433,8 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
             video_norm = video_norm.to(device)
         policy = InverseDynamics(s.cfg) if is_idm else ActionOnlyPolicy(s.cfg)
         policy.state_norm.fit(torch.from_numpy(s.train.state_rows()))
-        policy.action_norm.fit(torch.from_numpy(s.train.action_rows()))
+        chunks, starts = (torch.from_numpy(x) for x in s.train.action_chunks())
+        policy.action_norm.fit(policy.action_space(chunks, starts))
         if args.resume:
             load_into(policy, states[kind], f"{out / tu.LATEST} {kind}")
         if info.is_main:
@@ -452,7 +453,7 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
         def batch_of(m, b: dict[str, torch.Tensor], future: torch.Tensor | None = None) -> ActionBatch:
             future = b["future"] if future is None else future
             return ActionBatch(context=b["context"], state=m.state_norm.normalize(b["state"]), instr=b["instr"],
-                               future=future if is_idm else None, actions=m.action_norm.normalize(b["actions"]),
+                               future=future if is_idm else None, actions=m.normalize_actions(b["actions"], b["state"]),
                                video_features=features(b, future))
 
         def loss_fn(m, b: dict[str, torch.Tensor]):
@@ -476,7 +477,8 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
                 pred, _ = video.rollout(b["context"], b["instr"], state, k=s.cfg.future_frames, noise=vnoise)
                 futures = {"": pred, "gt_future/": b["future"]}  # as at inference / teacher-forced
             for prefix, fut in futures.items():
-                a = m.action_norm.unnormalize(m.sample(batch_of(m, b, fut), steps=args.action_steps, noise=noise))
+                a = m.unnormalize_actions(m.sample(batch_of(m, b, fut), steps=args.action_steps, noise=noise),
+                                          b["state"])
                 metrics.update({prefix + k: v for k, v in tu.action_errors(a, b["actions"]).items()})
             return metrics
 

@@ -12,7 +12,14 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from avdp_ros.data.bag_io import EpisodeBagWriter
-from avdp_ros.data.convert import ConversionError, ConvertConfig, convert_bag, convert_directory, image_to_rgb
+from avdp_ros.data.convert import (
+    ConversionError,
+    ConvertConfig,
+    command_lead_s,
+    convert_bag,
+    convert_directory,
+    image_to_rgb,
+)
 from avdp_ros.data.dataset import DatasetError, EpisodeDataset
 from avdp_ros.geometry import axis_angle_to_quat, quat_angle
 from avdp_ros.tools.convert import main as convert_main
@@ -331,3 +338,24 @@ def test_gap_fails_bag_and_bad_config(tmp_path: Path):
         ConvertConfig(image_tolerance_s=0.2, max_gap_s=0.1)
     with pytest.raises(ValueError, match="integer multiple"):
         ConvertConfig(obs_hz=10, action_hz=15)
+
+
+def test_command_lead_detects_lagging_commands():
+    # a target moving 0.2 m/s along x; the arm follows it 100 ms late (a tracking controller)
+    t_cmd = np.arange(0, 3.0, 0.02)
+    t_pose = np.arange(0, 3.0, 0.005)
+
+    def traj(t):
+        return np.stack([0.4 + 0.2 * np.clip(t, 0, 2.0), np.zeros_like(t), 0.3 + 0 * t], axis=1)
+
+    def ns(t):
+        return (t * 1e9).astype(np.int64)
+
+    lead = command_lead_s(ns(t_pose), traj(t_pose - 0.1), ns(t_cmd), traj(t_cmd))
+    assert lead == pytest.approx(0.1, abs=0.011)
+    # the command clock runs 250 ms late: commands appear to lag the pose by 150 ms
+    lead = command_lead_s(ns(t_pose), traj(t_pose - 0.1), ns(t_cmd + 0.25), traj(t_cmd))
+    assert lead == pytest.approx(-0.15, abs=0.011)
+    # an arm that does not move has no observable lead
+    still = np.tile([0.4, 0.0, 0.3], (len(t_cmd), 1))
+    assert command_lead_s(ns(t_pose), np.tile([0.4, 0.0, 0.3], (len(t_pose), 1)), ns(t_cmd), still) is None

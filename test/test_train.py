@@ -14,7 +14,14 @@ from test_tokenizer import write_synthetic_dataset
 from avdp_ros.model import train_utils as tu
 from avdp_ros.model.checkpoint import load_checkpoint
 from avdp_ros.model.tokenizer import Tokenizer
-from avdp_ros.tools.train import main_baseline, main_idm, main_tokenizer, main_video
+from avdp_ros.tools.train import (
+    WithFeatures,
+    main_baseline,
+    main_idm,
+    main_tokenizer,
+    main_video,
+    video_feature_table,
+)
 
 COMMON = ["--preset", "tiny", "--device", "cpu", "--threads", "1", "--seed", "0", "--val-fraction", "0.3",
           "--log-every", "5", "--no-progress"]
@@ -100,6 +107,34 @@ def test_idm_and_baseline_runs(runs):
     assert {"val/rot_deg", "val/gripper_mm", "val/gt_future/pos_mm"} <= val.keys()
     states, meta = load_checkpoint(runs["baseline"] / tu.LATEST, expected_kind="baseline")
     assert set(states) == {"baseline", "tokenizer"} and meta["extra"]["step"] == 10
+
+
+def test_cached_video_features_equal_recomputed_ones(runs):
+    from avdp_ros.model.config import PolicyConfig
+    from avdp_ros.model.idm import Normalizer
+    from avdp_ros.model.tokenizer import LatentDataset, cache_latents
+    from avdp_ros.model.video import VideoModel
+
+    states, meta = load_checkpoint(runs["video"] / tu.LATEST, expected_kind="video")
+    cfg = PolicyConfig.from_dict(meta["config"])
+    video, norm = VideoModel(cfg), Normalizer(10)
+    video.load_state_dict(states["video"])
+    norm.load_state_dict(states["state_norm"])
+    video.eval()
+    tok = Tokenizer.from_checkpoint(runs["tok"] / tu.LATEST)
+    caches = [(d, cache_latents(d, tok, progress=False)) for d in runs["data"]]
+    windows = LatentDataset(caches, cfg.context_frames, cfg.future_frames, cfg.horizon, cfg.instructions)
+    table = video_feature_table(windows, video, norm, cfg.context_frames, torch.device("cpu"), batch_size=7,
+                                progress=False)
+    assert table.shape == (len(windows), cfg.context_frames + cfg.future_frames, cfg.video.n_embd)
+    ds = WithFeatures(windows, table)
+    for i in (0, len(windows) // 2, len(windows) - 1):
+        w = ds[i]
+        seq = torch.cat([w["context"], w["future"]])[None]
+        direct = video.features(seq, w["instr"][None], norm.normalize(w["states"][None, :cfg.context_frames]))
+        torch.testing.assert_close(w["video_features"], direct[0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="feature rows"):
+        WithFeatures(windows, table[:-1])
 
 
 def test_label_fraction_is_seeded_subset(runs):

@@ -22,8 +22,9 @@ Actions (``has_actions`` when the bag has a ``target_frame`` topic)
     pose). Without a ``/gripper/command`` topic the measured width is used throughout. Action
     row ``k*r + i`` belongs to observation ``k``.
 Images
-    ``rgb8, bgr8, rgba8, bgra8, mono8`` are converted to RGB (rosbags-image), resized with
-    ``cv2.INTER_AREA`` to ``image_size = (height, width)``; any other encoding fails the bag.
+    ``rgb8, bgr8, rgba8, bgra8, mono8`` are converted to RGB (``avdp_ros.images.to_rgb``, shared
+    with the live policy node), resized with ``cv2.INTER_AREA`` to ``image_size = (height, width)``;
+    any other encoding fails the bag.
 
 On-disk format (version 1; also ``docs/dataset_format.md``)::
 
@@ -61,18 +62,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from avdp_ros.data.bag_io import bag_info, default_typestore, has_header, header_stamp_ns, read_bag
 from avdp_ros.geometry import interpolate_poses, quat_normalize
+from avdp_ros.images import SUPPORTED_ENCODINGS as SUPPORTED_ENCODINGS  # re-exported for callers
+from avdp_ros.images import ImageError, to_rgb
 
 log = logging.getLogger(__name__)
 
 FORMAT = "avdp-episodes"
 FORMAT_VERSION = 1
-SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
 class ConversionError(Exception):
@@ -95,6 +95,7 @@ class ConvertConfig:
     image_tolerance_s: float = 0.05  # max |frame stamp - grid time|; > 1 frame period at 30 Hz
     max_gap_s: float = 0.15  # a nearest frame further away than this fails the bag (on_gap="error")
     on_gap: str = "error"  # "error" | "nearest"
+    max_command_lag_s: float = 0.03  # warn when the target lags the measured pose by more (clock mismatch)
     cameras: dict[str, str] = field(
         default_factory=lambda: {
             "camera": "/camera/camera/color/image_raw",
@@ -164,31 +165,15 @@ def _pose7(msg) -> list[float]:
 
 
 def image_to_rgb(msg, bag: Path | str, topic: str, size: tuple[int, int]) -> np.ndarray:
-    """sensor_msgs/Image (rosbags message) -> (H, W, 3) uint8 RGB resized to ``size`` (h, w)."""
-    from rosbags.image import image_to_cvimage
+    """sensor_msgs/Image (rosbags message) -> (H, W, 3) uint8 RGB resized to ``size`` (h, w).
 
-    enc = msg.encoding
-    if enc not in SUPPORTED_ENCODINGS:
-        raise ConversionError(
-            bag, topic, f"image encoding {enc!r}: expected one of {', '.join(SUPPORTED_ENCODINGS)}"
-        )
-    nchan = _CHANNELS[enc]
-    row = msg.width * nchan
-    if msg.step < row or len(msg.data) < msg.step * msg.height:
-        raise ConversionError(
-            bag,
-            topic,
-            f"image {msg.width}x{msg.height} {enc}: step {msg.step} / {len(msg.data)} data bytes "
-            f"too small (expected step >= {row}, data >= step*height)",
-        )
-    if msg.step != row:  # rows padded: drop the padding before rosbags-image reshapes
-        data = np.asarray(msg.data[: msg.step * msg.height]).reshape(msg.height, msg.step)[:, :row]
-        msg = type(msg)(msg.header, msg.height, msg.width, enc, msg.is_bigendian, row, data.reshape(-1))
-    img = image_to_cvimage(msg, "rgb8")
-    h, w = size
-    if img.shape[:2] != (h, w):
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(img, dtype=np.uint8)
+    The live policy node uses the same ``avdp_ros.images.to_rgb``, so training and inference
+    see identical pixels; its ``ImageError`` becomes a ``ConversionError`` naming bag and topic.
+    """
+    try:
+        return to_rgb(msg, size)
+    except ImageError as err:
+        raise ConversionError(bag, topic, str(err)) from err
 
 
 def nearest_indices(stamps: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,6 +187,23 @@ def nearest_indices(stamps: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, 
 def zero_order_hold(stamps: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Index of the latest stamp at or before each query; -1 where there is none (stamps sorted)."""
     return np.searchsorted(stamps, query, side="right") - 1
+
+
+def command_lead_s(pose_t: np.ndarray, pose_xyz: np.ndarray, cmd_t: np.ndarray, cmd_xyz: np.ndarray,
+                   max_lead_s: float = 0.5, step_s: float = 0.01, min_travel_m: float = 0.02) -> float | None:
+    """How far the commanded target runs ahead of the measured pose, from their stamps: the shift d
+    minimising |pose(t + d) - command(t)|. A tracking controller lags its target, so d > 0; d < 0
+    means the command and state stamps come from clocks that disagree (unsynchronised machines, a
+    simulator clock drifting from the wall), and every recorded action is stale by |d|.
+    None if the arm barely moves (< `min_travel_m`), where the lead is not observable."""
+    if len(cmd_t) < 2 or len(pose_t) < 2 or np.ptp(cmd_xyz, axis=0).max() < min_travel_m:
+        return None
+    t = (cmd_t - pose_t[0]) * 1e-9
+    tp = (pose_t - pose_t[0]) * 1e-9
+    leads = np.arange(-max_lead_s, max_lead_s + 1e-9, step_s)
+    err = [np.mean(np.linalg.norm(np.stack([np.interp(t + d, tp, pose_xyz[:, k]) for k in range(3)], 1) - cmd_xyz,
+                                  axis=1)) for d in leads]
+    return float(leads[int(np.argmin(err))])
 
 
 def _sorted_unique(stamps: list[int], values: list) -> tuple[np.ndarray, np.ndarray]:
@@ -370,6 +372,12 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
         else:
             act_grip = measured_w
         action = np.concatenate([act_pose, act_grip[:, None]], axis=1).astype(np.float32)  # (T*r, 8)
+        lead = command_lead_s(pose_t, pose_v[:, :3], tgt_t, tgt_v[:, :3])
+        align["command_lead_ms"] = None if lead is None else round(lead * 1e3, 1)
+        if lead is not None and lead < -cfg.max_command_lag_s:
+            log.warning("%s: the commanded target lags the measured pose by %.0f ms (expected it to lead): "
+                        "command and state stamps disagree, so the recorded actions are stale; synchronise "
+                        "the clocks of the machines (chrony/PTP) before training on this bag", bag, -lead * 1e3)
 
     # pass 2: decode only the picked frames, straight into memory-mapped outputs
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
@@ -423,6 +431,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
             "seed": meta.get("seed"),
             "success": meta.get("success"),
             "truncated": info.truncated,
+            "command_lead_ms": align.get("command_lead_ms"),
         }
         (tmp / "meta.json").write_text(
             json.dumps(

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from . import flow
 from .config import ACTION_DIM, STATE_DIM, PolicyConfig
-from .rotation import actions_from_relative, actions_to_relative
 from .layers import (
     MLP,
     Attention,
@@ -36,6 +35,7 @@ from .layers import (
     modulate,
     patchify,
 )
+from .rotation import actions_from_relative, actions_to_relative
 
 __all__ = ["ActionBatch", "ActionOnlyPolicy", "InverseDynamics", "Normalizer"]
 

@@ -50,13 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--video-steps", type=int, default=None, help="denoising steps per predicted frame")
     ap.add_argument("--action-steps", type=int, default=None, help="denoising steps of the action head")
     ap.add_argument("--time-limit", type=float, default=15.0)
+    ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None, help="folder for summary.json and rollouts.mp4")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
 
     cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, exec_steps=a.exec_steps,
-                     time_limit=a.time_limit)
+                     time_limit=a.time_limit, videos=a.videos)
     if a.policy == "expert":
         result = _expert(cfg, not a.no_progress)
     else:

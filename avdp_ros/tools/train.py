@@ -379,6 +379,41 @@ def main_video(argv: Sequence[str] | None = None) -> int:
 # -- idm / baseline --------------------------------------------------------------------------
 
 
+class WithFeatures(torch.utils.data.Dataset):
+    """Windows of a LatentDataset plus `video_features` (Fc+K, D) of their true frames.
+
+    The video model is frozen while the IDM trains and its features of clean frames are
+    deterministic, so they are computed once (`video_feature_table`) instead of every step, which
+    would cost a video-model forward pass per batch (most of an IDM step on a CPU).
+    """
+
+    def __init__(self, windows: LatentDataset, features: torch.Tensor) -> None:
+        if len(features) != len(windows):
+            raise ValueError(f"{len(features)} feature rows for {len(windows)} windows")
+        self.windows, self.features = windows, features
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return dict(self.windows[i], video_features=self.features[i])
+
+
+@torch.no_grad()
+def video_feature_table(windows: LatentDataset, video, video_norm, context_frames: int, device: torch.device,
+                        batch_size: int = 128, progress: bool = True) -> torch.Tensor:
+    """Video-model features (N, Fc+K, D) of every window's context + true future frames (on CPU)."""
+    from tqdm import tqdm
+
+    rows = []
+    for start in tqdm(range(0, len(windows), batch_size), desc="video features", disable=not progress,
+                      unit="batch"):
+        b = _stack(windows, range(start, min(start + batch_size, len(windows))), device)
+        seq = torch.cat([b["context"], b["future"]], dim=1)  # (B, Fc+K, cams, C, h, w)
+        rows.append(video.features(seq, b["instr"], video_norm.normalize(b["states"][:, :context_frames])).cpu())
+    return torch.cat(rows) if rows else torch.zeros(0)
+
+
 def _action_main(argv: Sequence[str] | None, kind: str) -> int:
     from avdp_ros.model.idm import ActionBatch, ActionOnlyPolicy, InverseDynamics, Normalizer
     from avdp_ros.model.video import VideoModel
@@ -410,7 +445,13 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
             if not args.video:
                 raise SystemExit("--video is required (the video checkpoint directory)")
             src_states, vmeta = load_checkpoint(args.video, expected_kind="video")
-            src_cfg = vmeta["config"]
+            # the video side (tokenizer, latents, frames, vocabulary) comes from the video model; the
+            # action side (horizon, action space, IDM architecture, sampler steps) from --preset
+            from avdp_ros.model.config import preset
+
+            action_side = preset(args.preset)
+            src_cfg = dict(vmeta["config"], horizon=action_side.horizon, relative_actions=action_side.relative_actions,
+                           action_steps=action_side.action_steps, idm=dataclasses.asdict(action_side.idm))
             src_states = {"tokenizer": src_states["tokenizer"], "video": src_states["video"],
                           "video_state_norm": src_states["state_norm"]}
         else:
@@ -442,9 +483,17 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
                   file=sys.stderr)
         use_features = is_idm and s.cfg.idm.video_feature_dim > 0
 
+        train_set = s.train
+        if use_features:
+            table = video_feature_table(s.train, video, video_norm, s.cfg.context_frames, device,
+                                        progress=info.is_main and not args.no_progress)
+            train_set = WithFeatures(s.train, table)
+
         def features(b: dict[str, torch.Tensor], latents_future: torch.Tensor) -> torch.Tensor | None:
             if not use_features:
                 return None
+            if "video_features" in b and latents_future is b["future"]:
+                return b["video_features"]  # precomputed for the true future
             with torch.no_grad():
                 seq = torch.cat([b["context"], latents_future], dim=1)  # (B, Fc+K, cams, C, h, w)
                 state = video_norm.normalize(b["states"][:, :s.cfg.context_frames])
@@ -492,7 +541,7 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
                                  train_episodes=[r.key for r in s.train.refs]),
                             data_manifest=s.roots[0] / "manifest.json")
 
-        run = tu.Run(out=out, kind=kind, model=policy, loss_fn=loss_fn, dataset=s.train, cfg=cfg_t,
+        run = tu.Run(out=out, kind=kind, model=policy, loss_fn=loss_fn, dataset=train_set, cfg=cfg_t,
                      save_fn=save, validate_fn=validate)
         last = tu.train(run, info, device, resume=args.resume)
         if info.is_main:

@@ -1,0 +1,166 @@
+"""ROS image messages -> (H, W, 3) uint8 RGB for the model (pure; no rclpy).
+
+The ONE conversion used by the bag converter (training data) and the live policy node, so the
+model sees at run time exactly the pixels it was trained on: same colour handling, same resize
+(``cv2.INTER_AREA``). Messages are duck-typed: rosbags messages (``data`` a numpy array) and
+rclpy messages (``data`` an ``array.array`` or ``bytes``) both work.
+
+- ``to_rgb``: sensor_msgs/Image in ``rgb8, bgr8, rgba8, bgra8, mono8``; padded rows are cropped.
+- ``decode_compressed``: sensor_msgs/CompressedImage, jpeg or png, with ``format`` written the
+  way image_transport / realsense-ros write it (``"jpeg"``, ``"rgb8; jpeg compressed bgr8"``).
+
+Both raise ``ImageError`` (a ValueError) naming what was wrong and what was expected.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+_TO_RGB = {  # cv2 colour conversion per encoding; None = already RGB
+    "rgb8": None,
+    "bgr8": cv2.COLOR_BGR2RGB,
+    "rgba8": cv2.COLOR_RGBA2RGB,
+    "bgra8": cv2.COLOR_BGRA2RGB,
+    "mono8": cv2.COLOR_GRAY2RGB,
+}
+COMPRESSED_CODECS = ("jpeg", "png")
+_MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
+_JPEG_END = b"\xff\xd9"
+
+
+class ImageError(ValueError):
+    """An image message that cannot become a model input; the message says what was expected."""
+
+
+def to_rgb(msg, size: tuple[int, int] | None = None, *,
+           expect_size: tuple[int, int] | None = None) -> np.ndarray:
+    """sensor_msgs/Image -> (H, W, 3) uint8 RGB, a fresh array (never a view of ``msg.data``).
+
+    Args:
+        msg: anything with ``height, width, encoding, step, data`` (8-bit encodings only, so
+            ``is_bigendian`` does not matter).
+        size: (height, width) to resize to with ``cv2.INTER_AREA``; None keeps the input size.
+        expect_size: when set, (height, width) the input must have (a strict deployment that
+            wants to know when a camera is configured differently than in training).
+    """
+    enc = msg.encoding
+    if enc not in SUPPORTED_ENCODINGS:
+        raise ImageError(f"image encoding {enc!r}: expected one of {', '.join(SUPPORTED_ENCODINGS)}")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ImageError(f"image {w}x{h} {enc}: expected a positive width and height")
+    _check_input_size((h, w), expect_size)
+    nchan = CHANNELS[enc]
+    row = w * nchan
+    buf = _as_bytes(msg.data)
+    if step < row:
+        raise ImageError(f"image {w}x{h} {enc}: step {step} too small "
+                         f"(expected step >= {row} = width * {nchan} channels)")
+    if buf.size < step * h:
+        raise ImageError(f"image {w}x{h} {enc}: {buf.size} data bytes, truncated "
+                         f"(expected >= step * height = {step} * {h} = {step * h})")
+    # (h, step) rows, padding cut off; a view until cvtColor / copy below
+    img = buf[: step * h].reshape(h, step)[:, :row].reshape(h, w, nchan)
+    code = _TO_RGB[enc]
+    img = cv2.cvtColor(img, code) if code is not None else img.copy()
+    return _resize(img, size)
+
+
+def decode_compressed(msg, size: tuple[int, int] | None = None, *,
+                      expect_size: tuple[int, int] | None = None) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg or png) -> (H, W, 3) uint8 RGB.
+
+    ``format`` may be a bare codec (``"jpeg"``, ``"png"``) or image_transport's
+    ``"<original encoding>; <codec> compressed <payload encoding>"``. As in image_transport's
+    decoder, the decoded pixels are in the payload order: BGR unless it says ``rgb``.
+
+    Args:
+        msg: anything with ``format`` and ``data``.
+        size, expect_size: as in ``to_rgb``.
+    """
+    fmt = str(msg.format)
+    codec, payload_rgb = _parse_format(fmt)
+    buf = _as_bytes(msg.data)
+    if buf.size == 0:
+        raise ImageError(f"compressed image ({fmt!r}): no data, expected {codec} bytes")
+    head = buf[: len(_MAGIC[codec])].tobytes()
+    if head != _MAGIC[codec]:
+        raise ImageError(f"compressed image ({fmt!r}): data starts with {head.hex(' ')}, "
+                         f"expected a {codec} header ({_MAGIC[codec].hex(' ')})")
+    # libjpeg decodes a cut-off jpeg into a half-grey image without failing: check the end marker
+    if codec == "jpeg" and not buf[-64:].tobytes().rstrip(b"\x00").endswith(_JPEG_END):
+        raise ImageError(f"compressed image ({fmt!r}): {buf.size} bytes without the jpeg end marker "
+                         "(expected a complete jpeg ending in ff d9; truncated?)")
+    try:
+        # UNCHANGED: keep the channel count and ignore EXIF rotation (camera data is never rotated)
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise ImageError(f"compressed image ({fmt!r}): {codec} decoder failed ({err}), "
+                         f"expected valid {codec} data") from err
+    if img is None:
+        raise ImageError(f"compressed image ({fmt!r}): {buf.size} bytes are not a decodable {codec}, "
+                         f"expected valid {codec} data")
+    if img.dtype != np.uint8:
+        raise ImageError(f"compressed image ({fmt!r}): {img.dtype} pixels, expected 8-bit colour or mono")
+    _check_input_size(img.shape[:2], expect_size)
+    nchan = 1 if img.ndim == 2 else img.shape[2]
+    if nchan == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif nchan == 3:
+        img = img.copy() if payload_rgb else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif nchan == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB if payload_rgb else cv2.COLOR_BGRA2RGB)
+    else:
+        raise ImageError(f"compressed image ({fmt!r}): {nchan} channels, expected 1, 3 or 4")
+    return _resize(img, size)
+
+
+def _parse_format(fmt: str) -> tuple[str, bool]:
+    """-> (codec, payload is RGB-ordered). Rejects depth and unknown codecs."""
+    low = fmt.lower()
+    expected = f"expected {' or '.join(COMPRESSED_CODECS)} (e.g. 'jpeg' or 'rgb8; jpeg compressed bgr8')"
+    if "compresseddepth" in low:
+        raise ImageError(f"compressed image format {fmt!r} is a depth image: {expected}")
+    original, _, rest = low.rpartition(";") if ";" in low else ("", "", low)
+    words = rest.replace("jpg", "jpeg").split()
+    codecs = [c for c in COMPRESSED_CODECS if c in words]
+    if len(codecs) != 1:
+        raise ImageError(f"compressed image format {fmt!r}: {expected}")
+    original = original.strip()
+    if original and original not in SUPPORTED_ENCODINGS:
+        raise ImageError(f"compressed image format {fmt!r}: original encoding {original!r}, "
+                         f"expected one of {', '.join(SUPPORTED_ENCODINGS)}")
+    # image_transport: "... compressed rgb8" means the encoder was fed RGB-ordered pixels; a bare
+    # codec or "compressed bgr8" means BGR, which is what cv2.imdecode hands back for a normal file
+    after = words[words.index("compressed") + 1:] if "compressed" in words else []
+    return codecs[0], bool(after) and after[0].startswith("rgb")
+
+
+def _as_bytes(data) -> np.ndarray:
+    """Message ``data`` (numpy array, array.array, bytes, list) -> flat uint8 array without a copy."""
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8) if data.dtype.itemsize == 1 else data.astype(np.uint8).reshape(-1)
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except TypeError:  # a plain list of ints
+        return np.asarray(data, dtype=np.uint8).reshape(-1)
+
+
+def _check_input_size(hw: tuple[int, int], expect_size: tuple[int, int] | None) -> None:
+    if expect_size is not None and tuple(int(v) for v in hw) != tuple(int(v) for v in expect_size):
+        raise ImageError(f"image size {hw[0]}x{hw[1]} (height x width): expected "
+                         f"{expect_size[0]}x{expect_size[1]} (expect_size is set, so other sizes are rejected)")
+
+
+def _resize(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if size is not None:
+        h, w = (int(v) for v in size)
+        if h <= 0 or w <= 0:
+            raise ValueError(f"size={size}: expected positive (height, width)")
+        if img.shape[:2] != (h, w):
+            # INTER_AREA: averages when shrinking (no aliasing); the converter uses it for training
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(img, dtype=np.uint8)

@@ -4,6 +4,7 @@ summary JSON and a video of the first rollouts.
 
     avdp-eval --policy models/avdp_default --task push --episodes 50
     avdp-eval --policy expert --task pick_place --episodes 50
+    avdp-eval --report runs/default          # table of every summary.json below a folder
 """
 
 from __future__ import annotations
@@ -37,12 +38,30 @@ def _expert(cfg, progress: bool) -> dict:
             "mean_duration_s": float(np.mean([r["duration"] for r in res])), "frames": []}
 
 
+def report(root: Path) -> str:
+    """A Markdown table of every `summary.json` below `root` (one row per evaluation folder)."""
+    rows = ["| run | task | success | episodes | mean length (s) | infer p50 / p99 (ms) |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for path in sorted(root.rglob("summary.json")):
+        try:
+            s = json.loads(path.read_text())
+            if not isinstance(s, dict) or "success_rate" not in s:
+                continue  # another tool's summary (e.g. avdp-collect's)
+            lat = (f"{s['infer_ms_p50']:.0f} / {s['infer_ms_p99']:.0f}" if "infer_ms_p50" in s else "-")
+            rows.append(f"| {path.parent.relative_to(root)} | {s['task']} | {s['success_rate'] * 100:.0f}% | "
+                        f"{s['episodes']} | {s['mean_duration_s']:.1f} | {lat} |")
+        except (KeyError, TypeError, ValueError) as err:
+            rows.append(f"| {path.parent.relative_to(root)} | unreadable summary: {type(err).__name__}: {err} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     from avdp_ros.evaluate import EvalConfig, evaluate
 
     ap = argparse.ArgumentParser(prog="avdp-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", required=True, help="policy checkpoint directory, or 'expert'")
+    ap.add_argument("--policy", help="policy checkpoint directory, or 'expert'")
+    ap.add_argument("--report", type=Path, default=None, help="print a table of the evaluations below a folder")
     ap.add_argument("--task", default="push")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--seed", type=int, default=100_000, help="first seed (held out from training seeds)")
@@ -55,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="folder for summary.json and rollouts.mp4")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
+    if a.report is not None:
+        print(report(a.report))
+        return 0
+    if not a.policy:
+        ap.error("--policy is required (a checkpoint directory or 'expert'), or use --report FOLDER")
 
     cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, exec_steps=a.exec_steps,
                      time_limit=a.time_limit, videos=a.videos)

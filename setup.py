@@ -1,10 +1,23 @@
 """ament_python package: builds with `colcon build` in a ROS 2 workspace and with `pip install -e .`."""
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "avdp_ros"
+
+
+def tree(src: str, dest: str) -> list[tuple[str, list[str]]]:
+    """data_files entries for every file under src, keeping sub-directories (a checkpoint
+    directory such as models/avdp_default/ cannot be listed as one data file)."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(glob(os.path.join(src, "**", "*"), recursive=True)):
+        if os.path.isfile(path):
+            out.setdefault(os.path.normpath(os.path.join(dest, os.path.relpath(os.path.dirname(path), src))),
+                           []).append(path)
+    return list(out.items())
+
 
 setup(
     name=PACKAGE,
@@ -15,7 +28,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
-        (f"share/{PACKAGE}/models", glob("models/*")),
+        *tree("models", f"share/{PACKAGE}/models"),
     ],
     # ROS packages (rclpy, *_msgs) come from the ROS install or the PyPI wheels in
     # requirements.txt; listing them here would break colcon builds against a system ROS.
@@ -33,6 +46,7 @@ setup(
             "expert = avdp_ros.nodes.expert_node:main",
             "teleop = avdp_ros.nodes.teleop_node:main",
             "recorder = avdp_ros.nodes.recorder_node:main",
+            "policy = avdp_ros.nodes.policy_node:main",
             # tools
             "avdp-run = avdp_ros.runner:main",
             "avdp-collect = avdp_ros.tools.collect:main",

@@ -3,6 +3,8 @@ installs without `ros2 launch` (pip-only ROS 2 wheels).
 
     avdp-run record --robot sim --operator expert [--config config/record.yaml]
                     [--set avdp_sim_bridge.task=pick_place ...] [--use-sim-time] [--processes]
+    avdp-run policy --robot sim [--model DIR] [--backend torch] [--config config/policy.yaml]
+                    [--set avdp_policy.execute_steps=4 ...] [--use-sim-time] [--processes]
 
 By default all nodes share one process and one multi-threaded executor (cheapest on small
 machines); `--processes` starts one process per node exactly like `ros2 launch` does, which
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from avdp_ros.stack import NODES, record_roles
+from avdp_ros.stack import NODES, policy_roles, record_roles
 
 
 def config_file(filename: str) -> Path:
@@ -187,9 +189,11 @@ def run_processes(roles: list[str], config: Path, overrides: dict, use_sim_time:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="avdp-run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("job", choices=["record"], help="which set of nodes to start")
+    ap.add_argument("job", choices=["record", "policy"], help="which set of nodes to start")
     ap.add_argument("--robot", default="sim", help="sim (MuJoCo bridge, default) or real")
-    ap.add_argument("--operator", default="expert", help="expert | teleop | none")
+    ap.add_argument("--operator", default=None, help="record: expert (default) | teleop | none")
+    ap.add_argument("--model", default=None, help="policy: checkpoint directory (= --set avdp_policy.model=DIR)")
+    ap.add_argument("--backend", default=None, help="policy: inference backend (= --set avdp_policy.backend=...)")
     ap.add_argument("--config", type=Path, default=None, help="parameter YAML (default config/<job>.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                     help="override a parameter, e.g. avdp_sim_bridge.task=pick_place")
@@ -197,18 +201,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", action="store_true", help="one process per node (like ros2 launch)")
     a = ap.parse_args(argv)
     try:
-        roles = record_roles(a.robot, a.operator)
+        if a.job == "record":
+            if a.model is not None or a.backend is not None:
+                raise ValueError("--model / --backend belong to the policy job")
+            roles = record_roles(a.robot, a.operator or "expert")
+        else:
+            if a.operator is not None:
+                raise ValueError("--operator belongs to the record job: the policy job's operator is the policy")
+            roles = policy_roles(a.robot)
         config = a.config or default_config(a.job)
         if not config.exists():
             raise FileNotFoundError(f"config file {config} does not exist")
         overrides = parse_sets(a.set)
+        for param, value in (("model", a.model), ("backend", a.backend)):
+            if value is not None:
+                overrides.setdefault(NODES["policy"].name, {})[param] = value
     except (ValueError, FileNotFoundError) as exc:
         ap.error(str(exc))
     os.environ.setdefault("MUJOCO_GL", "egl")
     if a.processes:
         return run_processes(roles, config, overrides, a.use_sim_time)
 
-    stack = Stack(roles, config, overrides, use_sim_time=a.use_sim_time)
+    try:
+        stack = Stack(roles, config, overrides, use_sim_time=a.use_sim_time)
+    except ValueError as exc:  # a node refused its parameters (or its model): say why, no traceback
+        print(f"avdp-run: {exc}", file=sys.stderr, flush=True)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

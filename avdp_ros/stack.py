@@ -18,6 +18,7 @@ NODES = {
     "expert": NodeSpec("expert", "avdp_expert", "avdp_ros.nodes.expert_node:ExpertNode"),
     "teleop": NodeSpec("teleop", "avdp_teleop", "avdp_ros.nodes.teleop_node:TeleopNode"),
     "recorder": NodeSpec("recorder", "avdp_recorder", "avdp_ros.nodes.recorder_node:RecorderNode"),
+    "policy": NodeSpec("policy", "avdp_policy", "avdp_ros.nodes.policy_node:PolicyNode"),
 }
 
 ROBOTS = ("sim", "real")
@@ -44,3 +45,16 @@ def record_roles(robot: str = "sim", operator: str = "expert") -> list[str]:
         roles.append(operator)
     roles.append("recorder")
     return roles
+
+
+def policy_roles(robot: str = "sim") -> list[str]:
+    """Nodes of the policy job (the learned policy commands the robot).
+
+    Args:
+        robot: "sim" starts the MuJoCo bridge on the robot's topics; "real" expects the real
+            camera drivers and controller to be running already (and no other node publishing
+            targets: the policy node must be the only commander).
+    """
+    if robot not in ROBOTS:
+        raise ValueError(f"robot '{robot}': expected one of {ROBOTS}")
+    return (["sim_bridge"] if robot == "sim" else []) + ["policy"]

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from avdp_ros.runner import main as runner_main
 from avdp_ros.runner import parse_sets, ros_args
-from avdp_ros.stack import NODES, record_roles
+from avdp_ros.stack import NODES, policy_roles, record_roles
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +22,22 @@ def test_record_roles():
         record_roles("real", "expert")
     with pytest.raises(ValueError, match="expected one of"):
         record_roles("gazebo", "teleop")
+
+
+def test_policy_roles():
+    assert policy_roles("sim") == ["sim_bridge", "policy"]
+    assert policy_roles("real") == ["policy"]
+    with pytest.raises(ValueError, match="expected one of"):
+        policy_roles("gazebo")
+
+
+@pytest.mark.parametrize("argv", [["policy", "--operator", "teleop"], ["record", "--model", "m"],
+                                  ["policy", "--robot", "gazebo"]])
+def test_runner_refuses_arguments_of_the_other_job(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        runner_main(argv)
+    assert exc.value.code == 2
+    assert "avdp-run: error:" in capsys.readouterr().err
 
 
 def test_parse_sets_and_ros_args():
@@ -45,11 +62,24 @@ def test_config_files_name_only_known_nodes():
 
 def test_launch_files_are_valid_python_with_generate_launch_description():
     files = list((ROOT / "launch").glob("*.launch.py"))
-    assert files
+    assert {"record.launch.py", "policy.launch.py"} <= {f.name for f in files}
     for f in files:
         tree = ast.parse(f.read_text())
         names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert "generate_launch_description" in names, f.name
+
+
+@pytest.mark.parametrize("launch_file, roles", [("record.launch.py", "record_roles"),
+                                                ("policy.launch.py", "policy_roles")])
+def test_launch_files_take_their_nodes_from_the_stack_table(launch_file, roles):
+    tree = ast.parse((ROOT / "launch" / launch_file).read_text())
+    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert {("avdp_ros.stack", "NODES"), ("avdp_ros.stack", roles)} <= imported
+    args = {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and getattr(n.func, "id", "") == "DeclareLaunchArgument"}
+    assert {"robot", "config", "use_sim_time"} <= args
+    if launch_file == "policy.launch.py":
+        assert {"model", "backend"} <= args
 
 
 def test_console_scripts_point_at_existing_mains():

@@ -60,7 +60,11 @@ class IDMConfig:
     enc_layers: int = 2              # observation encoder blocks (bidirectional self-attention)
     head_layers: int = 3             # action head blocks (self-attention over H actions + cross-attention)
     mlp_ratio: float = 4.0           # MLP hidden width = mlp_ratio * n_embd
-    past_frames: int = 1             # most recent context frames the IDM sees (the baseline sees all)
+    past_frames: int = 1             # most recent observed frames the IDM and the baseline see. 1, because
+    #                                  with a history of frames a policy can read the motion off the
+    #                                  past and continue it ("copycat"), learning to locate the object
+    #                                  only from the few episode-start windows; it then fails at the
+    #                                  start of every closed-loop episode. (The video model sees all.)
     video_feature_dim: int = 0       # width of video-model features fed to the IDM; 0 = not used
     logit_normal_t: bool = True      # training flow times ~ logit-normal (else uniform)
 

@@ -8,7 +8,8 @@ cross-attends to the conditioning tokens). They differ only in which frames they
   truth in training, predicted by the video model at inference), optionally with video-model
   features, which are detached so no action gradient reaches the video model (Video Policy's
   two-stage training).
-- `ActionOnlyPolicy`: all context frames and nothing predicted: the honest baseline.
+- `ActionOnlyPolicy`: the same last `idm.past_frames` frames and nothing predicted: the honest
+  baseline (it differs from the IDM only by the predicted frames and video features).
 
 States and actions in an `ActionBatch` are normalised; each policy owns `state_norm` and
 `action_norm` (`Normalizer`) so the statistics travel in its checkpoint.
@@ -234,10 +235,10 @@ class InverseDynamics(_ChunkPolicy):
 
 
 class ActionOnlyPolicy(_ChunkPolicy):
-    """pi(a_t..t+H | all context frames, state, instruction): no predicted frames, no video model."""
+    """pi(a_t..t+H | last past frames, state, instruction): no predicted frames, no video model."""
 
     def __init__(self, cfg: PolicyConfig):
-        super().__init__(cfg, cfg.context_frames, 0)
+        super().__init__(cfg, cfg.idm.past_frames, 0)
 
     def _frames(self, batch: ActionBatch) -> Tensor:
-        return batch.context  # (B, Fc, cams, C, h, w)
+        return batch.context[:, -self.cfg.idm.past_frames:]  # (B, P, cams, C, h, w)

@@ -190,3 +190,16 @@ def test_optimizer_state_round_trip(tmp_path: Path):
     for idx in a["state"]:
         for k, v in a["state"][idx].items():
             torch.testing.assert_close(torch.as_tensor(b["state"][idx][k]), torch.as_tensor(v))
+
+
+def test_preset_overrides_are_validated():
+    import argparse
+
+    from avdp_ros.tools.train import _preset_with_overrides
+
+    cfg = _preset_with_overrides(argparse.Namespace(preset="base", override=["idm.patch_size=2", "horizon=6"]))
+    assert cfg.idm.patch_size == 2 and cfg.horizon == 6 and cfg.video.patch_size == 2
+    with pytest.raises(SystemExit, match="idm.nope"):
+        _preset_with_overrides(argparse.Namespace(preset="base", override=["idm.nope=1"]))
+    with pytest.raises(SystemExit, match="does not divide"):
+        _preset_with_overrides(argparse.Namespace(preset="base", override=["idm.patch_size=3"]))

@@ -76,6 +76,9 @@ def _parser(prog: str, doc: str, defaults: tu.TrainConfig) -> argparse.ArgumentP
                    help="CPU intra-op threads (torch.set_num_threads); default: torch's choice")
     p.add_argument("--resume", action="store_true", help="continue from <out>/latest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for latent caching")
+    p.add_argument("--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="edit the preset's config, e.g. --override idm.patch_size=2 (repeatable; "
+                        "ignored with --resume, which keeps the checkpoint's config)")
     return p
 
 
@@ -215,10 +218,30 @@ class LatentSetup:
     val_keys: list[str]
 
 
-def _policy_config(args: argparse.Namespace, tok: Tokenizer, cameras: list[str], roots: Sequence[Path]):
-    from avdp_ros.model.config import preset
+def _preset_with_overrides(args: argparse.Namespace):
+    """The --preset PolicyConfig with --override SECTION.FIELD=VALUE edits (validated by the config)."""
+    from avdp_ros.model.config import PolicyConfig, preset
 
-    cfg = preset(args.preset)
+    d = preset(args.preset).to_dict()
+    for item in getattr(args, "override", None) or []:
+        key, sep, raw = item.partition("=")
+        section, _, name = key.rpartition(".")
+        target = d[section] if section else d
+        if not sep or not isinstance(target, dict) or name not in target:
+            raise SystemExit(f"--override {item!r}: expected FIELD=VALUE or SECTION.FIELD=VALUE with a field "
+                             f"of the config (e.g. idm.patch_size=2, horizon=8)")
+        try:
+            target[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            target[name] = raw  # a bare string
+    try:
+        return PolicyConfig.from_dict(d)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--override: {err}") from err
+
+
+def _policy_config(args: argparse.Namespace, tok: Tokenizer, cameras: list[str], roots: Sequence[Path]):
+    cfg = _preset_with_overrides(args)
     return dataclasses.replace(cfg, tokenizer=tok.config.to_dict(), latent_shape=tok.config.latent_shape,
                                cameras=tuple(cameras), instructions=tuple(build_vocabulary(roots)))
 
@@ -447,9 +470,7 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
             src_states, vmeta = load_checkpoint(args.video, expected_kind="video")
             # the video side (tokenizer, latents, frames, vocabulary) comes from the video model; the
             # action side (horizon, action space, IDM architecture, sampler steps) from --preset
-            from avdp_ros.model.config import preset
-
-            action_side = preset(args.preset)
+            action_side = _preset_with_overrides(args)
             src_cfg = dict(vmeta["config"], horizon=action_side.horizon, relative_actions=action_side.relative_actions,
                            action_steps=action_side.action_steps, idm=dataclasses.asdict(action_side.idm))
             src_states = {"tokenizer": src_states["tokenizer"], "video": src_states["video"],

@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
-# The main job (README command 1): set-up on first run, then the simulated Panda with the scripted
-# expert doing the task through the robot's topics while the recorder writes a rosbag2 MCAP;
-# ends with a summary, a video of the episode and the converted dataset in runs/demo/.
-# Extra arguments go to avdp-collect, e.g.  scripts/demo.sh --task pick_place --episodes 3
+# The main job (README command 1): set-up on first run, then
+#   1. the default policy (models/avdp_default: video model + inverse dynamics) doing both sim
+#      tasks closed loop in MuJoCo, printing success and latency, with a video per task in
+#      runs/demo/policy_<task>/rollouts.mp4;
+#   2. the simulated Panda with the scripted expert doing the task through the robot's topics while
+#      the recorder writes a rosbag2 MCAP; a summary, a video of the episode and the converted
+#      dataset in runs/demo/.
+# Usage: scripts/demo.sh [policy|record] [extra arguments for that stage]
+#   scripts/demo.sh policy --episodes 10        # only the policy, more episodes per task
+#   scripts/demo.sh record --task pick_place --episodes 3
+# Without a stage both run and extra arguments go to the recording stage (avdp-collect).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
-exec "$VENV/bin/avdp-collect" --out runs/demo "$@"
+stage=all
+case "${1:-}" in policy|record) stage="$1"; shift ;; esac
+if [ "$stage" != record ]; then
+  policy_args=(); [ "$stage" = policy ] && policy_args=("$@")
+  for task in push pick_place; do
+    "$VENV/bin/avdp-eval" --policy models/avdp_default --task "$task" --episodes 3 --videos 3 \
+      --out "runs/demo/policy_$task" "${policy_args[@]}"
+  done
+fi
+if [ "$stage" != policy ]; then
+  "$VENV/bin/avdp-collect" --out runs/demo "$@"
+fi

@@ -7,7 +7,7 @@
 #   3. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
 #   4. with EXPORT=1, copy the IDM checkpoint (without optimizer state) to models/avdp_default
 # Knobs (environment): OUT (runs/default), EPISODES per task (150), STEPS_TOK (500), STEPS_VIDEO
-# (2000), STEPS_IDM (5000), STEPS_BASE (5000), LABELS (label fraction for idm/baseline, 1.0),
+# (2500), BATCH_VIDEO (16), STEPS_IDM (5000), STEPS_BASE (5000), LABELS (label fraction for idm/baseline, 1.0),
 # EVAL_EPISODES (50), THREADS (torch threads per training process, 2), EXPORT (0).
 # The label-scarcity and sampling-steps experiments build on this: scripts/experiments.sh.
 set -euo pipefail
@@ -27,7 +27,7 @@ done
 common=(--data "${DATA[@]}" --preset base --threads "$THREADS" --no-progress)
 "$BIN/avdp-train-tokenizer" "${common[@]}" --out "$OUT/tokenizer" --steps "${STEPS_TOK:-500}"
 "$BIN/avdp-train-video" "${common[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/video" \
-  --steps "${STEPS_VIDEO:-2000}"
+  --steps "${STEPS_VIDEO:-2500}" --batch-size "${BATCH_VIDEO:-16}"
 "$BIN/avdp-train-idm" "${common[@]}" --video "$OUT/video/latest" --out "$OUT/idm" \
   --steps "${STEPS_IDM:-5000}" --label-fraction "$LABELS"
 "$BIN/avdp-train-baseline" "${common[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/baseline" \

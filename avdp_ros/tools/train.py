@@ -288,6 +288,14 @@ def _stack(ds: LatentDataset, idx: Sequence[int], device: torch.device) -> dict[
     return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
 
 
+def _frozen_tokenizer(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch.device,
+                     what: str) -> Tokenizer:
+    """A tokenizer rebuilt from a checkpoint's config dict + state dict, frozen, on `device`."""
+    tok = Tokenizer(TokenizerConfig.from_dict(config))
+    load_into(tok, state, what)
+    return tok.to(device).eval().requires_grad_(False)
+
+
 def _load_tokenizer(path: str, device: torch.device) -> Tokenizer:
     tok = Tokenizer.from_checkpoint(path, map_location=device)
     for prm in tok.parameters():
@@ -339,9 +347,8 @@ def main_video(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         states, meta = _resume_states(out, "video") if args.resume else ({}, None)
         if args.resume:
-            tok = Tokenizer(TokenizerConfig.from_dict(meta["config"]["tokenizer"]))
-            load_into(tok, states["tokenizer"], f"{out / tu.LATEST} tokenizer")
-            tok = tok.to(device).eval().requires_grad_(False)
+            tok = _frozen_tokenizer(meta["config"]["tokenizer"], states["tokenizer"], device,
+                                    f"{out / tu.LATEST} tokenizer")
         elif args.tokenizer:
             tok = _load_tokenizer(args.tokenizer, device)
         else:
@@ -480,9 +487,7 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
                 raise SystemExit("--tokenizer is required (the tokenizer checkpoint directory)")
             src_cfg, src_states = None, {}
         if src_cfg is not None:
-            tok = Tokenizer(TokenizerConfig.from_dict(src_cfg["tokenizer"]))
-            load_into(tok, src_states["tokenizer"], "tokenizer")
-            tok = tok.to(device).eval().requires_grad_(False)
+            tok = _frozen_tokenizer(src_cfg["tokenizer"], src_states["tokenizer"], device, "tokenizer")
         else:
             tok = _load_tokenizer(args.tokenizer, device)
         s = _latent_setup(args, info, tok, src_cfg, require_actions=True, label_fraction=args.label_fraction)

@@ -32,6 +32,7 @@ CAM = "/camera/camera/color/image_raw"
 WRIST = "/wrist_camera/color/image_raw"
 POSE = "/cartesian_impedance_controller/current_pose"
 TARGET = "/cartesian_impedance_controller/target_frame"
+LABEL = "/avdp/expert/intended_target"
 JS = "/gripper/joint_states"
 GCMD = "/gripper/command"
 INFO = "/avdp/episode_info"
@@ -96,6 +97,7 @@ def make_bag(
     writer: str = "rosbags",
     h: int = 24,
     w: int = 32,
+    label_offset: float | None = None,
 ) -> dict:
     """Write a synthetic episode bag; returns the ground truth the converter must reproduce.
 
@@ -148,6 +150,9 @@ def make_bag(
     truth["target"] = (tgt_t, tgt_v)
     for ns, p7 in zip(tgt_t, tgt_v):
         add(TARGET, "geometry_msgs/msg/PoseStamped", ns + 1_000_000, _pose_msg(int(ns), p7))
+        if label_offset is not None:  # a perturbed expert: what it meant differs from what ran
+            add(LABEL, "geometry_msgs/msg/PoseStamped", ns + 1_000_000,
+                _pose_msg(int(ns), p7 + np.array([label_offset, 0, 0, 0, 0, 0, 0])))
     gc_t = T0 + 250_000_000 + np.arange(0, int(duration_s * 5) - 2) * 200_000_000
     gc_v = 0.01 * (1 + np.arange(len(gc_t)))
     truth["gcmd"] = (gc_t, gc_v)
@@ -359,3 +364,23 @@ def test_command_lead_detects_lagging_commands():
     # an arm that does not move has no observable lead
     still = np.tile([0.4, 0.0, 0.3], (len(t_cmd), 1))
     assert command_lead_s(ns(t_pose), np.tile([0.4, 0.0, 0.3], (len(t_pose), 1)), ns(t_cmd), still) is None
+
+
+def test_intended_target_is_the_preferred_action_label(tmp_path: Path):
+    truth = make_bag(tmp_path / "bag", label_offset=0.05)
+    entry = convert_bag(tmp_path / "bag", tmp_path / "out" / "ep", CFG)
+    d = tmp_path / "out" / "ep"
+    assert entry["action_topic"] == LABEL
+    stamps = np.load(d / "stamps.npy")
+    act = np.load(d / "action.npy")
+    tq = stamps[0] + np.arange(len(act)) * 50_000_000
+    tgt_t, tgt_v = truth["target"]
+    i = np.searchsorted(tgt_t, tq, side="right") - 1
+    ok = i >= 0
+    assert ok.sum() > 20
+    assert np.abs(act[ok, 0] - (tgt_v[i[ok], 0] + 0.05)).max() < 1e-6  # the label, not the executed target
+    assert np.abs(act[ok, 1:3] - tgt_v[i[ok], 1:3]).max() < 1e-6
+    # without the label topic the executed target is the action (as in test_alignment_exact)
+    make_bag(tmp_path / "bag2")
+    entry = convert_bag(tmp_path / "bag2", tmp_path / "out" / "ep2", CFG)
+    assert entry["action_topic"] == TARGET

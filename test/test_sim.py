@@ -14,7 +14,7 @@ mujoco = pytest.importorskip("mujoco")
 
 from avdp_ros.geometry import quat_angle, quat_mul, quat_to_mj  # noqa: E402
 from avdp_ros.sim.env import PandaSim, SimConfig  # noqa: E402
-from avdp_ros.sim.expert import make_expert, run_episode  # noqa: E402
+from avdp_ros.sim.expert import PerturbConfig, TargetPerturbation, make_expert, run_episode  # noqa: E402
 from avdp_ros.sim.tasks import CUBE_HALF, TASKS  # noqa: E402
 
 
@@ -186,3 +186,29 @@ def test_expert_succeeds(task, push_sim, pick_sim):
         result = run_episode(sim, expert, seed)
         assert result["done"] and result["success"], f"{task} seed {seed}: {result}"
         assert result["duration"] < 12.0
+
+
+def test_perturbation_bumps_are_bounded_seeded_and_leave_quiet_gaps():
+    cfg = PerturbConfig(pos_amplitude=0.04, yaw_amplitude=0.2)
+    ts = np.arange(0.0, 20.0, 0.02)
+    offs = [TargetPerturbation(cfg, seed).offset for seed in (3, 3, 4)]
+    series = [np.array([np.r_[f(t)[0], f(t)[1]] for t in ts]) for f in offs]
+    assert np.array_equal(series[0], series[1]) and not np.array_equal(series[0], series[2])
+    pos = np.linalg.norm(series[0][:, :3], axis=1)
+    assert pos.max() <= 0.04 + 1e-12 and pos.max() > 0.01  # bumps happen, never beyond the amplitude
+    assert np.abs(series[0][:, 3]).max() <= 0.2 + 1e-12
+    assert (pos < 1e-9).mean() > 0.15  # quiet gaps where the expert can reach its waypoints
+    assert np.abs(np.diff(pos)).max() < 0.04 * np.pi * 0.02 / 0.4 + 1e-9  # smooth: no jumps
+    target = np.array([0.5, 0.0, 0.2, 1.0, 0.0, 0.0, 0.0])
+    off = TargetPerturbation(PerturbConfig(), 0).apply(target, 1.0)
+    assert np.array_equal(off, target)  # amplitude 0 = off
+    with pytest.raises(ValueError, match="pos_amplitude"):
+        PerturbConfig(pos_amplitude=0.5)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_expert_recovers_from_perturbations(task, push_sim, pick_sim):
+    sim = push_sim if task == "push" else pick_sim
+    pert = TargetPerturbation(PerturbConfig(pos_amplitude=0.04, yaw_amplitude=0.2))
+    result = run_episode(sim, make_expert(task), 2, perturb=pert)
+    assert result["done"] and result["success"], f"{task} perturbed: {result}"

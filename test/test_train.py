@@ -43,7 +43,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("train")
     data = [str(write_synthetic_dataset(base / "push", n_labelled=4, n_free=2, T=10, seed=1)),
             str(write_synthetic_dataset(base / "pick", n_labelled=3, n_free=0, T=10, seed=2))]
-    r = {name: base / name for name in ("tok", "video", "idm", "baseline")}
+    manifest = Path(data[1]) / "manifest.json"  # two failed demonstrations: video data, not action data
+    m = json.loads(manifest.read_text())
+    for e in m["episodes"][1:]:
+        e["success"] = False
+    manifest.write_text(json.dumps(m))
+    r: dict = {name: base / name for name in ("tok", "video", "idm", "baseline")}
+    r["failed"] = {f"pick/{e['name']}" for e in m["episodes"][1:]}
     assert main_tokenizer(["--data", *data, "--out", str(r["tok"]), "--steps", "30", "--batch-size", "16",
                            "--lr", "3e-3", "--val-every", "15", "--ckpt-every", "15", *COMMON]) == 0
     tok_ckpt = str(r["tok"] / tu.LATEST)
@@ -107,6 +113,9 @@ def test_idm_and_baseline_runs(runs):
     assert {"val/rot_deg", "val/gripper_mm", "val/gt_future/pos_mm"} <= val.keys()
     states, meta = load_checkpoint(runs["baseline"] / tu.LATEST, expected_kind="baseline")
     assert set(states) == {"baseline", "tokenizer"} and meta["extra"]["step"] == 10
+    # failed demonstrations never train actions (some of them are in the train split)
+    assert runs["failed"] - set(meta["extra"]["val_episodes"])
+    assert not runs["failed"] & set(meta["extra"]["train_episodes"])
 
 
 def test_cached_video_features_equal_recomputed_ones(runs):

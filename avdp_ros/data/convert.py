@@ -15,6 +15,10 @@ Observation grid
     - ee pose: ``current_pose`` interpolated (linear + slerp, ``geometry.interpolate_poses``).
     - gripper: width = sum of the two finger positions of ``/gripper/joint_states``, linear.
 Actions (``has_actions`` when the bag has a ``target_frame`` topic)
+    Pose labels come from ``label_topic`` (``/avdp/expert/intended_target``) when the bag has it:
+    a perturbed (DART-style) expert recording, where the executed target carries a deliberate
+    offset and the label is what the expert meant from the perturbed state; otherwise from
+    ``target_frame``, the command that was executed.
     ``r = action_hz / obs_hz`` (an integer) actions per observation step, at ``t0 + j / action_hz``,
     ``j = 0..T*r-1``: the latest commanded target pose at or before that time (zero-order hold,
     which is what the impedance controller tracked) and the latest gripper command. Before the
@@ -104,6 +108,7 @@ class ConvertConfig:
     )
     pose_topic: str = "/cartesian_impedance_controller/current_pose"
     target_topic: str = "/cartesian_impedance_controller/target_frame"
+    label_topic: str = "/avdp/expert/intended_target"  # preferred action source when present
     gripper_state_topic: str = "/gripper/joint_states"
     gripper_cmd_topic: str = "/gripper/command"
     episode_info_topic: str = "/avdp/episode_info"
@@ -250,6 +255,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
     expected_types = {
         cfg.pose_topic: "geometry_msgs/msg/PoseStamped",
         cfg.target_topic: "geometry_msgs/msg/PoseStamped",
+        cfg.label_topic: "geometry_msgs/msg/PoseStamped",
         cfg.gripper_state_topic: "sensor_msgs/msg/JointState",
         cfg.gripper_cmd_topic: "std_msgs/msg/Float64",
         cfg.episode_info_topic: "std_msgs/msg/String",
@@ -263,6 +269,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
         if topic in info.topics and info.topics[topic] != typ:
             raise ConversionError(bag, topic, f"type {info.topics[topic]!r}, expected {typ!r}")
     has_actions = info.counts.get(cfg.target_topic, 0) > 0
+    action_topic = cfg.label_topic if has_actions and info.counts.get(cfg.label_topic, 0) > 0 else cfg.target_topic
 
     # pass 1: everything small, plus the header stamps of the images (no pixel decoding)
     cam_topics = set(cfg.cameras.values())
@@ -271,7 +278,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
     episode_info: dict[str, Any] = {}
     small = {
         cfg.pose_topic,
-        cfg.target_topic,
+        action_topic,
         cfg.gripper_state_topic,
         cfg.gripper_cmd_topic,
         cfg.episode_info_topic,
@@ -286,7 +293,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
             if m.topic == cfg.pose_topic:
                 pose_t.append(_stamp(msg, m.timestamp))
                 pose_v.append(_pose7(msg))
-            elif m.topic == cfg.target_topic:
+            elif m.topic == action_topic:
                 tgt_t.append(_stamp(msg, m.timestamp))
                 tgt_v.append(_pose7(msg))
             elif m.topic == cfg.gripper_state_topic:
@@ -432,6 +439,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
             "success": meta.get("success"),
             "truncated": info.truncated,
             "command_lead_ms": align.get("command_lead_ms"),
+            "action_topic": action_topic if has_actions else None,
         }
         (tmp / "meta.json").write_text(
             json.dumps(

@@ -343,6 +343,7 @@ class EpisodeRef:
     length: int
     has_actions: bool
     instruction: str
+    success: bool | None = None  # as recorded (None: unknown, e.g. a teleop bag without a verdict)
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -356,7 +357,7 @@ def list_episodes(dataset_roots: Sequence[str | os.PathLike]) -> list[EpisodeRef
         m = json.loads((root / "manifest.json").read_text())
         for e in m.get("episodes", []):
             refs.append(EpisodeRef(root, e["name"], int(e["length"]), bool(e["has_actions"]),
-                                   e.get("instruction") or ""))
+                                   e.get("instruction") or "", e.get("success")))
     return refs
 
 

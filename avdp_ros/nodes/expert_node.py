@@ -1,6 +1,12 @@
 """Scripted expert as a teleoperator: it sees what a person at the robot would (end-effector
 pose, gripper state, object poses from the sim's privileged topic standing in for the person's
 eyes) and acts only by publishing target poses and gripper commands on the robot's topics.
+
+With ``perturb_pos_m`` / ``perturb_yaw_rad`` > 0 the executed target carries DART-style bumps
+(``avdp_ros.sim.expert.TargetPerturbation``, seeded by the episode seed) while the target the
+expert meant goes to ``/avdp/expert/intended_target``, which the converter prefers as the action
+label: recordings then show how to get back onto the path. The intended target is published in
+every mode (it equals the executed one when perturbations are off).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from std_msgs.msg import Float64, String
 from avdp_ros.nodes import topics
 from avdp_ros.nodes.msgs import pose_from_msg, pose_to_msg, stamp_to_sec
 from avdp_ros.nodes.spin import run_node
-from avdp_ros.sim.expert import make_expert
+from avdp_ros.sim.expert import PerturbConfig, TargetPerturbation, make_expert
 
 
 class ExpertNode(Node):
@@ -27,6 +33,11 @@ class ExpertNode(Node):
         self.input_timeout = float(self.declare_parameter("input_timeout", 0.5).value)
         if not 1.0 <= self.rate_hz <= 1000.0:
             raise ValueError(f"rate_hz {self.rate_hz}: expected 1..1000 Hz")
+        # PerturbConfig validates the amplitudes (ValueError names the bad one).
+        self.perturb = TargetPerturbation(PerturbConfig(
+            pos_amplitude=float(self.declare_parameter("perturb_pos_m", 0.0).value),
+            yaw_amplitude=float(self.declare_parameter("perturb_yaw_rad", 0.0).value)))
+        self._t_start: float | None = None  # first pose stamp of the episode (perturbation clock)
 
         self.expert = None
         self.episode = None
@@ -37,6 +48,7 @@ class ExpertNode(Node):
 
         self.pub_target = self.create_publisher(PoseStamped, topics.TARGET_FRAME, topics.COMMAND_QOS)
         self.pub_gripper = self.create_publisher(Float64, topics.GRIPPER_COMMAND, topics.COMMAND_QOS)
+        self.pub_intended = self.create_publisher(PoseStamped, topics.INTENDED_TARGET, topics.COMMAND_QOS)
         self.create_subscription(PoseStamped, topics.CURRENT_POSE, self._on_pose, topics.STATE_QOS)
         self.create_subscription(JointState, topics.GRIPPER_STATE, self._on_gripper, topics.STATE_QOS)
         self.create_subscription(PoseArray, topics.OBJECT_POSES, self._on_objects, topics.STATE_QOS)
@@ -62,6 +74,8 @@ class ExpertNode(Node):
             self.object_names = list(info["object_names"])
             self.expert = make_expert(info["task"])
             self.expert.reset()
+            self.perturb.reset(int(info.get("seed", 0)))
+            self._t_start = None
             self._objects = None  # poses of the previous episode's objects are meaningless now
             self.get_logger().info(f"episode {self.episode}: expert for task '{info['task']}'")
 
@@ -81,8 +95,11 @@ class ExpertNode(Node):
         t, pose = self._pose
         objects = dict(zip(self.object_names, self._objects))
         target, width = self.expert.act(t, pose, self._gripper, objects)
+        if self._t_start is None:
+            self._t_start = t
         stamp = self.get_clock().now().nanoseconds * 1e-9
-        self.pub_target.publish(pose_to_msg(target, self.base_frame, stamp))
+        self.pub_intended.publish(pose_to_msg(target, self.base_frame, stamp))
+        self.pub_target.publish(pose_to_msg(self.perturb.apply(target, t - self._t_start), self.base_frame, stamp))
         self.pub_gripper.publish(Float64(data=float(width)))
         self.commands += 1
 

@@ -67,6 +67,7 @@ ESTOP = "/avdp/estop"
 PLAN = "/avdp/plan"
 PREDICTED_IMAGE = "/avdp/predicted_image"
 DIAGNOSTICS = "/diagnostics"
+CHUNK_TIMING = "/avdp/chunk_timing"  # one DiagnosticArray per inference: raw latency samples, not percentiles
 DEFAULT_CAMERA_TOPICS = [topics.CAMERA_IMAGE, topics.WRIST_IMAGE]
 
 # name -> (default, meaning). The defaults are what config/policy.yaml documents; every one is
@@ -398,6 +399,8 @@ class PolicyNode(LifecycleNode):
             pubs["predicted"] = self.create_lifecycle_publisher(Image, PREDICTED_IMAGE, best_effort)
         if p["diagnostics_rate_hz"] > 0:
             pubs["diagnostics"] = self.create_lifecycle_publisher(DiagnosticArray, DIAGNOSTICS, 10)
+            # /diagnostics only carries rolling percentiles; evaluators (avdp-eval-ros) need every sample
+            pubs["chunk_timing"] = self.create_lifecycle_publisher(DiagnosticArray, CHUNK_TIMING, topics.STATE_QOS)
         # The e-stop exists from configure on: latching it before activation holds from the start.
         self._estop_entities = [
             self.create_subscription(Bool, ESTOP, self._on_estop_msg, topics.STATE_QOS),
@@ -429,6 +432,7 @@ class PolicyNode(LifecycleNode):
         self._measured: tuple[float, np.ndarray, str] | None = None  # (stamp, pose7, frame_id)
         self._measured_width: float | None = None
         self._anchor_after = -math.inf  # re-anchor the filter from a pose stamped at or after this
+        self._episode_gen = 0  # +1 per episode reset; queued observations carry the one they were made in
         self._filter_ready = False
         self._last_command_wall: float | None = None
         self.last_not_ready = "no observation yet"
@@ -530,8 +534,16 @@ class PolicyNode(LifecycleNode):
         with self._plan_lock:
             self.scheduler.reset()
             self._chunk_t_obs = None
+            self._episode_gen += 1  # under the lock: _infer drops chunks of observations made before it
         self.assembler.reset()
-        self._enqueue(("reset", None, 0.0))
+        # Observations still queued belong to the old episode; with a full queue the reset
+        # itself would be dropped and the model would keep the old scene's frame history.
+        while not self._queue.empty():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._enqueue(("reset", None, self._episode_gen))
         self._anchor_after = stamp
         self._filter_ready = False
 
@@ -562,7 +574,7 @@ class PolicyNode(LifecycleNode):
             infer = self.scheduler.should_infer(now, self.latency.estimate())
             if infer:
                 self.scheduler.mark_inference_started()
-        if not self._enqueue(("infer" if infer else "observe", obs, now)):
+        if not self._enqueue(("infer" if infer else "observe", obs, self._episode_gen)):
             self.counters["inference_overruns"] += 1  # an episode reset took the slot just now
             if infer:
                 with self._plan_lock:
@@ -572,7 +584,7 @@ class PolicyNode(LifecycleNode):
         """The inference thread: model calls only, in queue order (the frame history's order)."""
         while not self._stop.is_set():
             try:
-                kind, obs, _ = self._queue.get(timeout=0.1)
+                kind, obs, gen = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
             try:
@@ -582,7 +594,7 @@ class PolicyNode(LifecycleNode):
                     self.policy.observe(obs)
                     self.counters["observes"] += 1
                 else:
-                    self._infer(obs)
+                    self._infer(obs, gen)
             except Exception as exc:  # noqa: BLE001 - a bad step must not kill the thread; holds instead
                 self.counters["inference_errors"] += 1
                 self.get_logger().error(f"inference failed: {exc!r}", throttle_duration_sec=2.0)
@@ -591,7 +603,7 @@ class PolicyNode(LifecycleNode):
                     with self._plan_lock:
                         self.scheduler.mark_inference_finished()
 
-    def _infer(self, obs: dict) -> None:
+    def _infer(self, obs: dict, episode_gen: int) -> None:
         out = self.policy.infer(obs, return_frames=self.params["publish_predicted"])
         arrival = self._now()
         t_obs = float(obs["t_obs"])
@@ -607,14 +619,19 @@ class PolicyNode(LifecycleNode):
             self._warn(f"latency sample ignored: {exc}")
         with self._plan_lock:
             try:
+                if episode_gen != self._episode_gen:  # inferred while the sim reset: the arm is elsewhere now
+                    raise ValueError(f"observation at {t_obs:.3f} is from before the latest episode reset")
                 update = self.scheduler.add_chunk(out["actions"], t_obs, arrival)
             except ValueError as exc:
                 self.counters["chunks_rejected"] += 1
                 self._warn(f"chunk rejected, keeping the current plan: {exc}")
+                self._publish_chunk_timing(t_obs, arrival, timings, error=str(exc))
                 return
             if update.kept:
                 self._chunk_t_obs = t_obs
+            plan_end = self.scheduler.plan_end()
             waypoints = self.scheduler.waypoints() if update.kept and "plan" in self._pubs else None
+        self._publish_chunk_timing(t_obs, arrival, timings, update.kept, update.dropped, plan_end)
         if update.kept == 0:
             self._warn(f"chunk for t_obs {t_obs:.3f} arrived {arrival - t_obs:.3f} s late: every action was "
                        "already due; the plan is unchanged")
@@ -624,6 +641,25 @@ class PolicyNode(LifecycleNode):
         if frames is not None and "predicted" in self._pubs:  # (K, cams, S, S, 3): first frame, cams side by side
             self._pubs["predicted"].publish(image_to_msg(np.concatenate(list(frames[0]), axis=1), "avdp_predicted",
                                                          t_obs + 1.0 / self.policy.obs_hz))
+
+    def _publish_chunk_timing(self, t_obs: float, arrival: float, timings: dict, kept: int = 0, dropped: int = 0,
+                              plan_end: float | None = None, error: str = "") -> None:
+        """One message per inference on CHUNK_TIMING: stamps (node clock, s), stage times (ms),
+        what the scheduler kept; level ERROR with the reason when the chunk was refused."""
+        pub = self._pubs.get("chunk_timing")
+        if pub is None:
+            return
+        values = {"t_obs": f"{t_obs:.6f}", "arrival": f"{arrival:.6f}",
+                  "obs_to_chunk_ms": f"{(arrival - t_obs) * 1e3:.3f}", "kept": str(kept), "dropped": str(dropped),
+                  "plan_end": "" if plan_end is None else f"{plan_end:.6f}"}
+        values.update({k: f"{float(v):.3f}" for k, v in timings.items()})
+        status = DiagnosticStatus(name="avdp_policy/chunk", hardware_id=str(self.model_path),
+                                  level=DiagnosticStatus.ERROR if error else DiagnosticStatus.OK,
+                                  message=error or f"kept {kept}, dropped {dropped}",
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = stamp_from_sec(arrival)
+        pub.publish(msg)
 
     def _publish_plan(self, stamps: np.ndarray, poses: np.ndarray, widths: np.ndarray, now: float) -> None:
         msg = PathMsg()

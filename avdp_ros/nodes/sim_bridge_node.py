@@ -7,6 +7,7 @@ expert), /avdp/episode_info (latched JSON), /clock when use_sim_time is set.
 Service: /avdp/sim/reset (Trigger) starts a new episode with the `seed` parameter, then
 increments it, so consecutive resets give seed, seed+1, ... (The episode shown at start-up uses
 `seed` too, without incrementing it: the first reset gives a fresh episode with the same seed.)
+Setting the parameter (`ros2 param set`, SetParameters) chooses the seed of the next reset.
 """
 
 from __future__ import annotations
@@ -200,7 +201,8 @@ class SimBridgeNode(Node):
         return response
 
     def _reset_episode(self, reset=None) -> None:
-        seed = self.seed
+        # The parameter, not a copy: `ros2 param set /avdp_sim_bridge seed N` picks the next episode's seed.
+        seed = int(self.get_parameter("seed").value)
         info = (reset or self.loop.request_reset)(seed)
         self.episode += 1
         if reset is None:  # the start-up episode is a preview: the first /avdp/sim/reset reuses its seed

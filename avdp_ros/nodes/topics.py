@@ -8,6 +8,7 @@ WRIST_INFO = "/wrist_camera/color/camera_info"
 CURRENT_POSE = "/cartesian_impedance_controller/current_pose"
 TARGET_FRAME = "/cartesian_impedance_controller/target_frame"
 GRIPPER_COMMAND = "/gripper/command"
+INTENDED_TARGET = "/avdp/expert/intended_target"  # expert's label when its executed target is perturbed
 GRIPPER_STATE = "/gripper/joint_states"
 EPISODE_INFO = "/avdp/episode_info"
 OBJECT_POSES = "/avdp/sim/object_poses"

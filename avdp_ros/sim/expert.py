@@ -275,6 +275,78 @@ class PickPlaceExpert(Expert):
         return wp, self.open_width, c.max_speed
 
 
+@dataclass
+class PerturbConfig:
+    """DART-style perturbations (Laskey et al. 2017) of the target the expert *executes*.
+
+    The label of a recording stays the expert's intended target (published separately), so the
+    data shows the arm off the expert's path together with the command that leads back: the
+    recovery behaviour a cloned policy needs once its own errors push it off that path.
+    A perturbation is a smooth bump (sin^2 envelope) of a random horizontal-heavy offset; bumps
+    alternate with quiet gaps so the expert still reaches its waypoints and finishes the task.
+    """
+
+    pos_amplitude: float = 0.0  # peak offset (m) of the largest bump; 0 switches perturbations off
+    yaw_amplitude: float = 0.0  # peak yaw offset (rad) about the base z axis
+    duration: tuple[float, float] = (0.4, 1.0)  # bump length range (s)
+    gap: tuple[float, float] = (0.3, 1.5)  # quiet time range (s) between bumps
+    z_scale: float = 0.3  # vertical share of a bump (pressing into the table teaches nothing)
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.pos_amplitude <= 0.1 and 0.0 <= self.yaw_amplitude <= 0.5):
+            raise ValueError(f"PerturbConfig: pos_amplitude {self.pos_amplitude} m, yaw_amplitude "
+                             f"{self.yaw_amplitude} rad: expected 0..0.1 m and 0..0.5 rad")
+        for name in ("duration", "gap"):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= hi:
+                raise ValueError(f"PerturbConfig.{name} = {(lo, hi)}: expected 0 < low <= high (s)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.pos_amplitude > 0 or self.yaw_amplitude > 0
+
+
+class TargetPerturbation:
+    """Offsets added to an expert's target as a function of episode time (deterministic per seed)."""
+
+    def __init__(self, cfg: PerturbConfig, seed: int = 0):
+        self.cfg = cfg
+        self.reset(seed)
+
+    def reset(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self._start = self.rng.uniform(0.0, self.cfg.gap[1])  # the first bump may hit the start
+        self._new_bump()
+
+    def _new_bump(self) -> None:
+        c = self.cfg
+        self._length = self.rng.uniform(*c.duration)
+        d = self.rng.normal(size=3) * np.array([1.0, 1.0, c.z_scale])
+        self._offset = d / max(np.linalg.norm(d), 1e-9) * c.pos_amplitude * self.rng.uniform(0.3, 1.0)
+        self._yaw = c.yaw_amplitude * self.rng.uniform(-1.0, 1.0)
+
+    def offset(self, t: float) -> tuple[np.ndarray, float]:
+        """(position offset (3,) m, yaw offset rad) at episode time t; call with t non-decreasing."""
+        while t > self._start + self._length:  # bump over: quiet gap, then the next one
+            self._start += self._length + self.rng.uniform(*self.cfg.gap)
+            self._new_bump()
+        u = (t - self._start) / self._length
+        if u < 0.0:
+            return np.zeros(3), 0.0
+        w = float(np.sin(np.pi * u) ** 2)
+        return w * self._offset, w * self._yaw
+
+    def apply(self, target: np.ndarray, t: float) -> np.ndarray:
+        """`target` (7,) with the offset at time t (position added, yaw turned about base z)."""
+        if not self.cfg.enabled:
+            return np.asarray(target, dtype=np.float64).copy()
+        dp, dyaw = self.offset(t)
+        out = np.asarray(target, dtype=np.float64).copy()
+        out[:3] += dp
+        out[3:] = quat_mul(_yaw_quat(dyaw), out[3:])
+        return out
+
+
 EXPERTS = {"push": PushExpert, "pick_place": PickPlaceExpert}
 
 
@@ -286,19 +358,23 @@ def make_expert(task_name: str, cfg: ExpertConfig | None = None) -> Expert:
 
 
 def run_episode(sim, expert: Expert, seed: int, control_hz: float = 50.0,
-                time_limit: float | None = None, settle: float = 0.5) -> dict:
-    """Roll out `expert` in a PandaSim (no ROS). Teleop rate `control_hz`, physics every step.
+                time_limit: float | None = None, settle: float = 0.5,
+                perturb: TargetPerturbation | None = None) -> dict:
+    """Roll out `expert` in a PandaSim (no ROS). Teleop rate `control_hz`, physics every step;
+    `perturb` offsets the executed targets (reset with the episode seed).
 
     Returns:
         {"success", "duration" (sim s until done, or the time limit), "done"}.
     """
     info = sim.reset(seed)
     expert.reset()
+    if perturb is not None:
+        perturb.reset(seed)
     limit = sim.cfg.episode_time_limit if time_limit is None else time_limit
     substeps = max(1, int(round(1.0 / (control_hz * sim.physics_dt))))
     while sim.time < limit and not expert.done:
         pose, width = expert.act(sim.time, sim.ee_pose(), sim.gripper_width(), sim.object_poses())
-        sim.set_target(pose)
+        sim.set_target(pose if perturb is None else perturb.apply(pose, sim.time))
         sim.set_gripper(width)
         sim.step(substeps)
     duration = sim.time

@@ -100,6 +100,14 @@ class EpisodeDriver:
         self.node.destroy_node()
 
 
+def _yaml_topics(config: Path) -> list[str]:
+    """The recorder's `topics` in a parameter YAML (empty when the file leaves them out)."""
+    import yaml
+
+    params = (yaml.safe_load(Path(config).read_text()) or {}).get("avdp_recorder", {}).get("ros__parameters", {})
+    return list(params.get("topics") or [])
+
+
 def bag_video(bag: Path, out: Path, fps: float = 30.0) -> int:
     """Both cameras of a bag side by side into an mp4 (or gif); returns the frame count."""
     import imageio.v2 as imageio
@@ -128,6 +136,7 @@ def bag_video(bag: Path, out: Path, fps: float = 30.0) -> int:
 def main(argv: list[str] | None = None) -> int:
     import rclpy
 
+    from avdp_ros.nodes import topics
     from avdp_ros.runner import ProcessStack, Stack, default_config, parse_sets, use_dds_profile
 
     ap = argparse.ArgumentParser(prog="avdp-collect", description=__doc__,
@@ -142,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE")
     ap.add_argument("--in-process", action="store_true",
                     help="all nodes in this process (default: one process per node, like ros2 launch)")
+    ap.add_argument("--perturb", type=float, nargs=2, default=None, metavar=("POS_M", "YAW_RAD"),
+                    help="DART-style perturbations of the expert's executed target (e.g. 0.04 0.2); the "
+                         "intended target is recorded as the label (recovery data)")
     ap.add_argument("--no-video", action="store_true")
     ap.add_argument("--no-convert", action="store_true")
     a = ap.parse_args(argv)
@@ -153,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     overrides.setdefault("avdp_sim_bridge", {}).update(task=a.task, seed=a.seed)
     overrides.setdefault("avdp_recorder", {}).update(output_dir=str(out / "bags"))
     roles, config = ["sim_bridge", "expert", "recorder"], a.config or default_config("record")
+    if a.perturb:
+        overrides.setdefault("avdp_expert", {}).update(perturb_pos_m=a.perturb[0], perturb_yaw_rad=a.perturb[1])
+    # The expert's intended target is the label source; record it next to the configured topics.
+    from avdp_ros.nodes.recorder_node import DEFAULT_TOPICS
+
+    rec_topics = (overrides.setdefault("avdp_recorder", {}).get("topics") or _yaml_topics(config)
+                  or DEFAULT_TOPICS)
+    if topics.INTENDED_TARGET not in rec_topics:
+        overrides["avdp_recorder"]["topics"] = [*rec_topics, topics.INTENDED_TARGET]
     use_dds_profile()
     if a.in_process:
         stack = Stack(roles, config, overrides)

@@ -265,7 +265,13 @@ def _latent_setup(args: argparse.Namespace, info: tu.Dist, tok: Tokenizer, cfg_f
                          f"latent_shape {cfg.latent_shape}")
     train_keys, val_keys = _split(roots, args)
     if require_actions:
-        labelled = [ref.key for ref in list_episodes(roots) if ref.has_actions and ref.key in set(train_keys)]
+        # Failed demonstrations (recorded success false) teach the failure; leave them to the
+        # video model unless asked. Unknown success (teleop without a verdict) counts as a demo.
+        refs = [ref for ref in list_episodes(roots) if ref.has_actions and ref.key in set(train_keys)]
+        labelled = [ref.key for ref in refs if ref.success is not False or getattr(args, "include_failed", False)]
+        if len(labelled) < len(refs) and info.is_main:
+            print(f"{len(refs) - len(labelled)} failed demonstrations left out of action training "
+                  "(--include-failed keeps them)", file=sys.stderr)
         train_keys = tu.label_subset(labelled, label_fraction, args.seed)
     kw = dict(context_frames=cfg.context_frames, future_frames=cfg.future_frames, horizon=cfg.horizon,
               vocab=cfg.instructions, cameras=cfg.cameras, require_actions=require_actions)
@@ -458,6 +464,8 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
                                        "frozen video model; required unless --resume)")
     else:
         p.add_argument("--tokenizer", help="tokenizer checkpoint directory (required unless --resume)")
+    p.add_argument("--include-failed", action="store_true",
+                   help="also train actions on demonstrations recorded as failed (default: left out)")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="fraction of action-labelled training episodes to use, seeded (default %(default)s)")
     p.add_argument("--action-steps", type=int, default=None, help="Euler steps for validation samples")

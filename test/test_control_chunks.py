@@ -85,6 +85,26 @@ def test_action_i_is_due_at_t_obs_plus_i_dt():
         np.testing.assert_allclose(pose, chunk[i, :7], atol=1e-12)
 
 
+def test_committed_prefix_is_the_plan_at_the_new_chunks_due_times_before_it_lands():
+    s = sched()
+    assert s.committed(10.0, 10.5) is None  # no plan yet
+    chunk = line_chunk(8, 0.4, 0.01)
+    s.add_chunk(chunk, t_obs=10.0, now=10.0)
+    # next observation at 10.25 (action 2's time); the chunk is expected at 10.25 + 0.3
+    pre = s.committed(10.25, 10.55)
+    due = 10.25 + DT * np.arange(3)  # 10.25, 10.375, 10.5 < 10.55
+    assert pre.shape == (3, 8)
+    for row, t in zip(pre, due):
+        pose, width = s.target_at(t)
+        np.testing.assert_allclose(row[:7], pose, atol=1e-12)
+        assert row[7] == width
+    np.testing.assert_allclose(pre[:, 0], 0.4 + 0.01 * np.arange(2, 5))
+    assert s.committed(10.25, 10.25) is None  # lands at once: nothing committed
+    assert len(s.committed(10.25, 99.0)) == 6  # never past the plan's end (10.875)
+    assert len(s.committed(9.0, 99.0)) <= 7  # and always fewer than horizon rows
+    assert s.committed(20.0, 21.0) is None  # the plan is stale by then
+
+
 def test_latency_offset_shifts_every_stamp():
     s = sched(latency_offset=0.25)
     s.add_chunk(line_chunk(8, 0.4, 0.01), t_obs=10.0, now=10.0)

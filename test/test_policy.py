@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from avdp_ros.geometry import axis_angle_to_quat
+from avdp_ros.geometry import axis_angle_to_quat, quat_mul
 from avdp_ros.model.checkpoint import CheckpointError, save_checkpoint
 from avdp_ros.model.config import preset
 from avdp_ros.model.idm import ActionOnlyPolicy, InverseDynamics, Normalizer
@@ -117,3 +117,50 @@ def test_bad_observations_and_checkpoints_are_refused(checkpoints):
         policy.infer(bad)
     with pytest.raises(CheckpointError, match="holds a 'video' model; a policy needs one of"):
         Policy.from_checkpoint(root / "video")
+
+
+@pytest.mark.parametrize("kind", ["idm", "baseline"])
+def test_prefix_conditioning_starts_the_chunk_with_the_committed_actions(checkpoints, kind):
+    root, cfg = checkpoints
+    policy = Policy.from_checkpoint(root / kind)
+    assert policy.supports_prefix
+    g = torch.Generator().manual_seed(2)
+    K, cams, (C, h, w) = cfg.future_frames, len(cfg.cameras), cfg.latent_shape
+    noise = {"video": torch.randn(1, K, cams, C, h, w, generator=g), "action": torch.randn(1, cfg.horizon, 10, generator=g)}
+    free = policy.infer(_obs(), noise=noise)["actions"]
+    # committed: the free chunk's first rows moved 2 cm and turned 0.2 rad about z, a plan the
+    # model would not have produced itself
+    P = cfg.horizon // 2
+    prefix = free[:P].copy()
+    prefix[:, 0] += 0.02
+    prefix[:, 3:7] = np.array([quat_mul(axis_angle_to_quat(np.array([0, 0, 0.2])), q) for q in prefix[:, 3:7]])
+    policy.reset()
+    out = policy.infer(_obs(), noise=noise, prefix=prefix)["actions"]
+    assert out.shape == (cfg.horizon, 8) and np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[:P, :3], prefix[:, :3], atol=1e-5)  # exactly the committed actions
+    np.testing.assert_allclose(np.abs(np.sum(out[:P, 3:7] * prefix[:, 3:7], axis=1)), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out[:P, 7], prefix[:, 7], atol=1e-5)
+    assert not np.allclose(out[P:], free[P:], atol=1e-6)  # the rest is generated given the prefix
+    for bad in (free[: cfg.horizon], free[:P, :7], np.full((P, 8), np.nan)):
+        with pytest.raises(ValueError, match="prefix"):
+            policy.infer(_obs(), noise=noise, prefix=bad)
+
+
+def test_inpainting_sampler_keeps_known_entries_and_matches_plain_sampling_without_them():
+    from avdp_ros.model import flow
+
+    g = torch.Generator().manual_seed(0)
+    noise, known = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 3, generator=g)
+
+    def v(x, t):
+        return torch.sin(x) + x.mean(dim=1, keepdim=True) + t[:, None, None]  # mixes the sequence
+
+    plain = flow.euler_sample(v, noise, 4)
+    none = torch.zeros(1, 5, 1, dtype=torch.bool)
+    torch.testing.assert_close(flow.euler_sample(v, noise, 4, known, none), plain)
+    mask = (torch.arange(5) < 2)[None, :, None]
+    out = flow.euler_sample(v, noise, 4, known, mask)
+    torch.testing.assert_close(out[:, :2], known[:, :2])
+    assert not torch.allclose(out[:, 2:], plain[:, 2:])  # the rest saw the known entries
+    with pytest.raises(ValueError, match="both"):
+        flow.euler_sample(v, noise, 4, known, None)

@@ -301,6 +301,26 @@ class ChunkScheduler:
         poses, widths = self._sample(np.array([t], dtype=np.float64))
         return poses[0], float(widths[0])
 
+    def committed(self, t_obs: float, lands_at: float) -> np.ndarray | None:
+        """The plan's actions at the due times of a chunk for an observation at `t_obs` that are
+        due before `lands_at` (when that chunk is expected to arrive): what the robot executes
+        anyway while the chunk is computed. A policy that supports it starts the new chunk with
+        them (real-time chunking), so the chunk continues the motion instead of jumping.
+
+        Returns:
+            (P, 8) pose7 + width with 0 < P < horizon, or None (no live plan, or nothing due
+            before `lands_at` within the plan).
+        """
+        if not self._stamps.size or not (math.isfinite(t_obs) and math.isfinite(lands_at)):
+            return None
+        cfg = self.cfg
+        due = t_obs + cfg.latency_offset + cfg.dt * np.arange(cfg.horizon - 1)  # at most H - 1 rows
+        due = due[(due < lands_at) & (due <= self._stamps[-1])]
+        if due.size == 0 or self.target_at(float(due[0])) is None:
+            return None
+        poses, widths = self._sample(due)
+        return np.concatenate([poses, widths[:, None]], axis=1)
+
     def plan_end(self) -> float | None:
         """Due time (s) of the plan's last waypoint, None without a plan."""
         return float(self._stamps[-1]) if self._stamps.size else None

@@ -49,20 +49,31 @@ def timesteps(steps: int, device=None) -> Tensor:
     return torch.linspace(1.0, 0.0, steps + 1, device=device)
 
 
-def euler_sample(velocity_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int) -> Tensor:
+def euler_sample(velocity_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int,
+                 known: Tensor | None = None, known_mask: Tensor | None = None) -> Tensor:
     """Integrate dx/dt = v(x, t) from t = 1 (x = noise) to t = 0 with `steps` Euler steps.
 
     Args:
         velocity_fn: (x_t (B, ...), t (B,)) -> velocity (B, ...).
         noise: the starting point x_1; the sampler adds no other randomness, so the same noise
             gives the same sample.
+        known, known_mask: inpainting. Where the boolean `known_mask` (broadcast against `noise`)
+            is set, x_t is replaced before every step by the exact noisy version of `known`,
+            (1 - t) known + t noise, so the network always sees those entries on their true path
+            and generates the rest consistently with them; the result equals `known` there.
     Returns:
         x_0, shaped like `noise`.
     """
+    if (known is None) != (known_mask is None):
+        raise ValueError("euler_sample: pass both known and known_mask, or neither")
     grid = timesteps(steps, device=noise.device)
     x = noise
     for i in range(steps):
         t, t_next = grid[i], grid[i + 1]
+        if known is not None:
+            x = torch.where(known_mask, (1.0 - t) * known + t * noise, x)
         v = velocity_fn(x, t.expand(x.shape[0]).to(x.dtype))
         x = x + (t_next - t).to(x.dtype) * v
+    if known is not None:
+        x = torch.where(known_mask, known, x)
     return x

@@ -204,18 +204,34 @@ class _ChunkPolicy(nn.Module):
         return loss, {"action_loss": loss.item()}
 
     @torch.no_grad()
-    def sample(self, batch: ActionBatch, steps: int | None = None, noise: Tensor | None = None) -> Tensor:
+    def sample(self, batch: ActionBatch, steps: int | None = None, noise: Tensor | None = None,
+               prefix: Tensor | None = None) -> Tensor:
         """A normalised action chunk (B, H, 10) by `steps` Euler steps (default cfg.action_steps)
-        from `noise` (B, H, 10) (drawn when None). Use `unnormalize_actions` for robot units."""
+        from `noise` (B, H, 10) (drawn when None). Use `unnormalize_actions` for robot units.
+
+        Args:
+            prefix: (B, P, 10) normalised actions, P < H, that the chunk must start with: the
+                actions already committed to the robot while this chunk is computed. They are
+                inpainted (flow.euler_sample), so the rest of the chunk continues them instead
+                of jumping to another mode of the action distribution (real-time chunking).
+        """
         steps = self.cfg.action_steps if steps is None else steps
         ctx = self.encode(batch)
-        B = ctx.shape[0]
+        B, H = ctx.shape[0], self.cfg.horizon
         if noise is None:
-            noise = torch.randn(B, self.cfg.horizon, ACTION_DIM, device=ctx.device, dtype=ctx.dtype)
-        elif noise.shape != (B, self.cfg.horizon, ACTION_DIM):
+            noise = torch.randn(B, H, ACTION_DIM, device=ctx.device, dtype=ctx.dtype)
+        elif noise.shape != (B, H, ACTION_DIM):
             raise ValueError(f"{type(self).__name__}.sample: noise of shape {tuple(noise.shape)}, "
-                             f"expected {(B, self.cfg.horizon, ACTION_DIM)}")
-        return flow.euler_sample(lambda a, t: self.head(a, t, ctx), noise, steps)
+                             f"expected {(B, H, ACTION_DIM)}")
+        known = mask = None
+        if prefix is not None and prefix.shape[1] > 0:
+            P = prefix.shape[1]
+            if prefix.shape[0] != B or prefix.shape[2] != ACTION_DIM or P >= H:
+                raise ValueError(f"{type(self).__name__}.sample: prefix of shape {tuple(prefix.shape)}, "
+                                 f"expected ({B}, P, {ACTION_DIM}) with P < horizon {H}")
+            known = torch.cat([prefix.to(noise), torch.zeros_like(noise[:, P:])], dim=1)
+            mask = (torch.arange(H, device=noise.device) < P)[None, :, None]
+        return flow.euler_sample(lambda a, t: self.head(a, t, ctx), noise, steps, known, mask)
 
 
 class InverseDynamics(_ChunkPolicy):

@@ -6,7 +6,7 @@ tokenizer -> action-only baseline), and returns an action chunk in robot units:
 
     obs = {"camera": (H, W, 3) uint8, "wrist": (H, W, 3) uint8, "ee_pose": (7,) x y z qx qy qz qw,
            "gripper": width (m), "instruction": str}
-    out = policy.infer(obs, noise=None)
+    out = policy.infer(obs, noise=None, prefix=None)
     out["actions"]            (H, 8) float64: target pose7 + gripper width, action i due at t_obs + i / obs_hz
     out["predicted_frames"]   (K, cams, S, S, 3) uint8, only with return_frames=True (video policies)
     out["timings"]            {"tokenizer_ms", "video_ms", "idm_ms", "total_ms"}
@@ -28,7 +28,7 @@ import torch
 from avdp_ros.model.checkpoint import CheckpointError, load_checkpoint, load_into
 from avdp_ros.model.config import PolicyConfig
 from avdp_ros.model.idm import ActionBatch, ActionOnlyPolicy, InverseDynamics, Normalizer
-from avdp_ros.model.rotation import pose9_to_pose7
+from avdp_ros.model.rotation import pose7_to_pose9, pose9_to_pose7
 from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig, pose_to_state10
 from avdp_ros.model.video import VideoModel
 
@@ -61,6 +61,10 @@ class Policy:
         self.action_steps = action_steps or cfg.action_steps
         self.device = next(actor.parameters()).device
         self._frames: deque[tuple[torch.Tensor, np.ndarray]] = deque(maxlen=cfg.context_frames)
+
+    # infer() takes `prefix` (committed actions the chunk must start with); a backend without it
+    # says False here and the policy node falls back to blending alone.
+    supports_prefix = True
 
     @property
     def obs_hz(self) -> float:
@@ -128,15 +132,28 @@ class Policy:
         self._frames.append((latents, state))
         return (time.perf_counter() - t0) * 1e3
 
+    def _prefix(self, prefix: np.ndarray, state: torch.Tensor) -> torch.Tensor:
+        """(P, 8) robot-unit actions -> (1, P, 10) in the head's normalised space."""
+        p = np.asarray(prefix, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != 8 or not 0 < len(p) < self.cfg.horizon or not np.all(np.isfinite(p)):
+            raise ValueError(f"prefix: {p.shape} array, expected (P, 8) finite actions (pose7 + width) "
+                             f"with 0 < P < horizon {self.cfg.horizon}")
+        t = torch.from_numpy(p).float().to(self.device)
+        absolute = torch.cat([pose7_to_pose9(t[:, :7]), t[:, 7:8]], dim=-1)[None]  # (1, P, 10)
+        return self.actor.normalize_actions(absolute, state)
+
     @torch.no_grad()
     def infer(self, obs: dict, noise: dict[str, torch.Tensor] | None = None,
-              return_frames: bool = False) -> dict:
+              return_frames: bool = False, prefix: np.ndarray | None = None) -> dict:
         """Plan an action chunk for `obs` (see the module docstring for keys and shapes).
 
         Args:
             noise: optional fixed noise for determinism: {"video": (1, K, cams, C, h, w),
                 "action": (1, H, 10)}.
             return_frames: also decode the predicted frames (costs a decoder pass).
+            prefix: (P, 8) actions in robot units (pose7 + width), P < H, due at t_obs + i / obs_hz:
+                what the robot will execute anyway before this chunk can take over. The chunk
+                starts with them exactly and continues from them (real-time chunking by inpainting).
         """
         noise = noise or {}
         t_start = time.perf_counter()
@@ -153,11 +170,14 @@ class Policy:
                                              noise=noise.get("video"))  # (1, K, cams, C, h, w), (1, Fc+K, D)
             timings["video_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
+        prefix_norm = None
+        if prefix is not None and len(prefix):
+            prefix_norm = self._prefix(prefix, states[:, -1])
         batch = ActionBatch(context=context, state=self.actor.state_norm.normalize(states[:, -1]), instr=instr,
                             future=pred,
                             video_features=feats if self.cfg.idm.video_feature_dim > 0 and feats is not None else None)
-        a = self.actor.unnormalize_actions(self.actor.sample(batch, steps=self.action_steps, noise=noise.get("action")),
-                                           states[:, -1])  # (1, H, 10) absolute
+        sample = self.actor.sample(batch, steps=self.action_steps, noise=noise.get("action"), prefix=prefix_norm)
+        a = self.actor.unnormalize_actions(sample, states[:, -1])  # (1, H, 10) absolute
         pose7 = pose9_to_pose7(a[0, :, :9])  # (H, 7)
         actions = torch.cat([pose7, a[0, :, 9:10]], dim=-1).double().cpu().numpy()  # (H, 8)
         timings["idm_ms"] = (time.perf_counter() - t0) * 1e3

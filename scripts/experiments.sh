@@ -13,6 +13,9 @@ cd "$ROOT"
 OUT="${OUT:-runs/default}" LABELS="${LABELS:-0.2}" THREADS="${THREADS:-2}" ONLY="${ONLY:-both}"
 BIN="$VENV/bin"
 DATA=("$OUT/data_push/dataset" "$OUT/data_pick_place/dataset")
+for extra in "$OUT/data_push_dart/dataset" "$OUT/data_pick_place_dart/dataset"; do
+  [ -d "$extra" ] && DATA+=("$extra")  # recovery episodes, when train_default.sh recorded them
+done
 for d in "${DATA[@]}" "$OUT/video/latest" "$OUT/tokenizer/latest" "$OUT/idm/latest"; do
   [ -e "$d" ] || { echo "missing $d: run scripts/train_default.sh first (same OUT)" >&2; exit 1; }
 done

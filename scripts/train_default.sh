@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Reproduces the default policy checkpoint (models/avdp_default) from scratch; CPU is enough, a GPU
 # is used if present:
-#   1. record expert episodes of both sim tasks through ROS (bridge + expert + recorder) and convert
-#   2. train the tokenizer, the video model (all episodes), the IDM (action-labelled episodes,
-#      video model frozen) and, for an honest comparison, the action-only baseline
+#   1. record expert episodes of both sim tasks through ROS (bridge + expert + recorder) and convert:
+#      EPISODES clean ones (seeds 1000+) and PERTURBED_EPISODES with DART-style bumps on the
+#      executed target, labelled with the expert's intended target (seeds 2000+): recovery data
+#   2. train the tokenizer and the video model on the clean episodes, the IDM (video model frozen)
+#      and, for an honest comparison, the action-only baseline on clean + perturbed episodes
+#      (failed demonstrations are left out of action training)
 #   3. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
 #   4. with EXPORT=1, copy the IDM checkpoint (without optimizer state) to models/avdp_default
-# Knobs (environment): OUT (runs/default), EPISODES per task (150), STEPS_TOK (500), STEPS_VIDEO
+# Knobs (environment): OUT (runs/default), EPISODES per task (150), PERTURBED_EPISODES per task (150),
+# PERTURB ("0.04 0.2": peak offset m, yaw rad), STEPS_TOK (500), STEPS_VIDEO
 # (2500), BATCH_VIDEO (16), STEPS_IDM (5000), STEPS_BASE (5000), LABELS (label fraction for idm/baseline, 1.0),
 # EVAL_EPISODES (50), THREADS (torch threads per training process, 2), EXPORT (0).
 # The label-scarcity and sampling-steps experiments build on this: scripts/experiments.sh.
@@ -16,21 +20,29 @@ source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 OUT="${OUT:-runs/default}" EPISODES="${EPISODES:-150}" LABELS="${LABELS:-1.0}" THREADS="${THREADS:-2}"
 BIN="$VENV/bin"
-DATA=()
+PERTURB="${PERTURB:-0.04 0.2}"
+CLEAN=() ALL=()
 for task in push pick_place; do
   if [ ! -f "$OUT/data_$task/dataset/manifest.json" ]; then
     "$BIN/avdp-collect" --task "$task" --episodes "$EPISODES" --seed 1000 --out "$OUT/data_$task" --no-video \
-      --time-limit 30
+      --time-limit 30 || true  # exit 1 = some episode failed; the dataset is still written
   fi
-  DATA+=("$OUT/data_$task/dataset")
+  if [ "${PERTURBED_EPISODES:-150}" -gt 0 ] && [ ! -f "$OUT/data_${task}_dart/dataset/manifest.json" ]; then
+    # shellcheck disable=SC2086
+    "$BIN/avdp-collect" --task "$task" --episodes "${PERTURBED_EPISODES:-150}" --seed 2000 --perturb $PERTURB \
+      --out "$OUT/data_${task}_dart" --no-video --time-limit 30 || true
+  fi
+  CLEAN+=("$OUT/data_$task/dataset")
+  ALL+=("$OUT/data_$task/dataset")
+  [ "${PERTURBED_EPISODES:-150}" -gt 0 ] && ALL+=("$OUT/data_${task}_dart/dataset")
 done
-common=(--data "${DATA[@]}" --preset base --threads "$THREADS" --no-progress)
-"$BIN/avdp-train-tokenizer" "${common[@]}" --out "$OUT/tokenizer" --steps "${STEPS_TOK:-500}"
-"$BIN/avdp-train-video" "${common[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/video" \
+opts=(--preset base --threads "$THREADS" --no-progress)
+"$BIN/avdp-train-tokenizer" --data "${CLEAN[@]}" "${opts[@]}" --out "$OUT/tokenizer" --steps "${STEPS_TOK:-500}"
+"$BIN/avdp-train-video" --data "${CLEAN[@]}" "${opts[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/video" \
   --steps "${STEPS_VIDEO:-2500}" --batch-size "${BATCH_VIDEO:-16}"
-"$BIN/avdp-train-idm" "${common[@]}" --video "$OUT/video/latest" --out "$OUT/idm" \
+"$BIN/avdp-train-idm" --data "${ALL[@]}" "${opts[@]}" --video "$OUT/video/latest" --out "$OUT/idm" \
   --steps "${STEPS_IDM:-5000}" --label-fraction "$LABELS"
-"$BIN/avdp-train-baseline" "${common[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/baseline" \
+"$BIN/avdp-train-baseline" --data "${ALL[@]}" "${opts[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/baseline" \
   --steps "${STEPS_BASE:-5000}" --label-fraction "$LABELS"
 for policy in idm baseline expert; do
   for task in push pick_place; do

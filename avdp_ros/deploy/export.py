@@ -21,7 +21,7 @@ import torch
 
 import avdp_ros
 from avdp_ros.deploy.bundle import FORMAT, VERSION, Bundle, write_manifest
-from avdp_ros.deploy.stages import VIDEO_MODES, build_stages, example_inputs, export_safe_patchify
+from avdp_ros.deploy.stages import VIDEO_MODES, build_stages, example_inputs
 from avdp_ros.model.checkpoint import load_checkpoint
 from avdp_ros.model.policy import Policy
 
@@ -156,7 +156,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, video_mode: str = "kv
         t0 = time.perf_counter()
         args = example_inputs(inputs, cfg, g)
         path = out / f"{name}.onnx"
-        with torch.no_grad(), warnings.catch_warnings(), export_safe_patchify():
+        with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer chatter about asserts / shape inference
             try:
                 torch.onnx.export(module, args, str(path), input_names=[s.name for s in inputs],

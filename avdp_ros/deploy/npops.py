@@ -114,6 +114,18 @@ def pose_to_state10(ee_pose: np.ndarray, gripper: float) -> np.ndarray:
     return np.concatenate([pose[:3], rot6d, np.asarray([gripper], F32)]).astype(F32)
 
 
+def pose7_to_pose9(pose: np.ndarray) -> np.ndarray:
+    """(..., 7) x y z qx qy qz qw -> (..., 9) x y z rot6d (twin of `rotation.pose7_to_pose9`)."""
+    return np.concatenate([pose[..., :3], matrix_to_rot6d(quat_to_matrix(pose[..., 3:7]))], axis=-1)
+
+
+def actions_to_relative(actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """(..., H, 10) absolute + (..., 10) state -> relative (twin of `rotation.actions_to_relative`)."""
+    s = state[..., None, :]
+    r_rel = np.swapaxes(rot6d_to_matrix(s[..., 3:9]), -1, -2) @ rot6d_to_matrix(actions[..., 3:9])
+    return np.concatenate([actions[..., :3] - s[..., :3], matrix_to_rot6d(r_rel), actions[..., 9:10]], axis=-1)
+
+
 def actions_from_relative(rel: np.ndarray, state: np.ndarray) -> np.ndarray:
     """(..., H, 10) relative + (..., 10) state -> absolute (twin of `rotation.actions_from_relative`)."""
     s = state[..., None, :]

@@ -169,15 +169,41 @@ class StagedPolicy:
 
     # ---- stages ---------------------------------------------------------------------------
 
-    def _euler(self, stage: str, x, grid: np.ndarray, feeds: dict, name: str = "x"):
-        """x_{i+1} = x_i + (t_{i+1} - t_i) v(x_i, t_i), as `flow.euler_sample`."""
+    def _euler(self, stage: str, x, grid: np.ndarray, feeds: dict, name: str = "x",
+               known: np.ndarray | None = None, noise: np.ndarray | None = None):
+        """x_{i+1} = x_i + (t_{i+1} - t_i) v(x_i, t_i), as `flow.euler_sample`.
+
+        known: (1, P, ...) leading rows along axis 1 to inpaint, with `noise` the starting noise:
+        before every step those rows are set to (1 - t) known + t noise, at the end to `known`.
+        """
         r = self.runner
+        P = 0 if known is None else known.shape[1]
+        if P:
+            x = r.copy(x)  # rows are overwritten in place below
         for i in range(len(grid) - 1):
+            if P:
+                t = grid[i]
+                x[:, :P] = r.asarray((np.float32(1.0) - t) * known + t * noise[:, :P])
             feeds[name] = x
             feeds["t"] = r.asarray(grid[i:i + 1])
             v = r.run(stage, feeds)["velocity"]
             x = x + float(grid[i + 1] - grid[i]) * v
+        if P:
+            x[:, :P] = r.asarray(known)
         return x
+
+    def _prefix(self, prefix: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """(P, 8) robot-unit actions -> (1, P, 10) in the head's normalised space (`Policy._prefix`)."""
+        p = np.asarray(prefix, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != 8 or not 0 < len(p) < self.cfg.horizon or not np.all(np.isfinite(p)):
+            raise ValueError(f"prefix: {p.shape} array, expected (P, 8) finite actions (pose7 + width) "
+                             f"with 0 < P < horizon {self.cfg.horizon}")
+        p = p.astype(np.float32)
+        absolute = np.concatenate([npops.pose7_to_pose9(p[:, :7]), p[:, 7:8]], axis=-1)[None]  # (1, P, 10)
+        if self.cfg.relative_actions:
+            absolute = npops.actions_to_relative(absolute, state)
+        mean, std = self.meta.norms["action"]
+        return ((absolute - mean) / std).astype(np.float32)
 
     def _rollout_kv(self, context, instr, vstate, noise: np.ndarray):
         r, cfg, T = self.runner, self.cfg, self._T
@@ -228,8 +254,12 @@ class StagedPolicy:
         features = r.copy(r.run("video_sequence", feeds)["features"])
         return r.copy(frames[:, Fc:]), features
 
-    def infer(self, obs: dict, noise: dict | None = None, return_frames: bool = False) -> dict:
-        """Plan an action chunk for `obs`; same keys, shapes and noise dict as `Policy.infer`."""
+    supports_prefix = True  # infer(prefix=...) inpaints committed actions, as Policy does
+
+    def infer(self, obs: dict, noise: dict | None = None, return_frames: bool = False,
+              prefix: np.ndarray | None = None) -> dict:
+        """Plan an action chunk for `obs`; same arguments, keys and shapes as `Policy.infer`
+        (`prefix`: (P, 8) committed actions the chunk starts with, real-time chunking)."""
         r, cfg = self.runner, self.cfg
         t_start = time.perf_counter()
         tok_ms = self.observe(obs)
@@ -257,7 +287,9 @@ class StagedPolicy:
             feeds["video_features"] = feats
         ctx = r.run("idm_encoder", feeds)["ctx"]
         anoise = _noise(noise, "action", (1, cfg.horizon, ACTION_DIM), self._rng)
-        sample = r.numpy(self._euler("action_step", r.asarray(anoise), self._action_grid, {"ctx": ctx}, "a"))
+        known = self._prefix(prefix, last) if prefix is not None and len(prefix) else None
+        sample = r.numpy(self._euler("action_step", r.asarray(anoise), self._action_grid, {"ctx": ctx}, "a",
+                                     known, anoise))
         mean, std = self.meta.norms["action"]
         a = (sample * std + mean).astype(np.float32)  # (1, H, 10)
         if cfg.relative_actions:

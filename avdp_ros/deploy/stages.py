@@ -26,7 +26,6 @@ Predicted frames carry no proprio state (their index is >= the Fc observed frame
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -34,9 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avdp_ros.model.config import ACTION_DIM, STATE_DIM
-from avdp_ros.model import idm as idm_module
-from avdp_ros.model import video as video_module
-from avdp_ros.model.layers import modulate
+from avdp_ros.model.layers import modulate, patchify
 from avdp_ros.model.policy import Policy
 
 MASKED = -1.0e4  # additive attention bias of an empty KV slot (fp16-representable)
@@ -140,42 +137,6 @@ def stage_specs(d: Dims, kind: str, video_mode: str = "kv") -> dict[str, tuple[l
     specs["action_step"] = ([_f("a", 1, d.H, ACTION_DIM), _f("t", 1), _f("ctx", 1, d.L, d.Di)],
                             [_f("velocity", 1, d.H, ACTION_DIM)])
     return specs
-
-
-# ---- export-safe patchify ---------------------------------------------------------------------
-
-
-def patchify(x: Tensor, p: int) -> Tensor:
-    """`layers.patchify` with positive permutation axes. The TorchScript exporter writes the
-    negative axes of `movedim(-5, -1)` into the ONNX Transpose `perm` as they are, which
-    onnx.checker rejects (and parsers may misread); the arithmetic is identical."""
-    *lead, c, h, w = x.shape
-    n = len(lead)
-    x = x.reshape(*lead, c, h // p, p, w // p, p)
-    x = x.permute(*range(n), n + 1, n + 3, n + 2, n + 4, n)  # (..., h/p, w/p, p, p, C)
-    return x.reshape(*lead, (h // p) * (w // p), p * p * c)
-
-
-def unpatchify(x: Tensor, p: int, c: int, h: int, w: int) -> Tensor:
-    """`layers.unpatchify` with positive permutation axes (see `patchify`)."""
-    lead = x.shape[:-2]
-    n = len(lead)
-    x = x.reshape(*lead, h // p, w // p, p, p, c)
-    x = x.permute(*range(n), n + 4, n, n + 2, n + 1, n + 3)  # (..., C, h/p, p, w/p, p)
-    return x.reshape(*lead, c, h, w)
-
-
-@contextlib.contextmanager
-def export_safe_patchify():
-    """Within the block, the video model and the action policies use the positive-axis
-    `patchify` / `unpatchify` above (same numbers, valid ONNX). Used around `torch.onnx.export`
-    only; the model modules are restored afterwards even on error."""
-    saved = (video_module.patchify, video_module.unpatchify, idm_module.patchify)
-    video_module.patchify, video_module.unpatchify, idm_module.patchify = patchify, unpatchify, patchify
-    try:
-        yield
-    finally:
-        video_module.patchify, video_module.unpatchify, idm_module.patchify = saved
 
 
 # ---- the stage modules ------------------------------------------------------------------------

@@ -12,20 +12,24 @@ KV = tuple[Tensor, Tensor]  # (keys, values), each (B, n_head, L, head_dim)
 
 
 def patchify(x: Tensor, p: int) -> Tensor:
-    """(..., C, h, w) -> (..., (h/p)*(w/p), C*p*p), patches in row-major order."""
+    """(..., C, h, w) -> (..., (h/p)*(w/p), C*p*p), patches in row-major order.
+
+    Written with an explicit non-negative permutation: the ONNX exporter copies negative axes
+    (e.g. of movedim) into Transpose's `perm` as they are, which onnx.checker rejects.
+    """
     *lead, c, h, w = x.shape
+    n = len(lead)
     x = x.reshape(*lead, c, h // p, p, w // p, p)
-    x = x.movedim(-5, -1)  # (..., h/p, p, w/p, p, C)
-    x = x.transpose(-4, -3)  # (..., h/p, w/p, p, p, C)
+    x = x.permute(*range(n), n + 1, n + 3, n + 2, n + 4, n)  # (..., h/p, w/p, p, p, C)
     return x.reshape(*lead, (h // p) * (w // p), p * p * c)
 
 
 def unpatchify(x: Tensor, p: int, c: int, h: int, w: int) -> Tensor:
     """Inverse of `patchify`: (..., N, C*p*p) -> (..., C, h, w)."""
     lead = x.shape[:-2]
+    n = len(lead)
     x = x.reshape(*lead, h // p, w // p, p, p, c)
-    x = x.transpose(-4, -3)  # (..., h/p, p, w/p, p, C)
-    x = x.movedim(-1, -5)  # (..., C, h/p, p, w/p, p)
+    x = x.permute(*range(n), n + 4, n, n + 2, n + 1, n + 3)  # (..., C, h/p, p, w/p, p)
     return x.reshape(*lead, c, h, w)
 
 

@@ -53,10 +53,13 @@ setup(
             "avdp-convert = avdp_ros.tools.convert:main",
             "avdp-sim-bench = avdp_ros.tools.sim_bench:main",
             "avdp-eval = avdp_ros.tools.eval:main",
+            "avdp-eval-ros = avdp_ros.tools.eval_ros:main",
             "avdp-train-tokenizer = avdp_ros.tools.train:main_tokenizer",
             "avdp-train-video = avdp_ros.tools.train:main_video",
             "avdp-train-idm = avdp_ros.tools.train:main_idm",
             "avdp-train-baseline = avdp_ros.tools.train:main_baseline",
+            "avdp-export = avdp_ros.tools.export:main",
+            "avdp-build-engine = avdp_ros.tools.build_engine:main",
         ],
     },
 )

@@ -61,7 +61,7 @@ from avdp_ros.nodes import topics
 from avdp_ros.nodes.msgs import image_to_msg, pose_from_msg, pose_to_msg, stamp_from_sec, stamp_to_sec
 from avdp_ros.nodes.spin import run_node
 
-BACKENDS = ("torch",)  # onnxruntime / tensorrt arrive with the export (same `infer` interface)
+BACKENDS = ("torch", "onnxruntime", "tensorrt")  # avdp_ros.deploy: one `infer` interface
 DEFAULT_MODEL = "avdp_default"
 ESTOP = "/avdp/estop"
 PLAN = "/avdp/plan"
@@ -137,25 +137,35 @@ def default_model_path() -> Path:
 def load_policy(backend: str, path: Path, device: str, video_steps: int | None, action_steps: int | None):
     """The policy object behind the one interface (`infer`, `observe`, `reset`, `obs_hz`, `cfg`).
 
+    `path` is a checkpoint directory for `torch` and an exported bundle (`avdp-export`) for
+    `onnxruntime` / `tensorrt`; `avdp_ros.deploy.load_policy` does the loading.
+
     Raises:
-        ValueError: unknown backend, or a checkpoint that cannot be loaded (CheckpointError).
-        FileNotFoundError: no checkpoint at `path`.
+        ValueError: unknown backend, or a checkpoint / bundle that cannot be loaded.
+        FileNotFoundError: no checkpoint or bundle at `path`.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"backend '{backend}': expected one of {', '.join(BACKENDS)} "
-                         "(onnxruntime and tensorrt come with the model export)")
+        raise ValueError(f"backend '{backend}': expected one of {', '.join(BACKENDS)}")
     if not path.exists():
         raise FileNotFoundError(
             f"model checkpoint {path} does not exist: set the 'model' parameter (launch: model:=DIR, "
             f"avdp-run: --set avdp_policy.model=DIR) to an avdp-train-idm or avdp-train-baseline run, "
             f"or train one with scripts/train_default.sh and copy runs/default/idm/latest to "
             f"models/{DEFAULT_MODEL} (see models/README.md)")
-    if not ((path / "checkpoint.json").exists() or (path / "latest" / "checkpoint.json").exists()):
-        raise FileNotFoundError(f"model {path}: no checkpoint.json in it or in its latest/: expected a "
-                                "checkpoint directory written by avdp-train-idm or avdp-train-baseline")
-    from avdp_ros.model.policy import Policy  # torch is imported only when a model is loaded
+    if backend == "torch":
+        if not ((path / "checkpoint.json").exists() or (path / "latest" / "checkpoint.json").exists()):
+            raise FileNotFoundError(f"model {path}: no checkpoint.json in it or in its latest/: expected a "
+                                    "checkpoint directory written by avdp-train-idm or avdp-train-baseline")
+    elif not (path / "manifest.json").exists():
+        raise FileNotFoundError(f"model {path}: no manifest.json: the {backend} backend runs a bundle exported "
+                                f"with `avdp-export CHECKPOINT --out DIR` (see docs/deployment.md)")
+    # torch / onnxruntime are imported only when a model is loaded
+    from avdp_ros.deploy import load_policy as load
 
-    return Policy.from_checkpoint(path, device, video_steps=video_steps, action_steps=action_steps)
+    try:
+        return load(backend, path, device, video_steps=video_steps, action_steps=action_steps)
+    except (ImportError, RuntimeError) as exc:  # missing runtime, provider or GPU: a configure error, not a crash
+        raise ValueError(f"backend '{backend}' for model {path}: {exc}") from exc
 
 
 def info_topic(image_topic: str) -> str:

@@ -209,7 +209,10 @@ class SimBridgeNode(Node):
             self.seed = seed + 1
             self.set_parameters([Parameter("seed", value=self.seed)])
         self._last_success = None
-        self.info = {**info, "episode": self.episode, "success": False, "stamp": self.loop.clock}
+        # The reset's own stamp (sim time 0 of the episode): the loop may have stepped on since.
+        # sim.time is read first, so a step in between errs late, after the reset, never before it.
+        sim_time = self.sim.time
+        self.info = {**info, "episode": self.episode, "success": False, "stamp": self.loop.clock - sim_time}
         self.pub_info.publish(String(data=json.dumps(self.info)))
         self.get_logger().info(f"episode {self.episode}: task '{info['task']}', seed {seed}: "
                                f"\"{info['instruction']}\"")

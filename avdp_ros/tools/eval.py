@@ -39,9 +39,12 @@ def _expert(cfg, progress: bool) -> dict:
 
 
 def report(root: Path) -> str:
-    """A Markdown table of every `summary.json` below `root` (one row per evaluation folder)."""
+    """A Markdown table of every `summary.json` below `root` (one row per evaluation folder), then
+    one of the real-time figures of those run through ROS (avdp-eval-ros), if any."""
     rows = ["| run | task | success | episodes | mean length (s) | infer p50 / p99 (ms) |",
             "| --- | --- | --- | --- | --- | --- |"]
+    ros = ["| run (through ROS) | fault | obs->chunk p50 / p95 / p99 (ms) | command period p50 / p99 / max (ms) | "
+           "chunk age p50 / p99 (ms) | within limits |", "| --- | --- | --- | --- | --- | --- |"]
     for path in sorted(root.rglob("summary.json")):
         try:
             s = json.loads(path.read_text())
@@ -50,9 +53,15 @@ def report(root: Path) -> str:
             lat = (f"{s['infer_ms_p50']:.0f} / {s['infer_ms_p99']:.0f}" if "infer_ms_p50" in s else "-")
             rows.append(f"| {path.parent.relative_to(root)} | {s['task']} | {s['success_rate'] * 100:.0f}% | "
                         f"{s['episodes']} | {s['mean_duration_s']:.1f} | {lat} |")
+            if s.get("via") == "ros":
+                ros.append(f"| {path.parent.relative_to(root)} | {s['fault']['kind']} | {s['obs_to_chunk_ms_p50']:.0f}"
+                           f" / {s['obs_to_chunk_ms_p95']:.0f} / {s['obs_to_chunk_ms_p99']:.0f} | "
+                           f"{s['command_period_ms_p50']:.1f} / {s['command_period_ms_p99']:.1f} / "
+                           f"{s['command_period_ms_max']:.1f} | {s['chunk_age_ms_p50']:.0f} / "
+                           f"{s['chunk_age_ms_p99']:.0f} | {'yes' if s['within_limits'] else 'NO'} |")
         except (KeyError, TypeError, ValueError) as err:
             rows.append(f"| {path.parent.relative_to(root)} | unreadable summary: {type(err).__name__}: {err} |")
-    return "\n".join(rows)
+    return "\n".join(rows + ([""] + ros if len(ros) > 2 else []))
 
 
 def main(argv: list[str] | None = None) -> int:

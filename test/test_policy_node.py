@@ -196,6 +196,9 @@ def test_closed_loop_streams_safe_commands_at_rate(graph):
     for plan in probe.plans[:2]:
         assert plan.header.frame_id == topics.BASE_FRAME and len(plan.poses) >= 2
         assert np.all(np.diff([stamp_to_sec(p.header.stamp) for p in plan.poses]) > 0)
+    # every chunk after the first starts with the actions committed while it was computed (RTC)
+    wait_until(lambda: policy.counters["prefixed_chunks"] >= 1, 20.0, what="a prefix-conditioned chunk")
+    assert policy.counters["prefixed_chunks"] <= policy.counters["inferences"]
     # /diagnostics reports latency per stage, the safety counters and the e-stop state
     wait_until(lambda: any(any(kv.key == "latency.idm_ms.p99" for kv in s.values) for s in probe.diagnostics),
                20.0, what="diagnostics with inference latency")

@@ -19,7 +19,9 @@ Three activities, timed on the node's clock (so `use_sim_time` works everywhere)
   history is spaced at obs_hz exactly as in training;
 - the inference thread (plain Python thread: torch releases the GIL in its kernels) runs
   `policy.infer` / `policy.observe`; a new chunk is stamped from its observation and merged into
-  the plan (late actions dropped, overlap blended);
+  the plan (late actions dropped, overlap blended). With `prefix_conditioning` the call gets the
+  plan's actions that will run anyway before the chunk can land (``ChunkScheduler.committed``)
+  and the model starts its chunk with them (real-time chunking), when the backend supports it;
 - the commander timer (`command_rate_hz`, own callback group) samples the plan and passes it
   through the safety filter (workspace box, speed / acceleration limits, NaN rejection, hold when
   stale, latched e-stop), then publishes the target pose and gripper width. This node must be
@@ -74,10 +76,11 @@ DEFAULT_CAMERA_TOPICS = [topics.CAMERA_IMAGE, topics.WRIST_IMAGE]
 # validated in on_configure.
 PARAMETERS: dict[str, tuple[object, str]] = {
     "autostart": (True, "configure + activate at start-up (false: wait for a lifecycle manager)"),
-    "model": ("", "checkpoint directory (avdp-train-idm / -baseline run or its latest/); "
+    "model": ("", "backend torch: checkpoint directory (avdp-train-idm / -baseline run or its latest/); "
+                  "onnxruntime / tensorrt: bundle directory (avdp-export); "
                   "'' = models/avdp_default of the source tree or the installed package"),
     "backend": ("torch", f"inference backend, one of {BACKENDS}"),
-    "device": ("cpu", "torch device, e.g. cpu, cuda, cuda:0"),
+    "device": ("cpu", "cpu, cuda, cuda:0 (onnxruntime picks its execution provider from it)"),
     "torch_threads": (0, "torch intra-op threads (0 = torch's default); 1-2 on a shared CPU"),
     "video_steps": (0, "Euler steps per predicted frame (0 = the checkpoint's)"),
     "action_steps": (0, "Euler steps per action chunk (0 = the checkpoint's)"),
@@ -95,6 +98,8 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "max_future_skew_s": (0.05, "stamps further ahead of the node clock are rejected"),
     "execute_steps": (4, "actions of each chunk executed before the next chunk takes over (<= horizon)"),
     "blend": ("linear", f"how a new chunk takes over the overlap: {BLEND_MODES}"),
+    "prefix_conditioning": (True, "start each chunk with the committed actions (real-time chunking) "
+                                  "when the backend supports it; the blend still applies"),
     "interpolation": ("linear", f"between waypoints: {INTERPOLATIONS}"),
     "latency_margin_s": (0.05, "slack on top of the measured latency when deciding to infer"),
     "latency_initial_s": (0.3, "latency assumed until enough chunks were measured"),
@@ -322,6 +327,7 @@ class PolicyNode(LifecycleNode):
             "diagnostics_rate_hz": number("diagnostics_rate_hz", 0.0, 100.0),
             "latency_percentile": number("latency_percentile", 0.0, 100.0),
             "publish_plan": flag("publish_plan"), "publish_predicted": flag("publish_predicted"),
+            "prefix_conditioning": flag("prefix_conditioning"),
         }
         for name in ("stamp_tolerance_s", "max_obs_age_s", "camera_timeout_s", "pose_timeout_s",
                      "gripper_timeout_s", "max_linear_speed", "max_angular_speed", "max_linear_accel",
@@ -395,7 +401,7 @@ class PolicyNode(LifecycleNode):
             "tokenizer_ms", "video_ms", "idm_ms", "infer_total_ms", "ingest_ms", "obs_to_chunk_ms",
             "chunk_age_ms", "command_period_ms", "command_callback_ms")}
         self.counters = dict.fromkeys(("inferences", "observes", "chunks_rejected", "inference_errors",
-                                       "inference_overruns", "no_observation"), 0)
+                                       "inference_overruns", "no_observation", "prefixed_chunks"), 0)
         self.instruction = p["instruction"]
         self.episode = None
         self.camera_info: dict[str, tuple[int, int]] = {}
@@ -614,7 +620,14 @@ class PolicyNode(LifecycleNode):
                         self.scheduler.mark_inference_finished()
 
     def _infer(self, obs: dict, episode_gen: int) -> None:
-        out = self.policy.infer(obs, return_frames=self.params["publish_predicted"])
+        kwargs = {}
+        if self.params["prefix_conditioning"] and getattr(self.policy, "supports_prefix", False):
+            with self._plan_lock:  # what runs anyway until this chunk lands (latency estimate from now)
+                prefix = self.scheduler.committed(float(obs["t_obs"]), self._now() + self.latency.estimate())
+            if prefix is not None:
+                kwargs["prefix"] = prefix
+                self.counters["prefixed_chunks"] += 1
+        out = self.policy.infer(obs, return_frames=self.params["publish_predicted"], **kwargs)
         arrival = self._now()
         t_obs = float(obs["t_obs"])
         self.counters["inferences"] += 1

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job (README command 1): set-up on first run, then
 #   1. the default policy (models/avdp_default: video model + inverse dynamics) doing both sim
-#      tasks closed loop in MuJoCo, printing success and latency, with a video per task in
-#      runs/demo/policy_<task>/rollouts.mp4;
+#      tasks closed loop through ROS (MuJoCo bridge + policy node, one process each, as
+#      `avdp-run policy` starts them; avdp-eval-ros drives seeded episodes over the topics),
+#      printing success, latency and command-rate jitter, with a video, plots and a report per
+#      task in runs/demo/policy_<task>/;
 #   2. the simulated Panda with the scripted expert doing the task through the robot's topics while
 #      the recorder writes a rosbag2 MCAP; a summary, a video of the episode and the converted
 #      dataset in runs/demo/.
@@ -19,8 +21,8 @@ case "${1:-}" in policy|record) stage="$1"; shift ;; esac
 if [ "$stage" != record ]; then
   policy_args=(); [ "$stage" = policy ] && policy_args=("$@")
   for task in push pick_place; do
-    "$VENV/bin/avdp-eval" --policy models/avdp_default --task "$task" --episodes 3 --videos 3 \
-      --out "runs/demo/policy_$task" "${policy_args[@]}"
+    "$VENV/bin/avdp-eval-ros" --policy models/avdp_default --task "$task" --episodes 2 --videos 2 \
+      --seed 100000 --out "runs/demo/policy_$task" "${policy_args[@]}"
   done
 fi
 if [ "$stage" != policy ]; then

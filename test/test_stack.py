@@ -93,7 +93,7 @@ def test_console_scripts_point_at_existing_mains():
 
 def test_rclpy_only_in_node_shells():
     """STYLE.md boundary 1: model, data, sim, runtime code never imports rclpy."""
-    allowed = {"nodes", "runner.py", "collect.py"}  # runner/collect import it lazily, inside functions
+    allowed = {"nodes", "runner.py", "collect.py", "eval_ros.py"}  # ROS tools: import it lazily, inside functions
     offenders = []
     for f in (ROOT / "avdp_ros").rglob("*.py"):
         rel = f.relative_to(ROOT / "avdp_ros")

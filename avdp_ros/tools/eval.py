@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="torch", help="torch (checkpoint dir) | onnxruntime | tensorrt (bundle "
+                                                       "dir from avdp-export); default %(default)s")
+    ap.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
     ap.add_argument("--out", type=Path, default=None, help="folder for summary.json and rollouts.mp4")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
@@ -94,10 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.policy == "expert":
         result = _expert(cfg, not a.no_progress)
     else:
-        from avdp_ros.model.policy import Policy
+        from avdp_ros.deploy import load_policy
 
-        policy = Policy.from_checkpoint(a.policy, device=a.device, video_steps=a.video_steps,
-                                        action_steps=a.action_steps)
+        options = {}
+        if a.threads:
+            if a.backend == "onnxruntime":
+                options["threads"] = a.threads
+            else:
+                import torch
+
+                torch.set_num_threads(a.threads)
+        policy = load_policy(a.backend, a.policy, device=a.device, video_steps=a.video_steps,
+                             action_steps=a.action_steps, **options)
         cfg.obs_hz = policy.obs_hz
         result = evaluate(policy, cfg, progress=not a.no_progress)
     frames = result.pop("frames")

@@ -1,4 +1,5 @@
-"""Input checks shared by every consumer of pose commands (sim bridge, commander, converter).
+"""Input checks shared by every consumer of pose commands and observations (sim bridge, commander,
+converter, every policy backend).
 
 Each check returns None when the input is fine, or a message naming what was wrong and what was
 expected, so callers can log it (throttled) and keep the last safe state.
@@ -35,3 +36,19 @@ def check_width(width: float, lo: float, hi: float, what: str = "gripper command
     if not np.isfinite(width):
         return f"{what}: non-finite width {width}, expected metres in [{lo}, {hi}]"
     return None
+
+
+def check_observation(obs: dict, cameras: tuple[str, ...]) -> None:
+    """The observation dict a policy takes (any backend): a uint8 (H, W, 3) RGB image per camera, a
+    finite 7-vector ee pose and a finite gripper width. Raises ValueError naming the bad key."""
+    for cam in cameras:
+        img = obs.get(cam)
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            got = "missing" if img is None else f"{getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}"
+            raise ValueError(f"observation '{cam}': {got}, expected a uint8 (H, W, 3) RGB image")
+    pose = np.asarray(obs.get("ee_pose", ()), dtype=np.float64)
+    if pose.shape != (7,) or not np.all(np.isfinite(pose)):
+        raise ValueError(f"observation 'ee_pose': {np.array2string(pose, precision=3, max_line_width=200)}, "
+                         "expected 7 finite numbers (x y z qx qy qz qw)")
+    if not np.isfinite(float(obs.get("gripper", np.nan))):
+        raise ValueError(f"observation 'gripper': {obs.get('gripper')!r}, expected a finite width in metres")

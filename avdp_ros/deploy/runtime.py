@@ -25,6 +25,7 @@ import numpy as np
 from avdp_ros.deploy import npops
 from avdp_ros.deploy.bundle import Bundle, Spec
 from avdp_ros.model.config import ACTION_DIM, PolicyConfig
+from avdp_ros.validation import check_observation
 
 MASKED = -1.0e4  # = stages.MASKED (kept here so this module stays torch-free)
 
@@ -84,21 +85,6 @@ class PolicyMeta:
         norms = {name: bundle.normalizer(name) for name in m["normalizers"]}
         specs = {s: (bundle.inputs(s), bundle.outputs(s)) for s in bundle.stages}
         return cls(PolicyConfig.from_dict(m["config"]), bundle.kind, bundle.video_mode, norms, specs)
-
-
-def check_observation(obs: dict, cameras: tuple[str, ...]) -> None:
-    """The checks of `Policy._check`, with the same messages."""
-    for cam in cameras:
-        img = obs.get(cam)
-        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            got = "missing" if img is None else f"{getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}"
-            raise ValueError(f"observation '{cam}': {got}, expected a uint8 (H, W, 3) RGB image")
-    pose = np.asarray(obs.get("ee_pose", ()), dtype=np.float64)
-    if pose.shape != (7,) or not np.all(np.isfinite(pose)):
-        raise ValueError(f"observation 'ee_pose': {np.array2string(pose, precision=3, max_line_width=200)}, "
-                         "expected 7 finite numbers (x y z qx qy qz qw)")
-    if not np.isfinite(float(obs.get("gripper", np.nan))):
-        raise ValueError(f"observation 'gripper': {obs.get('gripper')!r}, expected a finite width in metres")
 
 
 def _noise(noise: dict | None, key: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

@@ -31,6 +31,7 @@ from avdp_ros.model.idm import ActionBatch, ActionOnlyPolicy, InverseDynamics, N
 from avdp_ros.model.rotation import pose7_to_pose9, pose9_to_pose7
 from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig, pose_to_state10
 from avdp_ros.model.video import VideoModel
+from avdp_ros.validation import check_observation
 
 KINDS = ("idm", "baseline")  # checkpoint kinds a Policy can be built from
 
@@ -105,17 +106,7 @@ class Policy:
         self._frames.clear()
 
     def _check(self, obs: dict) -> None:
-        for cam in self.cfg.cameras:
-            img = obs.get(cam)
-            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                got = "missing" if img is None else f"{getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}"
-                raise ValueError(f"observation '{cam}': {got}, expected a uint8 (H, W, 3) RGB image")
-        pose = np.asarray(obs.get("ee_pose", ()), dtype=np.float64)
-        if pose.shape != (7,) or not np.all(np.isfinite(pose)):
-            raise ValueError(f"observation 'ee_pose': {np.array2string(pose, precision=3, max_line_width=200)}, "
-                             "expected 7 finite numbers (x y z qx qy qz qw)")
-        if not np.isfinite(float(obs.get("gripper", np.nan))):
-            raise ValueError(f"observation 'gripper': {obs.get('gripper')!r}, expected a finite width in metres")
+        check_observation(obs, self.cfg.cameras)
 
     @torch.no_grad()
     def observe(self, obs: dict) -> float:

@@ -49,3 +49,30 @@ def rclpy_context():
     finally:
         if ctx.ok():
             rclpy.shutdown(context=ctx)
+
+
+def tiny_idm_checkpoint(root):
+    """Write a tiny idm checkpoint with random weights to root/idm (16x16 tokenizer: it resizes the
+    128x128 sim frames); returns (path, PolicyConfig). For graph tests that need a model, not a good one."""
+    import torch
+
+    from avdp_ros.model.checkpoint import save_checkpoint
+    from avdp_ros.model.config import preset
+    from avdp_ros.model.idm import InverseDynamics, Normalizer
+    from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer
+    from avdp_ros.model.video import VideoModel
+
+    torch.manual_seed(0)
+    tok_cfg = TOKENIZER_PRESETS["tiny"]
+    cfg = preset("tiny")
+    cfg.tokenizer = tok_cfg.to_dict()
+    video, idm = VideoModel(cfg), InverseDynamics(cfg)
+    with torch.no_grad():  # zero-initialised output layers would make every chunk the same
+        for m in (video, idm):
+            for p in m.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    # relative actions: a few cm around the current pose, identity rotation (6D), gripper ~4 cm
+    idm.action_norm.fit(torch.randn(256, 10) * 0.03 + torch.tensor([0, 0, 0, 1, 0, 0, 0, 1, 0, 0.04]))
+    save_checkpoint(root / "idm", "idm", {"idm": idm, "tokenizer": Tokenizer(tok_cfg), "video": video,
+                                          "video_state_norm": Normalizer(10)}, cfg.to_dict())
+    return root / "idm", cfg

@@ -10,16 +10,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (ROS 2 graph tests need it)")
 pytest.importorskip("mujoco", reason="mujoco is not installed")
 
-from avdp_ros.model.checkpoint import save_checkpoint  # noqa: E402
-from avdp_ros.model.config import preset  # noqa: E402
-from avdp_ros.model.idm import InverseDynamics, Normalizer  # noqa: E402
-from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer  # noqa: E402
-from avdp_ros.model.video import VideoModel  # noqa: E402
+from conftest import tiny_idm_checkpoint  # noqa: E402
+
 from avdp_ros.tools.eval import report  # noqa: E402
 from avdp_ros.tools.eval_ros import (  # noqa: E402
     HOLD_EPS,
@@ -37,21 +33,7 @@ RATE_HZ = 100.0  # commander rate; half the default keeps a loaded 2-core machin
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny idm checkpoint with random weights, as in test_policy_node.py."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("eval_ros")
-    tok_cfg = TOKENIZER_PRESETS["tiny"]
-    cfg = preset("tiny")
-    cfg.tokenizer = tok_cfg.to_dict()
-    video, idm = VideoModel(cfg), InverseDynamics(cfg)
-    with torch.no_grad():  # zero-initialised output layers would make every chunk the same
-        for m in (video, idm):
-            for p in m.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    idm.action_norm.fit(torch.randn(256, 10) * 0.03 + torch.tensor([0, 0, 0, 1, 0, 0, 0, 1, 0, 0.04]))
-    save_checkpoint(root / "idm", "idm", {"idm": idm, "tokenizer": Tokenizer(tok_cfg), "video": video,
-                                          "video_state_norm": Normalizer(10)}, cfg.to_dict())
-    return root / "idm"
+    return tiny_idm_checkpoint(tmp_path_factory.mktemp("eval_ros"))[0]
 
 
 def _config(checkpoint, out, **kwargs) -> EvalRosConfig:

@@ -9,13 +9,12 @@ import re
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (ROS 2 graph tests need it)")
 pytest.importorskip("mujoco", reason="mujoco is not installed")
 
-from conftest import wait_until  # noqa: E402
+from conftest import tiny_idm_checkpoint, wait_until  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from nav_msgs.msg import Path as PathMsg  # noqa: E402
@@ -27,11 +26,6 @@ from std_msgs.msg import Bool  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
 from avdp_ros.geometry import quat_conj, quat_mul, quat_to_axis_angle  # noqa: E402
-from avdp_ros.model.checkpoint import save_checkpoint  # noqa: E402
-from avdp_ros.model.config import preset  # noqa: E402
-from avdp_ros.model.idm import InverseDynamics, Normalizer  # noqa: E402
-from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer  # noqa: E402
-from avdp_ros.model.video import VideoModel  # noqa: E402
 from avdp_ros.nodes import topics  # noqa: E402
 from avdp_ros.nodes.msgs import pose_from_msg, stamp_to_sec  # noqa: E402
 from avdp_ros.nodes.policy_node import (  # noqa: E402
@@ -50,22 +44,7 @@ RATE_HZ = 100.0  # the default is 200; half keeps a loaded 2-core CI machine (GI
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny idm checkpoint with random weights (16x16 tokenizer: it resizes the 128x128 frames)."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("policy_node")
-    tok_cfg = TOKENIZER_PRESETS["tiny"]
-    cfg = preset("tiny")
-    cfg.tokenizer = tok_cfg.to_dict()
-    video, idm = VideoModel(cfg), InverseDynamics(cfg)
-    with torch.no_grad():  # zero-initialised output layers would make every chunk the same
-        for m in (video, idm):
-            for p in m.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    # relative actions: a few cm around the current pose, identity rotation (6D), gripper ~4 cm
-    idm.action_norm.fit(torch.randn(256, 10) * 0.03 + torch.tensor([0, 0, 0, 1, 0, 0, 0, 1, 0, 0.04]))
-    save_checkpoint(root / "idm", "idm", {"idm": idm, "tokenizer": Tokenizer(tok_cfg), "video": video,
-                                          "video_state_norm": Normalizer(10)}, cfg.to_dict())
-    return root / "idm", cfg
+    return tiny_idm_checkpoint(tmp_path_factory.mktemp("policy_node"))
 
 
 def test_config_documents_every_parameter():

@@ -287,12 +287,14 @@ class Episode:
 
 
 def _numbers(values: dict) -> dict[str, float]:
+    """The numeric entries of a /diagnostics key-value dict; text entries (estop "clear", reasons)
+    are not counters and are left out."""
     out = {}
     for k, v in values.items():
         try:
             out[k] = float(v)
         except ValueError:
-            pass
+            continue  # a text value: nothing to count
     return out
 
 

@@ -36,8 +36,12 @@ class EvalConfig:
     time_limit: float = 15.0  # sim seconds per episode
     image_size: tuple[int, int] = (128, 128)  # (H, W) rendered, as in the recorded dataset
     videos: int = 2  # episodes whose frames are kept for a video
+    expert_start: float = 0.0  # diagnostic: the scripted expert drives the first seconds, then the
+    #                            policy takes over (where does a policy fail: the start or later?)
 
     def __post_init__(self):
+        if not 0.0 <= self.expert_start < self.time_limit:
+            raise ValueError(f"expert_start {self.expert_start}: expected in [0, time_limit {self.time_limit})")
         if self.exec_steps < 1:
             raise ValueError(f"exec_steps {self.exec_steps}: expected >= 1")
         ratio = self.stream_hz / self.obs_hz
@@ -76,6 +80,8 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
     sub = int(round(cfg.stream_hz / cfg.obs_hz))
     steps_per_stream = max(1, int(round(1.0 / (cfg.stream_hz * sim.physics_dt))))
     target = sim.ee_pose()
+    if cfg.expert_start > 0:
+        target = _expert_lead_in(sim, policy, info["instruction"], cfg, sub, steps_per_stream, res, keep_frames)
     chunk, i, k = None, 0, 0
     while sim.time < cfg.time_limit - 1e-6:  # float sums of physics_dt land just below it
         obs = observe(sim, info["instruction"])
@@ -110,6 +116,30 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
     return res
 
 
+def _expert_lead_in(sim, policy: PolicyLike, instruction: str, cfg: EvalConfig, sub: int, steps_per_stream: int,
+                    res: EpisodeResult, keep_frames: bool) -> np.ndarray:
+    """The scripted expert (privileged object poses) drives until `cfg.expert_start`; the policy
+    sees every observation meanwhile, so its frame history is full at the handover. Returns the
+    last target, where the policy's first action is interpolated from."""
+    from avdp_ros.sim.expert import make_expert
+
+    expert = make_expert(cfg.task)
+    expert.reset()
+    target = sim.ee_pose()
+    while sim.time < cfg.expert_start - 1e-6:
+        obs = observe(sim, instruction)
+        if keep_frames:
+            res.frames.append(np.concatenate([obs["camera"], obs["wrist"]], axis=1))
+        if hasattr(policy, "observe"):
+            policy.observe(obs)
+        for _ in range(sub):
+            target, width = expert.act(sim.time, sim.ee_pose(), sim.gripper_width(), sim.object_poses())
+            sim.set_target(target)
+            sim.set_gripper(width)
+            sim.step(steps_per_stream)
+    return np.asarray(target[:7], dtype=np.float64)
+
+
 def evaluate(policy: PolicyLike, cfg: EvalConfig, progress: bool = True) -> dict:
     """Run `cfg.episodes` seeded episodes; returns success rate, lengths, latency percentiles."""
     from tqdm import tqdm
@@ -129,6 +159,7 @@ def evaluate(policy: PolicyLike, cfg: EvalConfig, progress: bool = True) -> dict
     return {
         "task": cfg.task,
         "episodes": len(results),
+        "expert_start_s": cfg.expert_start,
         "success_rate": float(np.mean(ok)) if ok else 0.0,
         "failed_seeds": [r.seed for r in results if not r.success],
         "mean_duration_s": float(np.mean([r.duration for r in results])) if results else 0.0,

@@ -51,8 +51,8 @@ def rclpy_context():
             rclpy.shutdown(context=ctx)
 
 
-def tiny_idm_checkpoint(root):
-    """Write a tiny idm checkpoint with random weights to root/idm (16x16 tokenizer: it resizes the
+def tiny_idm_checkpoint(root, name: str = "idm", use_state: bool = True):
+    """Write a tiny idm checkpoint with random weights to root/<name> (16x16 tokenizer: it resizes the
     128x128 sim frames); returns (path, PolicyConfig). For graph tests that need a model, not a good one."""
     import torch
 
@@ -66,6 +66,7 @@ def tiny_idm_checkpoint(root):
     tok_cfg = TOKENIZER_PRESETS["tiny"]
     cfg = preset("tiny")
     cfg.tokenizer = tok_cfg.to_dict()
+    cfg.idm.use_state = use_state
     video, idm = VideoModel(cfg), InverseDynamics(cfg)
     with torch.no_grad():  # zero-initialised output layers would make every chunk the same
         for m in (video, idm):
@@ -73,6 +74,6 @@ def tiny_idm_checkpoint(root):
                 p.add_(0.05 * torch.randn_like(p))
     # relative actions: a few cm around the current pose, identity rotation (6D), gripper ~4 cm
     idm.action_norm.fit(torch.randn(256, 10) * 0.03 + torch.tensor([0, 0, 0, 1, 0, 0, 0, 1, 0, 0.04]))
-    save_checkpoint(root / "idm", "idm", {"idm": idm, "tokenizer": Tokenizer(tok_cfg), "video": video,
+    save_checkpoint(root / name, "idm", {"idm": idm, "tokenizer": Tokenizer(tok_cfg), "video": video,
                                           "video_state_norm": Normalizer(10)}, cfg.to_dict())
-    return root / "idm", cfg
+    return root / name, cfg

@@ -93,6 +93,13 @@ def checkpoints(tmp_path_factory):
     save_checkpoint(root / "idm", "idm", {"idm": idm, "tokenizer": tok, "video": video, "video_state_norm": vnorm},
                     cfg.to_dict())
     save_checkpoint(root / "baseline", "baseline", {"baseline": base, "tokenizer": tok}, cfg.to_dict())
+    # a state-free policy (idm.use_state false): its encoder graph has no state input
+    blind_cfg = preset("tiny")
+    blind_cfg.tokenizer, blind_cfg.idm.use_state = tok_cfg.to_dict(), False
+    blind = ActionOnlyPolicy(blind_cfg)
+    blind.load_state_dict({k: v for k, v in base.state_dict().items() if "state_proj" not in k})
+    save_checkpoint(root / "baseline_nostate", "baseline", {"baseline": blind, "tokenizer": tok},
+                    blind_cfg.to_dict())
     return root
 
 
@@ -106,6 +113,8 @@ def bundles(checkpoints, tmp_path_factory):
         "idm_recompute": export_bundle(checkpoints / "idm", root / "idm_rc", video_mode="recompute", parity=False,
                                        log=quiet),
         "baseline": export_bundle(checkpoints / "baseline", root / "baseline", parity=False, log=quiet),
+        "baseline_nostate": export_bundle(checkpoints / "baseline_nostate", root / "baseline_nostate", parity=False,
+                                          log=quiet),
     }
 
 
@@ -256,13 +265,16 @@ def test_video_rollout_matches_torch_kv_cache(bundles, checkpoints, name):
     ("idm", "onnxruntime", {"threads": 1}),
     ("idm_recompute", "onnxruntime", {"threads": 1}),
     ("baseline", "onnxruntime", {"threads": 1}),
+    ("baseline_nostate", "onnxruntime", {"threads": 1}),
     ("idm", "torch", {"staged": True}),
+    ("baseline_nostate", "torch", {"staged": True}),
     ("idm", "torch", {"staged": True, "video_mode": "recompute"}),
 ])
 def test_end_to_end_action_chunk_matches_torch(bundles, checkpoints, name, backend, options):
-    kind = "baseline" if name == "baseline" else "idm"
-    ref = Policy.from_checkpoint(checkpoints / kind)
-    path = bundles[name].path if backend != "torch" else checkpoints / kind
+    kind = "baseline" if name.startswith("baseline") else "idm"
+    ckpt = checkpoints / (name if name.startswith("baseline") else kind)
+    ref = Policy.from_checkpoint(ckpt)
+    path = bundles[name].path if backend != "torch" else ckpt
     policy = load_policy(backend, path, "cpu", **options)
     assert (policy.kind, policy.obs_hz, policy.cfg.horizon) == (kind, ref.obs_hz, ref.cfg.horizon)
     noises = _noises(ref.cfg, 4)

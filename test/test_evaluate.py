@@ -52,6 +52,23 @@ def test_chunks_are_executed_and_the_arm_follows(sim):
     assert res.frames[0].shape == (64, 128, 3)
 
 
+def test_expert_lead_in_hands_over_to_the_policy(sim):
+    """--expert-start: the scripted expert drives first (the policy only observes), then the policy
+    plans from where the expert left the arm. A policy that holds its first pose succeeds only
+    if the expert had time to finish the push (~4 s)."""
+    for lead, solved in ((1.0, False), (5.0, True)):
+        policy = ConstantPolicy([0.0, 0.0, 0.0])
+        cfg = EvalConfig(task="push", time_limit=6.0, exec_steps=4, image_size=(64, 64), expert_start=lead)
+        res = run_episode(sim, policy, seed=3, cfg=cfg, keep_frames=True)
+        assert policy.observed >= round(lead * cfg.obs_hz)  # every lead-in frame was observed
+        assert len(res.frames) == round(cfg.time_limit * cfg.obs_hz) or res.success
+        assert res.success is solved
+        home = np.array([0.449, 0.0, 0.301])  # the reset pose
+        assert np.linalg.norm(policy.goal[:3] - home) > 0.03  # the policy took over where the expert was
+    with pytest.raises(ValueError, match="expert_start"):
+        EvalConfig(expert_start=20.0, time_limit=15.0)
+
+
 def test_non_finite_actions_are_refused(sim):
     class Bad(ConstantPolicy):
         def infer(self, obs):

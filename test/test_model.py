@@ -3,6 +3,7 @@ video model (causality, KV cache, sampling) and the action policies (IDM, action
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -326,6 +327,20 @@ def test_inverse_dynamics_uses_future_and_baseline_does_not(cfg):
         idm.sample(ActionBatch(**{**batch.__dict__, "future": None}), 2, noise)
     with pytest.raises(ValueError, match="video_features is required"):
         idm.sample(ActionBatch(**{**batch.__dict__, "video_features": None}), 2, noise)
+
+
+@pytest.mark.parametrize("cls", [InverseDynamics, ActionOnlyPolicy])
+def test_use_state_false_ignores_the_proprio_state(cfg, cls):
+    """idm.use_state=False: the chunk depends on the frames only (the state may still anchor
+    relative actions outside the network); with the default the state changes the chunk."""
+    batch = _action_batch(cfg)
+    other = ActionBatch(**{**batch.__dict__, "state": torch.randn_like(batch.state)})
+    noise = torch.randn(4, cfg.horizon, 10)
+    with_state = _scramble(cls(cfg)).eval()
+    assert not torch.allclose(with_state.sample(batch, 2, noise), with_state.sample(other, 2, noise))
+    blind = _scramble(cls(dataclasses.replace(cfg, idm=dataclasses.replace(cfg.idm, use_state=False)))).eval()
+    assert blind.encoder.state_proj is None
+    assert torch.equal(blind.sample(batch, 2, noise), blind.sample(other, 2, noise))
 
 
 def test_no_action_gradient_into_video_model(cfg):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from avdp_ros.model.checkpoint import load_checkpoint
 from avdp_ros.model.tokenizer import Tokenizer
 from avdp_ros.tools.train import (
     WithFeatures,
+    early_window_indices,
     main_baseline,
     main_idm,
     main_tokenizer,
@@ -60,6 +62,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                      "--ckpt-every", "30", "--label-fraction", "0.5", *COMMON]) == 0
     assert main_baseline(["--data", *data, "--out", str(r["baseline"]), "--tokenizer", tok_ckpt,
                           "--steps", "10", "--batch-size", "8", "--val-every", "10", "--ckpt-every", "10",
+                          "--early-weight", "3", "--early-frames", "2", "--override", "idm.use_state=false",
                           *COMMON]) == 0
     r["data"] = [Path(d) for d in data]
     torch.set_num_threads(before)
@@ -113,6 +116,7 @@ def test_idm_and_baseline_runs(runs):
     assert {"val/rot_deg", "val/gripper_mm", "val/gt_future/pos_mm"} <= val.keys()
     states, meta = load_checkpoint(runs["baseline"] / tu.LATEST, expected_kind="baseline")
     assert set(states) == {"baseline", "tokenizer"} and meta["extra"]["step"] == 10
+    assert meta["config"]["idm"]["use_state"] is False and not any("state_proj" in k for k in states["baseline"])
     # failed demonstrations never train actions (some of them are in the train split)
     assert runs["failed"] - set(meta["extra"]["val_episodes"])
     assert not runs["failed"] & set(meta["extra"]["train_episodes"])
@@ -144,6 +148,15 @@ def test_cached_video_features_equal_recomputed_ones(runs):
         torch.testing.assert_close(w["video_features"], direct[0], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="feature rows"):
         WithFeatures(windows, table[:-1])
+
+
+def test_early_window_indices_repeat_episode_starts():
+    windows = SimpleNamespace(index=[(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 4)])
+    assert early_window_indices(windows, early_frames=2, weight=3) == [0, 0, 0, 1, 1, 1, 2, 3, 4, 4, 4, 5, 5, 5, 6]
+    assert early_window_indices(windows, early_frames=2, weight=1) == list(range(7))
+    assert early_window_indices(windows, early_frames=0, weight=5) == list(range(7))
+    with pytest.raises(SystemExit, match="early-weight 0"):
+        main_baseline(["--data", "x", "--out", "y", "--tokenizer", "z", "--early-weight", "0"])
 
 
 def test_label_fraction_is_seeded_subset(runs):

@@ -268,8 +268,11 @@ class StagedPolicy:
         last = states[:, -1]  # (1, 10) raw state the chunk is planned from
         P = cfg.idm.past_frames
         frames = context[:, -P:] if pred is None else r.cat([context[:, -P:], pred], 1)
-        feeds = {"frames": frames, "state": r.asarray(((last - mean) / std).astype(np.float32)), "instr": instr}
-        if any(s.name == "video_features" for s in self.meta.specs["idm_encoder"][0]):
+        names = {s.name for s in self.meta.specs["idm_encoder"][0]}  # state / video_features are optional
+        feeds = {"frames": frames, "instr": instr}
+        if "state" in names:
+            feeds["state"] = r.asarray(((last - mean) / std).astype(np.float32))
+        if "video_features" in names:
             feeds["video_features"] = feats
         ctx = r.run("idm_encoder", feeds)["ctx"]
         anoise = _noise(noise, "action", (1, cfg.horizon, ACTION_DIM), self._rng)

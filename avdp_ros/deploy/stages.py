@@ -10,7 +10,7 @@ graph per network evaluation, with the same control flow as `Policy.infer`:
     video_context  context, instr, state (normalised)          -> past_k, past_v, features  [idm]
     video_frame    x, t, instr, frame, past_k, past_v, past_bias -> velocity, k, v, feature  [idm, kv mode]
     video_sequence frames, t, instr, state                     -> velocity, features         [idm, recompute mode]
-    idm_encoder    frames, state (normalised), instr[, video_features] -> ctx
+    idm_encoder    frames[, state (normalised)], instr[, video_features] -> ctx
     action_step    a, t, ctx                                   -> velocity
 
 KV cache with static shapes: `video_frame` takes the cache padded to its largest size,
@@ -68,6 +68,7 @@ class Dims:
     n_head: int
     n_layer: int
     Dv: int         # video features fed to the IDM (0 = none)
+    state: bool     # the IDM encoder reads the proprio state (idm.use_state)
     L: int          # IDM conditioning tokens
     Di: int         # IDM width
 
@@ -89,11 +90,11 @@ class Dims:
         P = i.past_frames
         frames = P + (cfg.future_frames if idm else 0)
         Dv = i.video_feature_dim if idm else 0
-        L = frames * cfg.n_cameras * (h // i.patch_size) * (w // i.patch_size) + 2 + \
+        L = frames * cfg.n_cameras * (h // i.patch_size) * (w // i.patch_size) + 1 + int(i.use_state) + \
             ((cfg.context_frames + cfg.future_frames) if Dv else 0)
         return cls(cams=cfg.n_cameras, C=C, h=h, w=w, S=int(cfg.tokenizer.get("image_size", 0)),
                    Fc=cfg.context_frames, K=cfg.future_frames, P=P, H=cfg.horizon, T=T, D=v.n_embd,
-                   n_head=v.n_head, n_layer=v.n_layer, Dv=Dv, L=L, Di=i.n_embd)
+                   n_head=v.n_head, n_layer=v.n_layer, Dv=Dv, L=L, Di=i.n_embd, state=i.use_state)
 
 
 def _f(name, *shape):
@@ -130,7 +131,8 @@ def stage_specs(d: Dims, kind: str, video_mode: str = "kv") -> dict[str, tuple[l
         else:
             raise ValueError(f"video_mode '{video_mode}': expected one of {VIDEO_MODES}")
     frames = d.P + (d.K if kind == "idm" else 0)
-    enc_in = [_f("frames", 1, frames, *lat), _f("state", 1, STATE_DIM), _i("instr", 1)]
+    # a state-free encoder (idm.use_state false) has no state input: ONNX prunes unused inputs
+    enc_in = [_f("frames", 1, frames, *lat)] + ([_f("state", 1, STATE_DIM)] if d.state else []) + [_i("instr", 1)]
     if d.Dv:
         enc_in.append(_f("video_features", 1, d.Fc + d.K, d.Dv))
     specs["idm_encoder"] = (enc_in, [_f("ctx", 1, d.L, d.Di)])
@@ -247,9 +249,12 @@ class IdmEncoderStage(nn.Module):
     def __init__(self, policy: Policy):
         super().__init__()
         self.encoder = policy.actor.encoder
+        self.use_state = policy.cfg.idm.use_state
 
-    def forward(self, frames: Tensor, state: Tensor, instr: Tensor, video_features: Tensor | None = None) -> Tensor:
-        return self.encoder(frames, state, instr, video_features)
+    def forward(self, frames: Tensor, *rest: Tensor) -> Tensor:
+        """(frames, state, instr[, video_features]), or without state when idm.use_state is false."""
+        state, rest = (rest[0], rest[1:]) if self.use_state else (None, rest)
+        return self.encoder(frames, state, rest[0], rest[1] if len(rest) > 1 else None)
 
 
 class ActionStepStage(nn.Module):

@@ -66,6 +66,12 @@ class IDMConfig:
     #                                  only from the few episode-start windows; it then fails at the
     #                                  start of every closed-loop episode. (The video model sees all.)
     video_feature_dim: int = 0       # width of video-model features fed to the IDM; 0 = not used
+    use_state: bool = True           # feed the proprio state (ee pose + gripper) to the encoder. With it,
+    #                                  a policy can continue the path it is on from the pose alone
+    #                                  ("copycat" through proprio) and never learn to find the cube in
+    #                                  the image: at the episode start, where every pose is the same,
+    #                                  it then guesses. Relative actions still use the state outside
+    #                                  the network, and the arm is visible in both cameras.
     logit_normal_t: bool = True      # training flow times ~ logit-normal (else uniform)
 
     def __post_init__(self) -> None:

@@ -71,7 +71,7 @@ class ObsEncoder(nn.Module):
         self.pos_spatial = nn.Parameter(torch.randn(n_patch, D) * 0.02)
         self.pos_camera = nn.Parameter(torch.randn(cfg.n_cameras, D) * 0.02)
         self.pos_frame = nn.Parameter(torch.randn(max_frames, D) * 0.02)
-        self.state_proj = nn.Linear(STATE_DIM, D)
+        self.state_proj = nn.Linear(STATE_DIM, D) if c.use_state else None
         self.instr_embed = nn.Embedding(len(cfg.instructions), D)
         self.feature_proj = nn.Linear(video_feature_dim, D) if video_feature_dim else None
         self.pos_feature = nn.Parameter(torch.randn(cfg.video.max_frames, D) * 0.02) if video_feature_dim else None
@@ -84,9 +84,10 @@ class ObsEncoder(nn.Module):
         B, Fr = frames.shape[:2]
         tok = self.patch_in(patchify(frames, self.patch_size))  # (B, F, cams, N, D)
         tok = tok + self.pos_spatial + self.pos_camera[:, None, :] + self.pos_frame[:Fr, None, None, :]
-        parts = [tok.reshape(B, -1, tok.shape[-1]),  # (B, F*cams*N, D)
-                 self.state_proj(state.to(tok.dtype))[:, None, :],  # (B, 1, D)
-                 self.instr_embed(instr)[:, None, :]]  # (B, 1, D)
+        parts = [tok.reshape(B, -1, tok.shape[-1])]  # (B, F*cams*N, D)
+        if self.state_proj is not None:
+            parts.append(self.state_proj(state.to(tok.dtype))[:, None, :])  # (B, 1, D)
+        parts.append(self.instr_embed(instr)[:, None, :])  # (B, 1, D)
         if self.feature_proj is not None:
             if video_features is None:
                 raise ValueError("this policy was configured with idm.video_feature_dim > 0: "

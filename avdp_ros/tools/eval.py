@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--action-steps", type=int, default=None, help="denoising steps of the action head")
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
+    ap.add_argument("--expert-start", type=float, default=0.0, metavar="SECONDS",
+                    help="diagnostic: the scripted expert drives the first SECONDS, then the policy takes "
+                         "over; shows whether a policy fails at the start or later (default 0: policy only)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="torch", help="torch (checkpoint dir) | onnxruntime | tensorrt (bundle "
                                                        "dir from avdp-export); default %(default)s")
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--policy is required (a checkpoint directory or 'expert'), or use --report FOLDER")
 
     cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, exec_steps=a.exec_steps,
-                     time_limit=a.time_limit, videos=a.videos)
+                     time_limit=a.time_limit, videos=a.videos, expert_start=a.expert_start)
     if a.policy == "expert":
         result = _expert(cfg, not a.no_progress)
     else:

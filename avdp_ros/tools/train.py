@@ -450,6 +450,17 @@ def video_feature_table(windows: LatentDataset, video, video_norm, context_frame
     return torch.cat(rows) if rows else torch.zeros(0)
 
 
+def early_window_indices(windows: LatentDataset, early_frames: int, weight: int) -> list[int]:
+    """Window indices, those whose last observed frame is < `early_frames` repeated `weight` times.
+
+    Why: at an episode's start every pose is the same, so the first chunk must come from the
+    images alone (where the cube and the goal are), while later windows can lean on the state
+    and the visible motion. Those start windows are ~5% of the data and the ones a closed-loop
+    rollout cannot recover from, so they get more of the gradient.
+    """
+    return [i for i, (_, t) in enumerate(windows.index) for _ in range(weight if t < early_frames else 1)]
+
+
 def _action_main(argv: Sequence[str] | None, kind: str) -> int:
     from avdp_ros.model.idm import ActionBatch, ActionOnlyPolicy, InverseDynamics, Normalizer
     from avdp_ros.model.video import VideoModel
@@ -469,7 +480,15 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="fraction of action-labelled training episodes to use, seeded (default %(default)s)")
     p.add_argument("--action-steps", type=int, default=None, help="Euler steps for validation samples")
+    p.add_argument("--early-weight", type=int, default=1,
+                   help="draw windows of an episode's first --early-frames frames this many times as often "
+                        "(default %(default)s = uniform); see early_window_indices")
+    p.add_argument("--early-frames", type=int, default=10, help="frames counted as the episode start "
+                                                                 "(default %(default)s)")
     args = p.parse_args(argv)
+    if args.early_weight < 1 or args.early_frames < 0:
+        raise SystemExit(f"--early-weight {args.early_weight} (expected >= 1) / --early-frames {args.early_frames} "
+                         "(expected >= 0)")
     info, device = tu.setup_distributed(args.device, args.threads)
     try:
         tu.seed_everything(args.seed + info.rank)
@@ -522,6 +541,12 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
             table = video_feature_table(s.train, video, video_norm, s.cfg.context_frames, device,
                                         progress=info.is_main and not args.no_progress)
             train_set = WithFeatures(s.train, table)
+        if args.early_weight > 1:
+            idx = early_window_indices(s.train, args.early_frames, args.early_weight)
+            if info.is_main:
+                print(f"episode-start windows weighted x{args.early_weight}: {len(idx)} draws per epoch "
+                      f"for {len(s.train)} windows", file=sys.stderr)
+            train_set = torch.utils.data.Subset(train_set, idx)
 
         def features(b: dict[str, torch.Tensor], latents_future: torch.Tensor) -> torch.Tensor | None:
             if not use_features:

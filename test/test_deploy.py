@@ -306,6 +306,12 @@ def test_end_to_end_action_chunk_matches_torch(bundles, checkpoints, name, backe
     assert not np.allclose(other, same, atol=1e-3)
     policy.reset()
     np.testing.assert_array_equal(policy.infer(_obs(0), noise=noises[0])["actions"], same)  # deterministic
+    # temperature 0: the drawn action noise is zero, as in the torch policy
+    policy.reset()
+    ref.reset()
+    policy.action_temperature = ref.action_temperature = 0.0
+    video_only = {"video": noises[0]["video"]}
+    _assert_actions_close(policy.infer(_obs(0), noise=video_only)["actions"], ref.infer(_obs(0), noise=video_only)["actions"])
 
 
 def test_staged_policy_interface_and_observation_errors(bundles):

@@ -89,6 +89,26 @@ def test_infer_shapes_determinism_and_noise(checkpoints, kind):
     assert not np.allclose(other, a)
 
 
+def test_action_temperature_scales_the_drawn_noise(checkpoints):
+    """Temperature 0 starts the action sampler at zero noise: the same chunk as injecting zeros,
+    every time; the default (the config's 1.0) draws fresh noise per call. Injected noise wins."""
+    root, cfg = checkpoints
+    policy = Policy.from_checkpoint(root / "baseline")
+    assert policy.action_temperature == cfg.action_temperature == 1.0
+    zeros = policy.infer(_obs(), noise={"action": torch.zeros(1, cfg.horizon, 10)})["actions"]
+    policy.action_temperature = 0.0
+    for _ in range(2):
+        policy.reset()
+        np.testing.assert_allclose(policy.infer(_obs())["actions"], zeros, atol=1e-6)
+    policy.action_temperature = 1.0
+    policy.reset()
+    assert not np.allclose(policy.infer(_obs())["actions"], zeros, atol=1e-4)
+    policy.action_temperature = 0.0
+    policy.reset()
+    injected = {"action": torch.ones(1, cfg.horizon, 10)}
+    assert not np.allclose(policy.infer(_obs(), noise=injected)["actions"], zeros, atol=1e-4)
+
+
 def test_history_is_padded_then_rolls(checkpoints):
     root, cfg = checkpoints
     policy = Policy.from_checkpoint(root / "idm")

@@ -87,10 +87,11 @@ class PolicyMeta:
         return cls(PolicyConfig.from_dict(m["config"]), bundle.kind, bundle.video_mode, norms, specs)
 
 
-def _noise(noise: dict | None, key: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Injected noise (torch tensor or numpy, as `Policy.infer` takes it) or a fresh draw."""
+def _noise(noise: dict | None, key: str, shape: tuple[int, ...], rng: np.random.Generator,
+           scale: float = 1.0) -> np.ndarray:
+    """Injected noise (torch tensor or numpy, as `Policy.infer` takes it) or a fresh draw times `scale`."""
     if noise is None or noise.get(key) is None:
-        return rng.standard_normal(shape, dtype=np.float32)
+        return scale * rng.standard_normal(shape, dtype=np.float32)
     x = noise[key]
     x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
     if tuple(x.shape) != shape:
@@ -117,6 +118,7 @@ class StagedPolicy:
         self.backend = backend
         self.video_steps = video_steps or self.cfg.video_steps
         self.action_steps = action_steps or self.cfg.action_steps
+        self.action_temperature = self.cfg.action_temperature  # scale of drawn (not injected) action noise
         self._video_grid = npops.euler_grid(self.video_steps)
         self._action_grid = npops.euler_grid(self.action_steps)
         self._rng = np.random.default_rng(seed)
@@ -275,7 +277,7 @@ class StagedPolicy:
         if "video_features" in names:
             feeds["video_features"] = feats
         ctx = r.run("idm_encoder", feeds)["ctx"]
-        anoise = _noise(noise, "action", (1, cfg.horizon, ACTION_DIM), self._rng)
+        anoise = _noise(noise, "action", (1, cfg.horizon, ACTION_DIM), self._rng, self.action_temperature)
         known = self._prefix(prefix, last) if prefix is not None and len(prefix) else None
         sample = r.numpy(self._euler("action_step", r.asarray(anoise), self._action_grid, {"ctx": ctx}, "a",
                                      known, anoise))

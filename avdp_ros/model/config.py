@@ -99,6 +99,9 @@ class PolicyConfig:
     #                                  (position offset + relative rotation; see rotation.actions_to_relative)
     video_steps: int = 2             # default Euler steps per predicted frame
     action_steps: int = 8            # default Euler steps for an action chunk
+    action_temperature: float = 1.0  # scale of the action sampler's starting noise when none is injected:
+    #                                  1 samples the learned distribution, < 1 moves toward its mode
+    #                                  (less spread where the policy is unsure, e.g. the first chunk)
     video: VideoConfig = field(default_factory=VideoConfig)
     idm: IDMConfig = field(default_factory=IDMConfig)
 
@@ -126,6 +129,8 @@ class PolicyConfig:
         _check_positive("PolicyConfig", obs_hz=self.obs_hz, context_frames=self.context_frames,
                         future_frames=self.future_frames, horizon=self.horizon,
                         video_steps=self.video_steps, action_steps=self.action_steps)
+        if not 0.0 <= self.action_temperature <= 2.0:
+            raise ValueError(f"PolicyConfig.action_temperature = {self.action_temperature}: expected in [0, 2]")
         if self.context_frames + self.future_frames > self.video.max_frames:
             raise ValueError(f"PolicyConfig: context_frames {self.context_frames} + future_frames "
                              f"{self.future_frames} exceeds video.max_frames {self.video.max_frames}")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from avdp_ros.model.checkpoint import CheckpointError, load_checkpoint, load_into
-from avdp_ros.model.config import PolicyConfig
+from avdp_ros.model.config import ACTION_DIM, PolicyConfig
 from avdp_ros.model.idm import ActionBatch, ActionOnlyPolicy, InverseDynamics, Normalizer
 from avdp_ros.model.rotation import pose7_to_pose9, pose9_to_pose7
 from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig, pose_to_state10
@@ -46,11 +46,14 @@ class Policy:
         video, video_state_norm: the frozen video model and its state normaliser (idm only).
         video_steps, action_steps: Euler steps per predicted frame / per action chunk
             (default: the config's).
+        action_temperature: scale of the action sampler's drawn noise (default: the config's;
+            injected noise is used as given).
     """
 
     def __init__(self, cfg: PolicyConfig, tokenizer: Tokenizer, actor: torch.nn.Module,
                  video: VideoModel | None = None, video_state_norm: Normalizer | None = None,
-                 video_steps: int | None = None, action_steps: int | None = None):
+                 video_steps: int | None = None, action_steps: int | None = None,
+                 action_temperature: float | None = None):
         if isinstance(actor, InverseDynamics) and (video is None or video_state_norm is None):
             raise ValueError("an InverseDynamics policy needs the video model and its state normaliser")
         self.cfg = cfg
@@ -60,6 +63,7 @@ class Policy:
         self.video_state_norm = video_state_norm
         self.video_steps = video_steps or cfg.video_steps
         self.action_steps = action_steps or cfg.action_steps
+        self.action_temperature = cfg.action_temperature if action_temperature is None else float(action_temperature)
         self.device = next(actor.parameters()).device
         self._frames: deque[tuple[torch.Tensor, np.ndarray]] = deque(maxlen=cfg.context_frames)
 
@@ -167,7 +171,10 @@ class Policy:
         batch = ActionBatch(context=context, state=self.actor.state_norm.normalize(states[:, -1]), instr=instr,
                             future=pred,
                             video_features=feats if self.cfg.idm.video_feature_dim > 0 and feats is not None else None)
-        sample = self.actor.sample(batch, steps=self.action_steps, noise=noise.get("action"), prefix=prefix_norm)
+        anoise = noise.get("action")
+        if anoise is None:
+            anoise = self.action_temperature * torch.randn(1, self.cfg.horizon, ACTION_DIM, device=self.device)
+        sample = self.actor.sample(batch, steps=self.action_steps, noise=anoise, prefix=prefix_norm)
         a = self.actor.unnormalize_actions(sample, states[:, -1])  # (1, H, 10) absolute
         pose7 = pose9_to_pose7(a[0, :, :9])  # (H, 7)
         actions = torch.cat([pose7, a[0, :, 9:10]], dim=-1).double().cpu().numpy()  # (H, 8)

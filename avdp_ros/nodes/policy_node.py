@@ -84,6 +84,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "torch_threads": (0, "torch intra-op threads (0 = torch's default); 1-2 on a shared CPU"),
     "video_steps": (0, "Euler steps per predicted frame (0 = the checkpoint's)"),
     "action_steps": (0, "Euler steps per action chunk (0 = the checkpoint's)"),
+    "action_temperature": (-1.0, "scale of the action sampler's noise, 0-2 (-1 = the checkpoint's)"),
     "instruction": ("", "task text; '' = the 'instruction' of the latched /avdp/episode_info"),
     "base_frame": (topics.BASE_FRAME, "frame of poses in and out (no tf: others are rejected)"),
     "camera_topics": (DEFAULT_CAMERA_TOPICS, "image topic per model camera, in the checkpoint's camera order; "
@@ -318,6 +319,7 @@ class PolicyNode(LifecycleNode):
             "torch_threads": number("torch_threads", 0, 256, integer=True),
             "video_steps": number("video_steps", 0, 1000, integer=True),
             "action_steps": number("action_steps", 0, 1000, integer=True),
+            "action_temperature": number("action_temperature", -1.0, 2.0),
             "execute_steps": number("execute_steps", 1, integer=True),
             "latency_window": number("latency_window", 1, 10000, integer=True),
             "image_size": vector("image_size", 2, integer=True),
@@ -359,6 +361,8 @@ class PolicyNode(LifecycleNode):
             torch.set_num_threads(p["torch_threads"])
         policy = load_policy(p["backend"], self.model_path, p["device"], p["video_steps"] or None,
                              p["action_steps"] or None)
+        if p["action_temperature"] >= 0:
+            policy.action_temperature = p["action_temperature"]
         cfg = policy.cfg
         if p["execute_steps"] > cfg.horizon:
             raise ValueError(f"parameter execute_steps {p['execute_steps']} > horizon {cfg.horizon} of the model "

@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--action-steps", type=int, default=None, help="denoising steps of the action head")
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
+    ap.add_argument("--action-temperature", type=float, default=None,
+                    help="scale of the action sampler's noise (default: the checkpoint's action_temperature)")
     ap.add_argument("--expert-start", type=float, default=0.0, metavar="SECONDS",
                     help="diagnostic: the scripted expert drives the first SECONDS, then the policy takes "
                          "over; shows whether a policy fails at the start or later (default 0: policy only)")
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.report is not None:
         print(report(a.report))
         return 0
+    if a.action_temperature is not None and not 0.0 <= a.action_temperature <= 2.0:
+        ap.error(f"--action-temperature {a.action_temperature}: expected in [0, 2]")
     if not a.policy:
         ap.error("--policy is required (a checkpoint directory or 'expert'), or use --report FOLDER")
 
@@ -112,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(a.threads)
         policy = load_policy(a.backend, a.policy, device=a.device, video_steps=a.video_steps,
                              action_steps=a.action_steps, **options)
+        if a.action_temperature is not None:
+            policy.action_temperature = a.action_temperature
         cfg.obs_hz = policy.obs_hz
         result = evaluate(policy, cfg, progress=not a.no_progress)
+        result["action_temperature"] = policy.action_temperature
     frames = result.pop("frames")
     print(f"{a.policy} on {a.task}: success {result['success_rate'] * 100:.0f}% over {result['episodes']} "
           f"episodes, mean length {result['mean_duration_s']:.1f} s"

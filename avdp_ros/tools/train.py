@@ -506,7 +506,8 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
             # action side (horizon, action space, IDM architecture, sampler steps) from --preset
             action_side = _preset_with_overrides(args)
             src_cfg = dict(vmeta["config"], horizon=action_side.horizon, relative_actions=action_side.relative_actions,
-                           action_steps=action_side.action_steps, idm=dataclasses.asdict(action_side.idm))
+                           action_steps=action_side.action_steps, action_temperature=action_side.action_temperature,
+                           idm=dataclasses.asdict(action_side.idm))
             src_states = {"tokenizer": src_states["tokenizer"], "video": src_states["video"],
                           "video_state_norm": src_states["state_norm"]}
         else:

@@ -4,7 +4,8 @@
 #           only LABELS (20%) of the training episodes, evaluated closed-loop;
 #   steps:  the default IDM policy evaluated with 1, 2, 4, 8 Euler steps per predicted frame
 #           (action head at its default) and per action chunk (video at its default).
-# Knobs (environment): OUT (runs/default), LABELS (0.2), STEPS_IDM / STEPS_BASE (5000),
+# Knobs (environment): OUT (runs/default), LABELS (0.2), STEPS_IDM / STEPS_BASE (10000 / 15000),
+# EARLY_WEIGHT / EARLY_FRAMES / TEMPERATURE (as scripts/train_default.sh),
 # EVAL_EPISODES (50), SWEEP_EPISODES (20), THREADS (2), ONLY (labels | steps | both, default both).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,12 +20,13 @@ done
 for d in "${DATA[@]}" "$OUT/video/latest" "$OUT/tokenizer/latest" "$OUT/idm/latest"; do
   [ -e "$d" ] || { echo "missing $d: run scripts/train_default.sh first (same OUT)" >&2; exit 1; }
 done
-common=(--data "${DATA[@]}" --preset base --threads "$THREADS" --no-progress --label-fraction "$LABELS")
+common=(--data "${DATA[@]}" --preset base --threads "$THREADS" --no-progress --label-fraction "$LABELS"
+        --early-weight "${EARLY_WEIGHT:-8}" --early-frames "${EARLY_FRAMES:-4}" --override "action_temperature=${TEMPERATURE:-0}")
 tag="labels${LABELS}"
 if [ "$ONLY" != steps ]; then
-  "$BIN/avdp-train-idm" "${common[@]}" --video "$OUT/video/latest" --out "$OUT/idm_$tag" --steps "${STEPS_IDM:-5000}"
+  "$BIN/avdp-train-idm" "${common[@]}" --video "$OUT/video/latest" --out "$OUT/idm_$tag" --steps "${STEPS_IDM:-10000}"
   "$BIN/avdp-train-baseline" "${common[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/baseline_$tag" \
-    --steps "${STEPS_BASE:-5000}"
+    --steps "${STEPS_BASE:-15000}"
   for policy in "idm_$tag" "baseline_$tag"; do
     for task in push pick_place; do
       "$BIN/avdp-eval" --policy "$OUT/$policy" --task "$task" --episodes "${EVAL_EPISODES:-50}" \

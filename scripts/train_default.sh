@@ -9,11 +9,12 @@
 #      (failed demonstrations are left out of action training)
 #   3. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
 #   4. with EXPORT=1, copy the IDM checkpoint (without optimizer state) to models/avdp_default
-# Knobs (environment): OUT (runs/default), EPISODES per task (150), PERTURBED_EPISODES per task (0; the
-# recovery-data variant in the README's table used 150, which did not beat the default),
+# Knobs (environment): OUT (runs/default), EPISODES per task (150), PERTURBED_EPISODES per task (150),
 # PERTURB ("0.04 0.2": peak offset m, yaw rad), STEPS_TOK (500), STEPS_VIDEO
-# (2500), BATCH_VIDEO (16), STEPS_IDM (5000), STEPS_BASE (5000), LABELS (label fraction for idm/baseline, 1.0),
-# EVAL_EPISODES (50), THREADS (torch threads per training process, 2), EXPORT (0).
+# (2500), BATCH_VIDEO (16), STEPS_IDM (10000), STEPS_BASE (15000), LABELS (label fraction for idm/baseline, 1.0),
+# EARLY_WEIGHT / EARLY_FRAMES (8 / 4: episode-start windows drawn 8x as often), TEMPERATURE (action
+# sampler noise scale stored in the checkpoints, 0), EVAL_EPISODES (50), THREADS (torch threads per
+# training process, 2), EXPORT (0: 1 copies the IDM, "baseline" the action-only policy to models/).
 # The label-scarcity and sampling-steps experiments build on this: scripts/experiments.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,23 +29,25 @@ for task in push pick_place; do
     "$BIN/avdp-collect" --task "$task" --episodes "$EPISODES" --seed 1000 --out "$OUT/data_$task" --no-video \
       --time-limit 30 || true  # exit 1 = some episode failed; the dataset is still written
   fi
-  if [ "${PERTURBED_EPISODES:-0}" -gt 0 ] && [ ! -f "$OUT/data_${task}_dart/dataset/manifest.json" ]; then
+  if [ "${PERTURBED_EPISODES:-150}" -gt 0 ] && [ ! -f "$OUT/data_${task}_dart/dataset/manifest.json" ]; then
     # shellcheck disable=SC2086
-    "$BIN/avdp-collect" --task "$task" --episodes "${PERTURBED_EPISODES:-0}" --seed 2000 --perturb $PERTURB \
+    "$BIN/avdp-collect" --task "$task" --episodes "${PERTURBED_EPISODES:-150}" --seed 2000 --perturb $PERTURB \
       --out "$OUT/data_${task}_dart" --no-video --time-limit 30 || true
   fi
   CLEAN+=("$OUT/data_$task/dataset")
   ALL+=("$OUT/data_$task/dataset")
-  [ "${PERTURBED_EPISODES:-0}" -gt 0 ] && ALL+=("$OUT/data_${task}_dart/dataset")
+  [ "${PERTURBED_EPISODES:-150}" -gt 0 ] && ALL+=("$OUT/data_${task}_dart/dataset")
 done
 opts=(--preset base --threads "$THREADS" --no-progress)
+act=(--early-weight "${EARLY_WEIGHT:-8}" --early-frames "${EARLY_FRAMES:-4}" --label-fraction "$LABELS"
+     --override "action_temperature=${TEMPERATURE:-0}")
 "$BIN/avdp-train-tokenizer" --data "${CLEAN[@]}" "${opts[@]}" --out "$OUT/tokenizer" --steps "${STEPS_TOK:-500}"
 "$BIN/avdp-train-video" --data "${CLEAN[@]}" "${opts[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/video" \
   --steps "${STEPS_VIDEO:-2500}" --batch-size "${BATCH_VIDEO:-16}"
 "$BIN/avdp-train-idm" --data "${ALL[@]}" "${opts[@]}" --video "$OUT/video/latest" --out "$OUT/idm" \
-  --steps "${STEPS_IDM:-5000}" --label-fraction "$LABELS"
+  --steps "${STEPS_IDM:-10000}" "${act[@]}"
 "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${opts[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/baseline" \
-  --steps "${STEPS_BASE:-5000}" --label-fraction "$LABELS"
+  --steps "${STEPS_BASE:-15000}" "${act[@]}"
 for policy in idm baseline expert; do
   for task in push pick_place; do
     src="$OUT/$policy"; [ "$policy" = expert ] && src=expert
@@ -52,8 +55,9 @@ for policy in idm baseline expert; do
       --out "$OUT/eval_${policy}_$task" --no-progress
   done
 done
-if [ "${EXPORT:-0}" = 1 ]; then
+if [ "${EXPORT:-0}" != 0 ]; then
+  src="$OUT/idm/latest"; [ "$EXPORT" = baseline ] && src="$OUT/baseline/latest"
   mkdir -p models/avdp_default
-  cp "$OUT/idm/latest/checkpoint.json" "$OUT/idm/latest/model.safetensors" models/avdp_default/
-  echo "exported $OUT/idm/latest -> models/avdp_default"
+  cp "$src/checkpoint.json" "$src/model.safetensors" models/avdp_default/
+  echo "exported $src -> models/avdp_default"
 fi

@@ -46,14 +46,11 @@ class Policy:
         video, video_state_norm: the frozen video model and its state normaliser (idm only).
         video_steps, action_steps: Euler steps per predicted frame / per action chunk
             (default: the config's).
-        action_temperature: scale of the action sampler's drawn noise (default: the config's;
-            injected noise is used as given).
     """
 
     def __init__(self, cfg: PolicyConfig, tokenizer: Tokenizer, actor: torch.nn.Module,
                  video: VideoModel | None = None, video_state_norm: Normalizer | None = None,
-                 video_steps: int | None = None, action_steps: int | None = None,
-                 action_temperature: float | None = None):
+                 video_steps: int | None = None, action_steps: int | None = None):
         if isinstance(actor, InverseDynamics) and (video is None or video_state_norm is None):
             raise ValueError("an InverseDynamics policy needs the video model and its state normaliser")
         self.cfg = cfg
@@ -63,7 +60,8 @@ class Policy:
         self.video_state_norm = video_state_norm
         self.video_steps = video_steps or cfg.video_steps
         self.action_steps = action_steps or cfg.action_steps
-        self.action_temperature = cfg.action_temperature if action_temperature is None else float(action_temperature)
+        # scale of the drawn (never the injected) action noise; callers may set it after loading
+        self.action_temperature = cfg.action_temperature
         self.device = next(actor.parameters()).device
         self._frames: deque[tuple[torch.Tensor, np.ndarray]] = deque(maxlen=cfg.context_frames)
 

@@ -455,7 +455,7 @@ def early_window_indices(windows: LatentDataset, early_frames: int, weight: int)
 
     Why: at an episode's start every pose is the same, so the first chunk must come from the
     images alone (where the cube and the goal are), while later windows can lean on the state
-    and the visible motion. Those start windows are ~5% of the data and the ones a closed-loop
+    and the visible motion. Those start windows are a few percent of the data and the ones a closed-loop
     rollout cannot recover from, so they get more of the gradient.
     """
     return [i for i, (_, t) in enumerate(windows.index) for _ in range(weight if t < early_frames else 1)]

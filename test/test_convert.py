@@ -33,6 +33,7 @@ WRIST = "/wrist_camera/color/image_raw"
 POSE = "/cartesian_impedance_controller/current_pose"
 TARGET = "/cartesian_impedance_controller/target_frame"
 LABEL = "/avdp/expert/intended_target"
+GLABEL = "/avdp/expert/intended_gripper"
 JS = "/gripper/joint_states"
 GCMD = "/gripper/command"
 INFO = "/avdp/episode_info"
@@ -98,6 +99,7 @@ def make_bag(
     h: int = 24,
     w: int = 32,
     label_offset: float | None = None,
+    gripper_label_offset: float | None = None,
 ) -> dict:
     """Write a synthetic episode bag; returns the ground truth the converter must reproduce.
 
@@ -158,6 +160,8 @@ def make_bag(
     truth["gcmd"] = (gc_t, gc_v)
     for ns, v in zip(gc_t, gc_v):
         add(GCMD, "std_msgs/msg/Float64", ns, T["std_msgs/msg/Float64"](data=float(v)))
+        if gripper_label_offset is not None:  # DAgger: the policy drove, the expert labelled
+            add(GLABEL, "std_msgs/msg/Float64", ns, T["std_msgs/msg/Float64"](data=float(v + gripper_label_offset)))
     if info is not None:
         add(INFO, "std_msgs/msg/String", T0, T["std_msgs/msg/String"](data=json.dumps(info)))
     msgs.sort(key=lambda m: m[2])
@@ -384,3 +388,34 @@ def test_intended_target_is_the_preferred_action_label(tmp_path: Path):
     make_bag(tmp_path / "bag2")
     entry = convert_bag(tmp_path / "bag2", tmp_path / "out" / "ep2", CFG)
     assert entry["action_topic"] == TARGET
+
+
+def _gripper_labels(d: Path, truth: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(converted gripper actions, gripper commands held at their times) where a command exists."""
+    stamps, act = np.load(d / "stamps.npy"), np.load(d / "action.npy")
+    tq = stamps[0] + np.arange(len(act)) * 50_000_000
+    gc_t, gc_v = truth["gcmd"]
+    j = np.searchsorted(gc_t, tq, side="right") - 1
+    assert (j >= 0).sum() > 20
+    return act[j >= 0, 7], gc_v[j[j >= 0]]
+
+
+def test_intended_gripper_goes_with_the_intended_target(tmp_path: Path):
+    # DAgger recording: another node drove, the expert's intended target and gripper are the labels
+    truth = make_bag(tmp_path / "bag", label_offset=0.05, gripper_label_offset=0.5)
+    entry = convert_bag(tmp_path / "bag", tmp_path / "out" / "ep", CFG)
+    assert (entry["action_topic"], entry["gripper_action_topic"]) == (LABEL, GLABEL)
+    got, executed = _gripper_labels(tmp_path / "out" / "ep", truth)
+    np.testing.assert_allclose(got, executed + 0.5, atol=1e-9)
+    # a perturbed-expert bag from before the intended gripper existed: the gripper command stays the label
+    truth = make_bag(tmp_path / "bag2", label_offset=0.05)
+    entry = convert_bag(tmp_path / "bag2", tmp_path / "out" / "ep2", CFG)
+    assert (entry["action_topic"], entry["gripper_action_topic"]) == (LABEL, GCMD)
+    got, executed = _gripper_labels(tmp_path / "out" / "ep2", truth)
+    np.testing.assert_allclose(got, executed, atol=1e-9)
+    # an intended gripper without the intended target is not a label set: the executed commands are
+    truth = make_bag(tmp_path / "bag3", gripper_label_offset=0.5)
+    entry = convert_bag(tmp_path / "bag3", tmp_path / "out" / "ep3", CFG)
+    assert (entry["action_topic"], entry["gripper_action_topic"]) == (TARGET, GCMD)
+    got, executed = _gripper_labels(tmp_path / "out" / "ep3", truth)
+    np.testing.assert_allclose(got, executed, atol=1e-9)

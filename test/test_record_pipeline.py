@@ -41,7 +41,7 @@ def episode(tmp_path_factory):
     # may run slower than real time, and then only sim-time stamps stay on an exact grid.
     stack = Stack(["sim_bridge", "expert", "recorder"], default_config("record"), overrides,
                   use_sim_time=True, context=ctx)
-    driver = EpisodeDriver(context=ctx)
+    driver = EpisodeDriver(context=ctx, use_sim_time=True)  # time limit in sim seconds: load-proof
     try:
         result = driver.run_episode(time_limit=25.0, settle=0.3)
     finally:

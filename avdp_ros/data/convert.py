@@ -17,8 +17,11 @@ Observation grid
 Actions (``has_actions`` when the bag has a ``target_frame`` topic)
     Pose labels come from ``label_topic`` (``/avdp/expert/intended_target``) when the bag has it:
     a perturbed (DART-style) expert recording, where the executed target carries a deliberate
-    offset and the label is what the expert meant from the perturbed state; otherwise from
-    ``target_frame``, the command that was executed.
+    offset and the label is what the expert meant from the perturbed state, or a DAgger recording
+    where the policy drove and the expert only labelled; otherwise from ``target_frame``, the
+    command that was executed. Gripper labels likewise come from ``gripper_label_topic``
+    (``/avdp/expert/intended_gripper``) when the pose labels come from ``label_topic`` and the bag
+    has it, else from ``/gripper/command``.
     ``r = action_hz / obs_hz`` (an integer) actions per observation step, at ``t0 + j / action_hz``,
     ``j = 0..T*r-1``: the latest commanded target pose at or before that time (zero-order hold,
     which is what the impedance controller tracked) and the latest gripper command. Before the
@@ -109,6 +112,7 @@ class ConvertConfig:
     pose_topic: str = "/cartesian_impedance_controller/current_pose"
     target_topic: str = "/cartesian_impedance_controller/target_frame"
     label_topic: str = "/avdp/expert/intended_target"  # preferred action source when present
+    gripper_label_topic: str = "/avdp/expert/intended_gripper"  # its gripper width, used with label_topic
     gripper_state_topic: str = "/gripper/joint_states"
     gripper_cmd_topic: str = "/gripper/command"
     episode_info_topic: str = "/avdp/episode_info"
@@ -258,6 +262,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
         cfg.label_topic: "geometry_msgs/msg/PoseStamped",
         cfg.gripper_state_topic: "sensor_msgs/msg/JointState",
         cfg.gripper_cmd_topic: "std_msgs/msg/Float64",
+        cfg.gripper_label_topic: "std_msgs/msg/Float64",
         cfg.episode_info_topic: "std_msgs/msg/String",
     }
     expected_types.update({t: "sensor_msgs/msg/Image" for t in cfg.cameras.values()})
@@ -270,6 +275,8 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
             raise ConversionError(bag, topic, f"type {info.topics[topic]!r}, expected {typ!r}")
     has_actions = info.counts.get(cfg.target_topic, 0) > 0
     action_topic = cfg.label_topic if has_actions and info.counts.get(cfg.label_topic, 0) > 0 else cfg.target_topic
+    labelled = action_topic == cfg.label_topic and info.counts.get(cfg.gripper_label_topic, 0) > 0
+    gripper_topic = cfg.gripper_label_topic if labelled else cfg.gripper_cmd_topic
 
     # pass 1: everything small, plus the header stamps of the images (no pixel decoding)
     cam_topics = set(cfg.cameras.values())
@@ -280,7 +287,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
         cfg.pose_topic,
         action_topic,
         cfg.gripper_state_topic,
-        cfg.gripper_cmd_topic,
+        gripper_topic,
         cfg.episode_info_topic,
     }
     try:
@@ -303,7 +310,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
                     )
                 grip_t.append(_stamp(msg, m.timestamp))
                 grip_v.append(float(msg.position[0] + msg.position[1]))
-            elif m.topic == cfg.gripper_cmd_topic:
+            elif m.topic == gripper_topic:
                 gcmd_t.append(m.timestamp)
                 gcmd_v.append(float(msg.data))
             elif m.topic == cfg.episode_info_topic:
@@ -440,6 +447,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
             "truncated": info.truncated,
             "command_lead_ms": align.get("command_lead_ms"),
             "action_topic": action_topic if has_actions else None,
+            "gripper_action_topic": (gripper_topic if len(gcmd_t) else None) if has_actions else None,
         }
         (tmp / "meta.json").write_text(
             json.dumps(

@@ -5,8 +5,14 @@ eyes) and acts only by publishing target poses and gripper commands on the robot
 With ``perturb_pos_m`` / ``perturb_yaw_rad`` > 0 the executed target carries DART-style bumps
 (``avdp_ros.sim.expert.TargetPerturbation``, seeded by the episode seed) while the target the
 expert meant goes to ``/avdp/expert/intended_target``, which the converter prefers as the action
-label: recordings then show how to get back onto the path. The intended target is published in
-every mode (it equals the executed one when perturbations are off).
+label: recordings then show how to get back onto the path. The intended target (and gripper
+width, ``/avdp/expert/intended_gripper``) is published in every mode (it equals the executed one
+when perturbations are off).
+
+With ``command`` false the expert only labels (DAgger, Ross et al. 2011): another node (the
+learned policy) drives the robot and the expert publishes what it would command from the states
+the policy visits, on the intended topics only. Its phase machine still advances on the measured
+TCP pose, so when the policy strays the label points back to the expert's plan.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class ExpertNode(Node):
         self.rate_hz = float(self.declare_parameter("rate_hz", 50.0).value)
         self.base_frame = self.declare_parameter("base_frame", topics.BASE_FRAME).value
         self.input_timeout = float(self.declare_parameter("input_timeout", 0.5).value)
+        self.command = bool(self.declare_parameter("command", True).value)  # false: label only (DAgger)
         if not 1.0 <= self.rate_hz <= 1000.0:
             raise ValueError(f"rate_hz {self.rate_hz}: expected 1..1000 Hz")
         # PerturbConfig validates the amplitudes (ValueError names the bad one).
@@ -46,9 +53,11 @@ class ExpertNode(Node):
         self._seen: dict[str, float] = {}  # input -> monotonic arrival time, for staleness
         self.commands = 0
 
-        self.pub_target = self.create_publisher(PoseStamped, topics.TARGET_FRAME, topics.COMMAND_QOS)
-        self.pub_gripper = self.create_publisher(Float64, topics.GRIPPER_COMMAND, topics.COMMAND_QOS)
+        if self.command:  # label only: not even a publisher, the policy must be the only commander
+            self.pub_target = self.create_publisher(PoseStamped, topics.TARGET_FRAME, topics.COMMAND_QOS)
+            self.pub_gripper = self.create_publisher(Float64, topics.GRIPPER_COMMAND, topics.COMMAND_QOS)
         self.pub_intended = self.create_publisher(PoseStamped, topics.INTENDED_TARGET, topics.COMMAND_QOS)
+        self.pub_intended_gripper = self.create_publisher(Float64, topics.INTENDED_GRIPPER, topics.COMMAND_QOS)
         self.create_subscription(PoseStamped, topics.CURRENT_POSE, self._on_pose, topics.STATE_QOS)
         self.create_subscription(JointState, topics.GRIPPER_STATE, self._on_gripper, topics.STATE_QOS)
         self.create_subscription(PoseArray, topics.OBJECT_POSES, self._on_objects, topics.STATE_QOS)
@@ -99,8 +108,10 @@ class ExpertNode(Node):
             self._t_start = t
         stamp = self.get_clock().now().nanoseconds * 1e-9
         self.pub_intended.publish(pose_to_msg(target, self.base_frame, stamp))
-        self.pub_target.publish(pose_to_msg(self.perturb.apply(target, t - self._t_start), self.base_frame, stamp))
-        self.pub_gripper.publish(Float64(data=float(width)))
+        self.pub_intended_gripper.publish(Float64(data=float(width)))
+        if self.command:
+            self.pub_target.publish(pose_to_msg(self.perturb.apply(target, t - self._t_start), self.base_frame, stamp))
+            self.pub_gripper.publish(Float64(data=float(width)))
         self.commands += 1
 
 

@@ -9,6 +9,7 @@ CURRENT_POSE = "/cartesian_impedance_controller/current_pose"
 TARGET_FRAME = "/cartesian_impedance_controller/target_frame"
 GRIPPER_COMMAND = "/gripper/command"
 INTENDED_TARGET = "/avdp/expert/intended_target"  # expert's label when its executed target is perturbed
+INTENDED_GRIPPER = "/avdp/expert/intended_gripper"  # its gripper label (std_msgs/Float64, m), for DAgger
 GRIPPER_STATE = "/gripper/joint_states"
 EPISODE_INFO = "/avdp/episode_info"
 OBJECT_POSES = "/avdp/sim/object_poses"

@@ -3,6 +3,14 @@ robot's topics, and the recorder writing one rosbag2 MCAP per episode; then a su
 of the first episode from the bag, and the bags converted into a training dataset.
 
     avdp-collect --task push --episodes 1 --out runs/collect
+
+With ``--policy CHECKPOINT`` (DAgger) a learned policy drives instead (the policy node, with
+config/policy.yaml's parameters) and the expert only labels the states the policy visits: it
+publishes what it would command on ``/avdp/expert/intended_target`` / ``intended_gripper``,
+which the converter takes as the action labels. Those episodes often fail (that is why they are
+worth recording); their labels are still the expert's, so train on them with ``--include-failed``.
+
+    avdp-collect --task push --episodes 100 --seed 4000 --policy models/avdp_default --out runs/dagger_push
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ class EpisodeDriver:
     """Runs episodes through the graph's services and topics only (reset, record start/stop,
     /avdp/episode_info), exactly as a user's script would."""
 
-    def __init__(self, context=None):
+    def __init__(self, context=None, use_sim_time: bool = False):
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from std_msgs.msg import String
@@ -42,7 +50,12 @@ class EpisodeDriver:
         from avdp_ros.nodes.spin import spin_in_thread
 
         self._Trigger = Trigger
-        self.node = Node("avdp_collect", context=context)
+        from rclpy.parameter import Parameter
+
+        # On sim time the episode's time limit and settle time count sim seconds (/clock), so a
+        # slow machine running the sim below real time still gets whole episodes.
+        self.node = Node("avdp_collect", context=context,
+                         parameter_overrides=[Parameter("use_sim_time", value=use_sim_time)])
         self.info: dict = {}
         self._info_cv = threading.Condition()
         self.node.create_subscription(String, topics.EPISODE_INFO, self._on_info, topics.LATCHED_QOS)
@@ -71,24 +84,32 @@ class EpisodeDriver:
         with self._info_cv:
             return self._info_cv.wait_for(lambda: bool(self.info) and predicate(self.info), timeout)
 
-    def run_episode(self, time_limit: float, settle: float) -> dict:
-        """Reset, record until success has held for `settle` s (or the time limit), stop."""
+    def now(self) -> float:
+        """Seconds on the graph's clock (sim time when the driver was made with use_sim_time)."""
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def run_episode(self, time_limit: float, settle: float, wall_limit: float | None = None) -> dict:
+        """Reset, record until success has held for `settle` s (or the time limit), stop.
+
+        Times are on the driver's clock; `wall_limit` (default 3x the time limit + 60 s) bounds
+        the episode in wall seconds in case that clock stalls."""
         before = self.info.get("episode")
         info = json.loads(self.call(self.reset))
         if not self.wait_info(lambda i: i.get("episode") == info["episode"] and i.get("episode") != before, 10.0):
             raise TimeoutError("no /avdp/episode_info for the new episode within 10 s")
         started = self.call(self.start)
-        t0 = time.monotonic()
+        wall_end = time.monotonic() + (3.0 * time_limit + 60.0 if wall_limit is None else wall_limit)
+        t0 = self.now()
         success_since = None
-        while time.monotonic() - t0 < time_limit:
+        while self.now() - t0 < time_limit and time.monotonic() < wall_end:
             self.wait_info(lambda i: True, 0.1)
             if self.info.get("success"):
-                success_since = success_since or time.monotonic()
-                if time.monotonic() - success_since >= settle:
+                success_since = success_since or self.now()
+                if self.now() - success_since >= settle:
                     break
             else:
                 success_since = None
-        duration = time.monotonic() - t0
+        duration = self.now() - t0
         stopped = self.call(self.stop)
         return {"task": info["task"], "seed": info["seed"], "instruction": info["instruction"],
                 "success": bool(self.info.get("success")), "duration_s": round(duration, 2),
@@ -106,6 +127,21 @@ def _yaml_topics(config: Path) -> list[str]:
 
     params = (yaml.safe_load(Path(config).read_text()) or {}).get("avdp_recorder", {}).get("ros__parameters", {})
     return list(params.get("topics") or [])
+
+
+def _with_policy_params(config: Path, out: Path) -> Path:
+    """`config` plus the policy node's section of config/policy.yaml (unless `config` has one),
+    written to `out`: one parameter file for every node of the DAgger job, kept with the data."""
+    import yaml
+
+    from avdp_ros.runner import default_config
+
+    params = yaml.safe_load(Path(config).read_text()) or {}
+    if "avdp_policy" not in params:
+        params["avdp_policy"] = yaml.safe_load(default_config("policy").read_text())["avdp_policy"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(params, sort_keys=False))
+    return out
 
 
 def bag_video(bag: Path, out: Path, fps: float = 30.0) -> int:
@@ -145,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="seed of the first episode (then +1 per episode)")
     ap.add_argument("--out", type=Path, default=Path("runs/collect"), help="output folder")
-    ap.add_argument("--time-limit", type=float, default=25.0, help="seconds per episode before giving up")
-    ap.add_argument("--settle", type=float, default=0.5, help="seconds success must hold before stopping")
+    ap.add_argument("--time-limit", type=float, default=25.0, help="seconds per episode before giving up (sim seconds with --real-time-factor < 1)")
+    ap.add_argument("--settle", type=float, default=0.5, help="seconds success must hold before stopping (sim seconds likewise)")
     ap.add_argument("--config", type=Path, default=None, help="parameter YAML (default config/record.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE")
     ap.add_argument("--in-process", action="store_true",
@@ -154,49 +190,83 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--perturb", type=float, nargs=2, default=None, metavar=("POS_M", "YAW_RAD"),
                     help="DART-style perturbations of the expert's executed target (e.g. 0.04 0.2); the "
                          "intended target is recorded as the label (recovery data)")
+    ap.add_argument("--policy", type=Path, default=None, metavar="CHECKPOINT",
+                    help="DAgger: this policy checkpoint (or ONNX bundle with --set avdp_policy.backend=...) "
+                         "drives the robot and the expert only labels")
+    ap.add_argument("--real-time-factor", type=float, default=1.0,
+                    help="sim speed; below 1 the whole graph runs on sim time (/clock), so a policy that "
+                         "cannot keep up on a slow CPU still sees the world at its own pace")
     ap.add_argument("--no-video", action="store_true")
     ap.add_argument("--no-convert", action="store_true")
     a = ap.parse_args(argv)
     if a.episodes < 1:
         ap.error(f"--episodes {a.episodes}: expected >= 1")
+    if a.policy is not None and a.perturb:
+        ap.error("--perturb bumps the expert's executed target; with --policy the expert does not execute")
+    if a.policy is not None and not a.policy.expanduser().is_dir():
+        ap.error(f"--policy {a.policy}: not a directory (expected a checkpoint dir, e.g. models/avdp_default)")
+
+    if not 0.0 < a.real_time_factor <= 1.0:
+        ap.error(f"--real-time-factor {a.real_time_factor}: expected in (0, 1]")
 
     out = a.out.expanduser().resolve()
     overrides = parse_sets(a.set)
-    overrides.setdefault("avdp_sim_bridge", {}).update(task=a.task, seed=a.seed)
+    overrides.setdefault("avdp_sim_bridge", {}).update(task=a.task, seed=a.seed, real_time_factor=a.real_time_factor)
+    sim_time = a.real_time_factor != 1.0
     overrides.setdefault("avdp_recorder", {}).update(output_dir=str(out / "bags"))
     roles, config = ["sim_bridge", "expert", "recorder"], a.config or default_config("record")
     if a.perturb:
         overrides.setdefault("avdp_expert", {}).update(perturb_pos_m=a.perturb[0], perturb_yaw_rad=a.perturb[1])
-    # The expert's intended target is the label source; record it next to the configured topics.
+    if a.policy is not None:
+        roles.append("policy")
+        overrides.setdefault("avdp_expert", {})["command"] = False
+        overrides.setdefault("avdp_policy", {})["model"] = str(a.policy.expanduser().resolve())
+        config = _with_policy_params(config, out / "params.yaml")
+    # The expert's intended target and gripper are the label source; record them next to the
+    # configured topics.
     from avdp_ros.nodes.recorder_node import DEFAULT_TOPICS
 
     rec_topics = (overrides.setdefault("avdp_recorder", {}).get("topics") or _yaml_topics(config)
                   or DEFAULT_TOPICS)
-    if topics.INTENDED_TARGET not in rec_topics:
-        overrides["avdp_recorder"]["topics"] = [*rec_topics, topics.INTENDED_TARGET]
+    missing = [t for t in (topics.INTENDED_TARGET, topics.INTENDED_GRIPPER) if t not in rec_topics]
+    if missing:
+        overrides["avdp_recorder"]["topics"] = [*rec_topics, *missing]
     use_dds_profile()
+    from rclpy.signals import SignalHandlerOptions
+
+    from avdp_ros.data.bag_io import bag_info
+    from avdp_ros.data.convert import ConvertConfig, convert_directory, find_bags
+
+    before = set(find_bags(out / "bags")) if (out / "bags").is_dir() else set()
+    # No rclpy signal handler: Ctrl-C raises KeyboardInterrupt here, and the recording is stopped
+    # and converted (rclpy's handler would invalidate the context under the driver instead).
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     if a.in_process:
-        stack = Stack(roles, config, overrides)
+        stack = Stack(roles, config, overrides, use_sim_time=sim_time)
     else:  # one process per node, like ros2 launch: the sim's pacing never waits on another node's GIL
-        stack = ProcessStack(roles, config, overrides)
-        rclpy.init()
-    driver = EpisodeDriver()
+        stack = ProcessStack(roles, config, overrides, use_sim_time=sim_time)
+    driver = EpisodeDriver(use_sim_time=sim_time)
     results = []
     try:
         for k in range(a.episodes):
-            r = driver.run_episode(a.time_limit, a.settle)
+            r = driver.run_episode(a.time_limit, a.settle,
+                                   wall_limit=3.0 * a.time_limit / a.real_time_factor + 60.0)
             results.append(r)
             print(f"episode {k + 1}/{a.episodes}: task {r['task']} seed {r['seed']} "
                   f"{'SUCCESS' if r['success'] else 'failed'} in {r['duration_s']:.1f} s", flush=True)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {len(results)} episodes: the bags recorded so far are kept and converted",
+              flush=True)
+        try:
+            driver.call(driver.stop, timeout=5.0)  # close the episode being recorded
+        except Exception:  # noqa: BLE001 - the recorder may have stopped with the same Ctrl-C
+            pass
     finally:
         driver.close()
         stack.shutdown()
         rclpy.try_shutdown()
 
-    from avdp_ros.data.bag_io import bag_info
-    from avdp_ros.data.convert import ConvertConfig, convert_directory, find_bags
-
-    bags = find_bags(out / "bags")[-a.episodes:]
+    bags = sorted(set(find_bags(out / "bags")) - before) if (out / "bags").is_dir() else []
     summary = {"episodes": results, "bags": []}
     for bag in bags:
         info = bag_info(bag)

@@ -419,3 +419,13 @@ def test_intended_gripper_goes_with_the_intended_target(tmp_path: Path):
     assert (entry["action_topic"], entry["gripper_action_topic"]) == (TARGET, GCMD)
     got, executed = _gripper_labels(tmp_path / "out" / "ep3", truth)
     np.testing.assert_allclose(got, executed, atol=1e-9)
+
+
+def test_cli_label_topics_choose_the_action_source(tmp_path: Path):
+    make_bag(tmp_path / "bags" / "dagger", label_offset=0.05, gripper_label_offset=0.5)
+    common = ["--obs-hz", "10", "--action-hz", "20", "--image-size", "16", "16", "--no-progress"]
+    assert convert_main([str(tmp_path / "bags"), str(tmp_path / "a"), *common]) == 0
+    # a label topic the bag does not have: the executed commands are the actions
+    assert convert_main([str(tmp_path / "bags"), str(tmp_path / "b"), *common, "--label-topic", "/other/label"]) == 0
+    metas = [json.loads(next((tmp_path / d / "episodes").glob("*/meta.json")).read_text()) for d in ("a", "b")]
+    assert [(m["action_topic"], m["gripper_action_topic"]) for m in metas] == [(LABEL, GLABEL), (TARGET, GCMD)]

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-topic", default=d.target_topic)
     p.add_argument("--gripper-state-topic", default=d.gripper_state_topic)
     p.add_argument("--gripper-cmd-topic", default=d.gripper_cmd_topic)
+    p.add_argument("--label-topic", default=d.label_topic,
+                   help="pose labels preferred over --target-topic when a bag has them (expert's intended target)")
+    p.add_argument("--gripper-label-topic", default=d.gripper_label_topic,
+                   help="gripper labels used together with --label-topic")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             target_topic=args.target_topic,
             gripper_state_topic=args.gripper_state_topic,
             gripper_cmd_topic=args.gripper_cmd_topic,
+            label_topic=args.label_topic,
+            gripper_label_topic=args.gripper_label_topic,
         )
         report = convert_directory(
             args.in_dir, args.out_dir, cfg, overwrite=args.overwrite, progress=not args.no_progress

@@ -13,7 +13,8 @@
 # PERTURB ("0.04 0.2": peak offset m, yaw rad), STEPS_TOK (500), STEPS_VIDEO
 # (2500), BATCH_VIDEO (16), STEPS_IDM (10000), STEPS_BASE (15000), LABELS (label fraction for idm/baseline, 1.0),
 # EARLY_WEIGHT / EARLY_FRAMES (8 / 4: episode-start windows drawn 8x as often), TEMPERATURE (action
-# sampler noise scale stored in the checkpoints, 0), EVAL_EPISODES (50), THREADS (torch threads per
+# sampler noise scale stored in the checkpoints, 0), DAGGER_EPISODES per task (60; 0 = no DAgger
+# round) and STEPS_DAGGER (20000 fine-tuning steps), EVAL_EPISODES (50), THREADS (torch threads per
 # training process, 2), EXPORT (0: 1 copies the IDM, "baseline" the action-only policy to models/).
 # The label-scarcity and sampling-steps experiments build on this: scripts/experiments.sh.
 set -euo pipefail
@@ -48,6 +49,22 @@ act=(--early-weight "${EARLY_WEIGHT:-8}" --early-frames "${EARLY_FRAMES:-4}" --l
   --steps "${STEPS_IDM:-10000}" "${act[@]}"
 "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${opts[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/baseline" \
   --steps "${STEPS_BASE:-15000}" "${act[@]}"
+# DAgger round (DAGGER_EPISODES per task, 0 = off): the action-only policy drives episodes on new
+# seeds (4000+) while the expert only labels them; then the baseline is fine-tuned for STEPS_DAGGER
+# more steps on everything plus those episodes (failed ones too: their labels are the expert's).
+if [ "${DAGGER_EPISODES:-60}" -gt 0 ]; then
+  DAG=()
+  for task in push pick_place; do
+    if [ ! -f "$OUT/dagger_$task/dataset/manifest.json" ]; then
+      "$BIN/avdp-collect" --task "$task" --episodes "${DAGGER_EPISODES:-60}" --seed 4000 --policy "$OUT/baseline/latest" \
+        --real-time-factor 0.5 --time-limit 15 --out "$OUT/dagger_$task" --no-video \
+        --set avdp_policy.torch_threads=1 || true  # exit 1 = the policy failed some: expected
+    fi
+    DAG+=("$OUT/dagger_$task/dataset")
+  done
+  "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${DAG[@]}" "${opts[@]}" --out "$OUT/baseline" --resume \
+    --steps $(( ${STEPS_BASE:-15000} + ${STEPS_DAGGER:-20000} )) "${act[@]}" --include-failed
+fi
 for policy in idm baseline expert; do
   for task in push pick_place; do
     src="$OUT/$policy"; [ "$policy" = expert ] && src=expert

@@ -212,3 +212,39 @@ def test_expert_recovers_from_perturbations(task, push_sim, pick_sim):
     pert = TargetPerturbation(PerturbConfig(pos_amplitude=0.04, yaw_amplitude=0.2))
     result = run_episode(sim, make_expert(task), 2, perturb=pert)
     assert result["done"] and result["success"], f"{task} perturbed: {result}"
+
+
+def test_leash_keeps_the_label_near_a_robot_that_does_not_follow(push_sim):
+    """DAgger labelling: the robot stays put (another driver), the expert's stream may not run away."""
+    sim = push_sim
+    sim.reset(4)
+    ee = sim.ee_pose()
+    free, leashed = make_expert("push"), make_expert("push")
+    for k in range(100):  # 2 s of 50 Hz ticks while the TCP does not move
+        t = 0.02 * k
+        target_free, _ = free.act(t, ee, sim.gripper_width(), sim.object_poses())
+        leashed.leash(ee, 0.03)
+        target, _ = leashed.act(t, ee, sim.gripper_width(), sim.object_poses())
+    assert np.linalg.norm(target_free[:3] - ee[:3]) > 0.1  # unleashed: 10+ cm ahead of the robot
+    lead = target[:3] - ee[:3]
+    assert np.linalg.norm(lead) <= 0.03 + 0.25 * 0.02 + 1e-9  # leash + one tick of streaming
+    # ... and it still points where the expert is going
+    way = target_free[:3] - ee[:3]
+    assert lead @ way / (np.linalg.norm(lead) * np.linalg.norm(way)) > 0.95
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_leashed_expert_still_solves_the_task(task, push_sim, pick_sim):
+    """Driving through its own leashed labels (what a perfect DAgger student would do) succeeds:
+    the leash changes the lead, not the plan."""
+    sim = push_sim if task == "push" else pick_sim
+    sim.reset(6)
+    expert = make_expert(task)
+    while sim.time < 20.0 and not expert.done:
+        expert.leash(sim.ee_pose(), 0.03)
+        pose, width = expert.act(sim.time, sim.ee_pose(), sim.gripper_width(), sim.object_poses())
+        sim.set_target(pose)
+        sim.set_gripper(width)
+        sim.step(20)
+    sim.step(500)
+    assert expert.done and sim.success()

@@ -12,7 +12,8 @@ when perturbations are off).
 With ``command`` false the expert only labels (DAgger, Ross et al. 2011): another node (the
 learned policy) drives the robot and the expert publishes what it would command from the states
 the policy visits, on the intended topics only. Its phase machine still advances on the measured
-TCP pose, so when the policy strays the label points back to the expert's plan.
+TCP pose, so when the policy strays the label points back to the expert's plan; its streamed
+target is kept within ``label_max_lead_m`` of the TCP, the lead it has when it drives itself.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class ExpertNode(Node):
         self.base_frame = self.declare_parameter("base_frame", topics.BASE_FRAME).value
         self.input_timeout = float(self.declare_parameter("input_timeout", 0.5).value)
         self.command = bool(self.declare_parameter("command", True).value)  # false: label only (DAgger)
+        # label only: the expert's stream is kept within this distance (m) of the measured TCP, the
+        # lead it has over the robot when it drives itself (0 = unbounded)
+        self.label_lead = float(self.declare_parameter("label_max_lead_m", 0.03).value)
+        if self.label_lead < 0.0:
+            raise ValueError(f"label_max_lead_m {self.label_lead}: expected >= 0 (0 = unbounded)")
         if not 1.0 <= self.rate_hz <= 1000.0:
             raise ValueError(f"rate_hz {self.rate_hz}: expected 1..1000 Hz")
         # PerturbConfig validates the amplitudes (ValueError names the bad one).
@@ -103,6 +109,8 @@ class ExpertNode(Node):
             return  # object list of a different episode; the next message will match
         t, pose = self._pose
         objects = dict(zip(self.object_names, self._objects))
+        if not self.command and self.label_lead > 0.0:
+            self.expert.leash(pose, self.label_lead)
         target, width = self.expert.act(t, pose, self._gripper, objects)
         if self._t_start is None:
             self._t_start = t

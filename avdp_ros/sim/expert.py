@@ -117,6 +117,20 @@ class Expert:
             self._stream(waypoint, speed, dt)
         return self.cmd.copy(), self.width
 
+    def leash(self, ee_pose: np.ndarray, max_lead: float) -> None:
+        """Pull the streamed target to within `max_lead` (m) of the measured TCP position.
+
+        For labelling another driver's run (DAgger): the stream otherwise runs on towards the
+        waypoint whatever the robot does, and its label would say "be 10 cm over there" where
+        the expert itself, driving, would have led the TCP by its tracking lag (~2 cm).
+        """
+        if self.cmd is None:
+            return
+        lead = self.cmd[:3] - np.asarray(ee_pose[:3], dtype=np.float64)
+        dist = float(np.linalg.norm(lead))
+        if dist > max_lead:
+            self.cmd[:3] = ee_pose[:3] + lead * (max_lead / dist)
+
     def _stream(self, waypoint: np.ndarray, speed: float, dt: float) -> None:
         """Move the streamed target towards `waypoint` by at most speed*dt (and the angular cap)."""
         delta = waypoint[:3] - self.cmd[:3]

@@ -7,8 +7,10 @@
 #   2. train the tokenizer and the video model on the clean episodes, the IDM (video model frozen)
 #      and, for an honest comparison, the action-only baseline on clean + perturbed episodes
 #      (failed demonstrations are left out of action training)
-#   3. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
-#   4. with EXPORT=1, copy the IDM checkpoint (without optimizer state) to models/avdp_default
+#   3. a DAgger round: the action-only policy drives new episodes, the expert only labels them
+#      (avdp-collect --policy), and the action-only policy is fine-tuned with them
+#   4. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
+#   5. with EXPORT=1, copy the IDM checkpoint (EXPORT=baseline: the action-only one) to models/avdp_default
 # Knobs (environment): OUT (runs/default), EPISODES per task (150), PERTURBED_EPISODES per task (150),
 # PERTURB ("0.04 0.2": peak offset m, yaw rad), STEPS_TOK (500), STEPS_VIDEO
 # (2500), BATCH_VIDEO (16), STEPS_IDM (10000), STEPS_BASE (15000), LABELS (label fraction for idm/baseline, 1.0),

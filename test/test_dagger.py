@@ -104,8 +104,10 @@ def test_collect_with_policy_records_expert_labels_of_the_policy_run(tmp_path):
     assert meta["success"] is False
 
 
-def test_ctrl_c_stops_the_recording_and_keeps_the_bags(tmp_path):
-    """Ctrl-C in a terminal (SIGINT to the whole process group) mid-episode: the cut episode is
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_interrupt_stops_the_recording_and_keeps_the_bags(tmp_path, how):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) or `kill` (SIGTERM to avdp-collect
+    alone, which must then stop its node processes itself) mid-episode: the cut episode is
     closed, converted and summarised instead of lost behind a traceback."""
     import os
     import signal
@@ -122,11 +124,25 @@ def test_ctrl_c_stops_the_recording_and_keeps_the_bags(tmp_path):
             return bool(files) and files[0].stat().st_size > 200_000  # a second or so of images
 
         wait_until(recording, 90.0, what="the first episode to be recording")
-        os.killpg(proc.pid, signal.SIGINT)
+        if how == "ctrl_c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         log, _ = proc.communicate(timeout=120)
+
+        def node_processes_gone() -> bool:  # the whole group: avdp-collect's node children included
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_until(node_processes_gone, 30.0, what="the node processes to exit")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
     assert "interrupted after 0 episodes" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     manifest = json.loads((out / "dataset" / "manifest.json").read_text())

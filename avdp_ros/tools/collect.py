@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -26,6 +27,10 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _wait_future(future, timeout: float, what: str):
@@ -241,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     # No rclpy signal handler: Ctrl-C raises KeyboardInterrupt here, and the recording is stopped
     # and converted (rclpy's handler would invalidate the context under the driver instead).
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    # SIGTERM (kill, docker stop, a job scheduler) stops the same way; SIGINT is ignored in
+    # background jobs of non-interactive shells, so this is often the only signal that arrives.
+    signal.signal(signal.SIGTERM, _interrupt)
     if a.in_process:
         stack = Stack(roles, config, overrides, use_sim_time=sim_time)
     else:  # one process per node, like ros2 launch: the sim's pacing never waits on another node's GIL

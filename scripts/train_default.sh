@@ -7,15 +7,16 @@
 #   2. train the tokenizer and the video model on the clean episodes, the IDM (video model frozen)
 #      and, for an honest comparison, the action-only baseline on clean + perturbed episodes
 #      (failed demonstrations are left out of action training)
-#   3. a DAgger round: the action-only policy drives new episodes, the expert only labels them
-#      (avdp-collect --policy), and the action-only policy is fine-tuned with them
+#   3. optionally (DAGGER_EPISODES > 0) a DAgger round: the action-only policy drives new episodes,
+#      the expert only labels them (avdp-collect --policy), and the action-only policy is fine-tuned
+#      with them (off by default: one round did not beat the default, see README "Measured")
 #   4. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
 #   5. with EXPORT=1, copy the IDM checkpoint (EXPORT=baseline: the action-only one) to models/avdp_default
 # Knobs (environment): OUT (runs/default), EPISODES per task (150), PERTURBED_EPISODES per task (150),
 # PERTURB ("0.04 0.2": peak offset m, yaw rad), STEPS_TOK (500), STEPS_VIDEO
 # (2500), BATCH_VIDEO (16), STEPS_IDM (10000), STEPS_BASE (15000), LABELS (label fraction for idm/baseline, 1.0),
 # EARLY_WEIGHT / EARLY_FRAMES (8 / 4: episode-start windows drawn 8x as often), TEMPERATURE (action
-# sampler noise scale stored in the checkpoints, 0), DAGGER_EPISODES per task (60; 0 = no DAgger
+# sampler noise scale stored in the checkpoints, 0), DAGGER_EPISODES per task (0 = no DAgger
 # round) and STEPS_DAGGER (20000 fine-tuning steps), EVAL_EPISODES (50), THREADS (torch threads per
 # training process, 2), EXPORT (0: 1 copies the IDM, "baseline" the action-only policy to models/).
 # The label-scarcity and sampling-steps experiments build on this: scripts/experiments.sh.
@@ -54,11 +55,11 @@ act=(--early-weight "${EARLY_WEIGHT:-8}" --early-frames "${EARLY_FRAMES:-4}" --l
 # DAgger round (DAGGER_EPISODES per task, 0 = off): the action-only policy drives episodes on new
 # seeds (4000+) while the expert only labels them; then the baseline is fine-tuned for STEPS_DAGGER
 # more steps on everything plus those episodes (failed ones too: their labels are the expert's).
-if [ "${DAGGER_EPISODES:-60}" -gt 0 ]; then
+if [ "${DAGGER_EPISODES:-0}" -gt 0 ]; then
   DAG=()
   for task in push pick_place; do
     if [ ! -f "$OUT/dagger_$task/dataset/manifest.json" ]; then
-      "$BIN/avdp-collect" --task "$task" --episodes "${DAGGER_EPISODES:-60}" --seed 4000 --policy "$OUT/baseline/latest" \
+      "$BIN/avdp-collect" --task "$task" --episodes "${DAGGER_EPISODES:-0}" --seed 4000 --policy "$OUT/baseline/latest" \
         --real-time-factor 0.5 --time-limit 15 --out "$OUT/dagger_$task" --no-video \
         --set avdp_policy.torch_threads=1 || true  # exit 1 = the policy failed some: expected
     fi

@@ -447,7 +447,7 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
             "truncated": info.truncated,
             "command_lead_ms": align.get("command_lead_ms"),
             "action_topic": action_topic if has_actions else None,
-            "gripper_action_topic": (gripper_topic if len(gcmd_t) else None) if has_actions else None,
+            "gripper_action_topic": gripper_topic if has_actions and len(gcmd_t) else None,
         }
         (tmp / "meta.json").write_text(
             json.dumps(

@@ -48,6 +48,7 @@ class EpisodeDriver:
     def __init__(self, context=None, use_sim_time: bool = False):
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
+        from rclpy.parameter import Parameter
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
@@ -55,8 +56,6 @@ class EpisodeDriver:
         from avdp_ros.nodes.spin import spin_in_thread
 
         self._Trigger = Trigger
-        from rclpy.parameter import Parameter
-
         # On sim time the episode's time limit and settle time count sim seconds (/clock), so a
         # slow machine running the sim below real time still gets whole episodes.
         self.node = Node("avdp_collect", context=context,
@@ -104,6 +103,8 @@ class EpisodeDriver:
             raise TimeoutError("no /avdp/episode_info for the new episode within 10 s")
         started = self.call(self.start)
         wall_end = time.monotonic() + (3.0 * time_limit + 60.0 if wall_limit is None else wall_limit)
+        while self.now() == 0.0 and time.monotonic() < wall_end:  # sim time: no /clock received yet
+            time.sleep(0.01)
         t0 = self.now()
         success_since = None
         while self.now() - t0 < time_limit and time.monotonic() < wall_end:
@@ -186,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="seed of the first episode (then +1 per episode)")
     ap.add_argument("--out", type=Path, default=Path("runs/collect"), help="output folder")
-    ap.add_argument("--time-limit", type=float, default=25.0, help="seconds per episode before giving up (sim seconds with --real-time-factor < 1)")
-    ap.add_argument("--settle", type=float, default=0.5, help="seconds success must hold before stopping (sim seconds likewise)")
+    ap.add_argument("--time-limit", type=float, default=25.0,
+                    help="seconds per episode before giving up (sim seconds with --real-time-factor < 1)")
+    ap.add_argument("--settle", type=float, default=0.5,
+                    help="seconds success must hold before stopping (sim seconds likewise)")
     ap.add_argument("--config", type=Path, default=None, help="parameter YAML (default config/record.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE")
     ap.add_argument("--in-process", action="store_true",

@@ -54,6 +54,7 @@ setup(
             "avdp-sim-bench = avdp_ros.tools.sim_bench:main",
             "avdp-eval = avdp_ros.tools.eval:main",
             "avdp-eval-ros = avdp_ros.tools.eval_ros:main",
+            "avdp-dagger = avdp_ros.tools.dagger:main",
             "avdp-train-tokenizer = avdp_ros.tools.train:main_tokenizer",
             "avdp-train-video = avdp_ros.tools.train:main_video",
             "avdp-train-idm = avdp_ros.tools.train:main_idm",

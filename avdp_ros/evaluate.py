@@ -25,6 +25,14 @@ class PolicyLike(Protocol):
     def infer(self, obs: dict) -> dict: ...
 
 
+class Monitor(Protocol):
+    """Watches an episode without acting on it (e.g. ``sim.dagger.ExpertLabeller``)."""
+
+    def on_observation(self, sim, obs: dict) -> None: ...  # every 1/obs_hz, before the policy sees it
+
+    def on_stream(self, sim) -> None: ...  # every 1/stream_hz, before the target is set
+
+
 @dataclass
 class EvalConfig:
     task: str = "push"
@@ -69,8 +77,9 @@ def observe(sim, instruction: str) -> dict:
     }
 
 
-def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames: bool = False) -> EpisodeResult:
-    """One seeded episode. Every 1/obs_hz the policy sees an observation: `infer` at the start of
+def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames: bool = False,
+                monitor: Monitor | None = None) -> EpisodeResult:
+    """One seeded episode (`monitor`, if given, sees every observation and stream tick). Every 1/obs_hz the policy sees an observation: `infer` at the start of
     a chunk, `observe` (if the policy has it) in between, so its frame history is spaced as in
     training. Action i of a chunk is the target due i periods after the chunk's observation;
     actions 1..exec_steps are executed, each approached by interpolation over its period."""
@@ -81,10 +90,13 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
     steps_per_stream = max(1, int(round(1.0 / (cfg.stream_hz * sim.physics_dt))))
     target = sim.ee_pose()
     if cfg.expert_start > 0:
-        target = _expert_lead_in(sim, policy, info["instruction"], cfg, sub, steps_per_stream, res, keep_frames)
+        target = _expert_lead_in(sim, policy, info["instruction"], cfg, sub, steps_per_stream, res, keep_frames,
+                                 monitor)
     chunk, i, k = None, 0, 0
     while sim.time < cfg.time_limit - 1e-6:  # float sums of physics_dt land just below it
         obs = observe(sim, info["instruction"])
+        if monitor is not None:
+            monitor.on_observation(sim, obs)
         if keep_frames:
             res.frames.append(np.concatenate([obs["camera"], obs["wrist"]], axis=1))
         if k % cfg.exec_steps == 0:
@@ -105,6 +117,8 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
         start = target
         for j in range(1, sub + 1):
             f = j / sub
+            if monitor is not None:
+                monitor.on_stream(sim)
             sim.set_target(np.concatenate([start[:3] + f * (a[:3] - start[:3]), slerp(start[3:], a[3:7], f)]))
             sim.set_gripper(float(a[7]))
             sim.step(steps_per_stream)
@@ -117,7 +131,7 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
 
 
 def _expert_lead_in(sim, policy: PolicyLike, instruction: str, cfg: EvalConfig, sub: int, steps_per_stream: int,
-                    res: EpisodeResult, keep_frames: bool) -> np.ndarray:
+                    res: EpisodeResult, keep_frames: bool, monitor: Monitor | None) -> np.ndarray:
     """The scripted expert (privileged object poses) drives until `cfg.expert_start`; the policy
     sees every observation meanwhile, so its frame history is full at the handover. Returns the
     last target, where the policy's first action is interpolated from."""
@@ -128,11 +142,15 @@ def _expert_lead_in(sim, policy: PolicyLike, instruction: str, cfg: EvalConfig, 
     target = sim.ee_pose()
     while sim.time < cfg.expert_start - 1e-6:
         obs = observe(sim, instruction)
+        if monitor is not None:
+            monitor.on_observation(sim, obs)
         if keep_frames:
             res.frames.append(np.concatenate([obs["camera"], obs["wrist"]], axis=1))
         if hasattr(policy, "observe"):
             policy.observe(obs)
         for _ in range(sub):
+            if monitor is not None:
+                monitor.on_stream(sim)
             target, width = expert.act(sim.time, sim.ee_pose(), sim.gripper_width(), sim.object_poses())
             sim.set_target(target)
             sim.set_gripper(width)
@@ -154,6 +172,11 @@ def evaluate(policy: PolicyLike, cfg: EvalConfig, progress: bool = True) -> dict
             results.append(run_episode(sim, policy, cfg.seed + i, cfg, keep_frames=i < cfg.videos))
     finally:
         sim.close()
+    return summarize(results, cfg)
+
+
+def summarize(results: list[EpisodeResult], cfg: EvalConfig) -> dict:
+    """Success rate, lengths, latency percentiles and kept frames of a list of episodes."""
     lat = np.concatenate([r.infer_ms[1:] for r in results if len(r.infer_ms) > 1] or [np.zeros(0)])
     ok = [r.success for r in results]
     return {

@@ -449,33 +449,66 @@ def convert_bag(bag: str | os.PathLike, out_dir: str | os.PathLike, cfg: Convert
             "action_topic": action_topic if has_actions else None,
             "gripper_action_topic": gripper_topic if has_actions and len(gcmd_t) else None,
         }
-        (tmp / "meta.json").write_text(
-            json.dumps(
-                {
-                    **entry,
-                    "metadata": meta,
-                    "t0_ns": int(t0),
-                    "t1_ns": int(t1),
-                    "alignment": align,
-                    "message_counts": info.counts,
-                },
-                indent=2,
-                sort_keys=True,
-                default=str,
-            )
-            + "\n",
-            "utf8",
-        )
-        entry["files"] = {
-            p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())
-        }
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        return finish_episode(tmp, out_dir, entry, {"metadata": meta, "t0_ns": int(t0), "t1_ns": int(t1),
+                                                    "alignment": align, "message_counts": info.counts})
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish_episode(tmp: Path, out_dir: Path, entry: dict, extra: dict) -> dict:
+    """Write ``meta.json`` (the manifest ``entry`` plus ``extra``) into the episode folder ``tmp``
+    that already holds the arrays, hash every file into ``entry["files"]`` and move ``tmp`` to
+    ``out_dir`` in one rename, so a crash never leaves a half-written episode. Returns ``entry``."""
+    (tmp / "meta.json").write_text(
+        json.dumps({**entry, **extra}, indent=2, sort_keys=True, default=str) + "\n", "utf8"
+    )
+    entry["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
     return entry
+
+
+def write_episode(out_dir: str | os.PathLike, arrays: dict[str, np.ndarray], entry: dict, extra: dict) -> dict:
+    """Write an episode from in-memory arrays (``camera``/``wrist``/``ee_pose``/``gripper``/
+    ``stamps``/``action``, dtypes as in the module docstring) in the converter's format; for
+    producers that are not bags (``avdp-dagger``'s in-process sim episodes). Returns its entry."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        for name, a in arrays.items():
+            np.save(tmp / f"{name}.npy", a)
+        return finish_episode(tmp, out_dir, dict(entry, name=out_dir.name), extra)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_manifest(out: Path, cfg: ConvertConfig, episodes: list[dict], failed: list[dict], source: str) -> None:
+    """``out/manifest.json`` for ``episodes`` (entries from ``convert_bag`` / ``write_episode``),
+    written atomically."""
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "obs_hz": cfg.obs_hz,
+        "action_hz": cfg.action_hz,
+        "action_ratio": cfg.action_ratio,
+        "image_size": list(cfg.image_size),
+        "cameras": dict(cfg.cameras),
+        "topics": {k: v for k, v in asdict(cfg).items() if k.endswith("_topic")},
+        "config": {k: v for k, v in asdict(cfg).items() if not k.endswith("_topic") and k != "cameras"},
+        "source_dir": source,
+        "created_unix": time.time(),
+        "episodes": episodes,
+        "failed": failed,
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n", "utf8")
+    os.replace(tmp, out / "manifest.json")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -535,23 +568,6 @@ def convert_directory(
             log.error("%s", err)
             failed.append({"source_bag": str(bag), "topic": err.topic, "error": str(err)})
     seconds = time.perf_counter() - start
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "obs_hz": cfg.obs_hz,
-        "action_hz": cfg.action_hz,
-        "action_ratio": cfg.action_ratio,
-        "image_size": list(cfg.image_size),
-        "cameras": dict(cfg.cameras),
-        "topics": {k: v for k, v in asdict(cfg).items() if k.endswith("_topic")},
-        "config": {k: v for k, v in asdict(cfg).items() if not k.endswith("_topic") and k != "cameras"},
-        "source_dir": str(Path(in_dir).expanduser()),
-        "created_unix": time.time(),
-        "episodes": episodes,
-        "failed": failed,
-    }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n", "utf8")
-    os.replace(tmp, out / "manifest.json")
+    write_manifest(out, cfg, episodes, failed, str(Path(in_dir).expanduser()))
     frames = sum(e["length"] for e in episodes)
     return ConvertReport(episodes, failed, frames, seconds)

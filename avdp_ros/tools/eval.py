@@ -64,6 +64,51 @@ def report(root: Path) -> str:
     return "\n".join(rows + ([""] + ros if len(ros) > 2 else []))
 
 
+def add_policy_args(ap: argparse.ArgumentParser) -> None:
+    """Options that pick and tune the policy (shared with avdp-dagger)."""
+    ap.add_argument("--video-steps", type=int, default=None, help="denoising steps per predicted frame")
+    ap.add_argument("--action-steps", type=int, default=None, help="denoising steps of the action head")
+    ap.add_argument("--action-temperature", type=float, default=None,
+                    help="scale of the action sampler's noise (default: the checkpoint's action_temperature)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="torch", help="torch (checkpoint dir) | onnxruntime | tensorrt (bundle "
+                                                       "dir from avdp-export); default %(default)s")
+    ap.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
+
+
+def load_cli_policy(a: argparse.Namespace):
+    """The policy `add_policy_args`' options describe."""
+    from avdp_ros.deploy import load_policy
+
+    if a.action_temperature is not None and not 0.0 <= a.action_temperature <= 2.0:
+        raise SystemExit(f"--action-temperature {a.action_temperature}: expected in [0, 2]")
+    options = {}
+    if a.threads:
+        if a.backend == "onnxruntime":
+            options["threads"] = a.threads
+        else:
+            import torch
+
+            torch.set_num_threads(a.threads)
+    policy = load_policy(a.backend, a.policy, device=a.device, video_steps=a.video_steps,
+                         action_steps=a.action_steps, **options)
+    if a.action_temperature is not None:
+        policy.action_temperature = a.action_temperature
+    return policy
+
+
+def write_result(out: Path, result: dict, frames: list) -> None:
+    """`out/summary.json` and, if episodes kept frames, `out/rollouts.mp4`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    if frames:
+        import imageio.v2 as imageio
+
+        video = out / "rollouts.mp4"
+        imageio.mimwrite(video, [f for ep in frames for f in ep], fps=10, macro_block_size=1)
+        print(f"video: {video}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from avdp_ros.evaluate import EvalConfig, evaluate
 
@@ -75,27 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--seed", type=int, default=100_000, help="first seed (held out from training seeds)")
     ap.add_argument("--exec-steps", type=int, default=4, help="actions executed per chunk")
-    ap.add_argument("--video-steps", type=int, default=None, help="denoising steps per predicted frame")
-    ap.add_argument("--action-steps", type=int, default=None, help="denoising steps of the action head")
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
-    ap.add_argument("--action-temperature", type=float, default=None,
-                    help="scale of the action sampler's noise (default: the checkpoint's action_temperature)")
     ap.add_argument("--expert-start", type=float, default=0.0, metavar="SECONDS",
                     help="diagnostic: the scripted expert drives the first SECONDS, then the policy takes "
                          "over; shows whether a policy fails at the start or later (default 0: policy only)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="torch", help="torch (checkpoint dir) | onnxruntime | tensorrt (bundle "
-                                                       "dir from avdp-export); default %(default)s")
-    ap.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
+    add_policy_args(ap)
     ap.add_argument("--out", type=Path, default=None, help="folder for summary.json and rollouts.mp4")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.report is not None:
         print(report(a.report))
         return 0
-    if a.action_temperature is not None and not 0.0 <= a.action_temperature <= 2.0:
-        ap.error(f"--action-temperature {a.action_temperature}: expected in [0, 2]")
     if not a.policy:
         ap.error("--policy is required (a checkpoint directory or 'expert'), or use --report FOLDER")
 
@@ -104,20 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.policy == "expert":
         result = _expert(cfg, not a.no_progress)
     else:
-        from avdp_ros.deploy import load_policy
-
-        options = {}
-        if a.threads:
-            if a.backend == "onnxruntime":
-                options["threads"] = a.threads
-            else:
-                import torch
-
-                torch.set_num_threads(a.threads)
-        policy = load_policy(a.backend, a.policy, device=a.device, video_steps=a.video_steps,
-                             action_steps=a.action_steps, **options)
-        if a.action_temperature is not None:
-            policy.action_temperature = a.action_temperature
+        policy = load_cli_policy(a)
         cfg.obs_hz = policy.obs_hz
         result = evaluate(policy, cfg, progress=not a.no_progress)
         result["action_temperature"] = policy.action_temperature
@@ -127,14 +150,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f", infer p50 {result['infer_ms_p50']:.1f} ms p99 {result['infer_ms_p99']:.1f} ms"
              if "infer_ms_p50" in result else ""))
     if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "summary.json").write_text(json.dumps(result, indent=2))
-        if frames:
-            import imageio.v2 as imageio
-
-            video = a.out / "rollouts.mp4"
-            imageio.mimwrite(video, [f for ep in frames for f in ep], fps=10, macro_block_size=1)
-            print(f"video: {video}")
+        write_result(a.out, result, frames)
     return 0
 
 

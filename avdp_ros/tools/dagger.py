@@ -1,0 +1,70 @@
+"""avdp-dagger: one DAgger round in the MuJoCo tasks without ROS. The policy drives (as in
+avdp-eval), the scripted expert labels every step with what it would command (leashed to the TCP),
+and the episodes become a dataset the training CLIs read like a converted one:
+
+    avdp-dagger --policy models/avdp_default --task push --episodes 100 --seed 6000 --out runs/dagger_push
+    avdp-train-baseline --data DATA... runs/dagger_push/dataset --include-failed --resume ...
+
+OUT/dataset holds the episodes, OUT/summary.json the policy's success on them (and the label-to-TCP
+lead), OUT/rollouts.mp4 the first episodes. For a real robot or the full ROS graph use
+`avdp-collect --policy` instead (same labelling, through the expert node's `command: false` mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from avdp_ros.evaluate import EvalConfig
+    from avdp_ros.tools.eval import add_policy_args, load_cli_policy, write_result
+
+    ap = argparse.ArgumentParser(prog="avdp-dagger", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", required=True, help="policy checkpoint directory (or bundle, with --backend)")
+    ap.add_argument("--task", default="push")
+    ap.add_argument("--episodes", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=6000,
+                    help="first seed; keep clear of training (1000+, 2000+) and evaluation (100000+) seeds")
+    ap.add_argument("--out", type=Path, required=True, help="folder: dataset/, summary.json, rollouts.mp4")
+    ap.add_argument("--label-lead", type=float, default=0.02, metavar="M",
+                    help="leash: the expert's label stays within M metres of the TCP (the expert driving "
+                         "itself leads by ~2 cm); 0 = no leash. Default %(default)s")
+    ap.add_argument("--exec-steps", type=int, default=4, help="actions executed per chunk")
+    ap.add_argument("--time-limit", type=float, default=15.0)
+    ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
+    ap.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT/dataset")
+    add_policy_args(ap)
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    if a.label_lead < 0:
+        ap.error(f"--label-lead {a.label_lead}: expected >= 0")
+    if a.episodes < 1:
+        ap.error(f"--episodes {a.episodes}: expected >= 1")
+
+    from avdp_ros.sim.dagger import collect
+
+    policy = load_cli_policy(a)
+    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, exec_steps=a.exec_steps,
+                     time_limit=a.time_limit, videos=a.videos, obs_hz=policy.obs_hz)
+    try:
+        result = collect(policy, cfg, a.out / "dataset", label_lead=a.label_lead, overwrite=a.overwrite,
+                         progress=not a.no_progress)
+    except FileExistsError as err:
+        ap.error(str(err))
+    result["action_temperature"] = policy.action_temperature
+    frames = result.pop("frames")
+    print(f"{a.policy} drove {result['episodes']} {a.task} episodes: success {result['success_rate'] * 100:.0f}%; "
+          f"labels lead the TCP by {result['label_to_tcp_mm_p50']:.0f} mm (p50), "
+          f"{result['label_to_tcp_mm_p90']:.0f} mm (p90); dataset: {a.out / 'dataset'}")
+    write_result(a.out, result, frames)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""In-process DAgger (`avdp-dagger`, `sim.dagger`): a policy drives, the leashed expert labels,
+and the episodes are a dataset the training CLIs read like a converted one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco", reason="mujoco is not installed")
+
+from conftest import tiny_idm_checkpoint  # noqa: E402
+
+from avdp_ros.data.dataset import EpisodeDataset  # noqa: E402
+from avdp_ros.evaluate import EvalConfig  # noqa: E402
+from avdp_ros.sim.dagger import ExpertLabeller, collect  # noqa: E402
+from avdp_ros.sim.expert import make_expert  # noqa: E402
+
+TICK = 0.25 / 50.0  # the expert's stream may move max_speed / 50 Hz past the leash in one tick
+
+
+class Hold:
+    """A policy that keeps the arm where it is (a real PolicyLike: chunk = the current pose)."""
+
+    obs_hz = 10.0
+
+    def reset(self) -> None:
+        pass
+
+    def infer(self, obs: dict) -> dict:
+        a = np.concatenate([obs["ee_pose"], [obs["gripper"]]])
+        return {"actions": np.tile(a, (8, 1))}
+
+
+def test_labels_point_where_the_expert_goes_on_a_leash(tmp_path: Path):
+    from avdp_ros.evaluate import run_episode
+    from avdp_ros.sim.env import PandaSim, SimConfig
+
+    cfg = EvalConfig(task="push", episodes=1, seed=7, time_limit=2.0, videos=0)
+    sim = PandaSim(SimConfig(task="push", episode_time_limit=2.0))
+    try:
+        info = sim.reset(7)
+        ee0, w0, objects0 = sim.ee_pose(), sim.gripper_width(), sim.object_poses()
+        expert = make_expert("push")
+        expert.act(0.0, ee0, w0, objects0)
+        waypoint = expert.plan(0.0, ee0, w0, objects0)[0]  # the expert's first goal
+        lab = ExpertLabeller("push", label_lead=0.015)
+        res = run_episode(sim, Hold(), 7, cfg, monitor=lab)
+    finally:
+        sim.close()
+    a = lab.arrays()
+    assert not res.success and info["task"] == "push"
+    assert a["action"].shape == (20, 8) and a["camera"].shape == (20, 128, 128, 3)
+    assert np.all(np.diff(a["stamps"]) == 100_000_000)  # one observation per 1/obs_hz of sim time
+    lead = np.linalg.norm(a["action"][:, :3] - a["ee_pose"][:, :3], axis=1)
+    assert lead.max() <= 0.015 + TICK + 1e-6  # the leash holds ...
+    assert lead[-1] > 0.015  # ... and binds: the arm did not follow
+    # the label points from the held TCP towards the expert's goal, not anywhere else
+    d_label = a["action"][-1, :3] - a["ee_pose"][-1, :3]
+    d_goal = waypoint[:3] - a["ee_pose"][-1, :3]
+    assert d_label @ d_goal / (np.linalg.norm(d_label) * np.linalg.norm(d_goal)) > 0.95
+
+
+def test_dagger_cli_writes_a_dataset_training_reads(tmp_path: Path):
+    import torch
+
+    from avdp_ros.model import train_utils as tu
+    from avdp_ros.tools.dagger import main
+    from avdp_ros.tools.train import main_baseline, main_tokenizer
+
+    ckpt, _ = tiny_idm_checkpoint(tmp_path)
+    out = tmp_path / "dagger"
+    args = ["--policy", str(ckpt), "--task", "push", "--episodes", "2", "--seed", "6000", "--time-limit", "1.5",
+            "--videos", "1", "--threads", "1", "--exec-steps", "2", "--out", str(out), "--no-progress"]
+    before = torch.get_num_threads()
+    assert main(args) == 0
+    ds = EpisodeDataset(out / "dataset", verify_hashes=True)
+    assert [e["seed"] for e in ds.episodes] == [6000, 6001]
+    assert all(e["has_actions"] and e["success"] is False and e["length"] == 15 for e in ds.episodes)
+    ep = ds[0]
+    assert ep["meta"]["metadata"]["driver"] == "policy" and ep["meta"]["metadata"]["label_lead_m"] == 0.02
+    lead = np.linalg.norm(ep["action"][:, :3] - ep["ee_pose"][:, :3], axis=1)
+    assert lead.max() <= 0.02 + TICK + 1e-6
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == 2 and summary["label_to_tcp_mm_p50"] <= 25.0 + 1e-3
+    assert (out / "rollouts.mp4").stat().st_size > 0
+    # a second run into the same folder refuses rather than mixing datasets
+    with pytest.raises(SystemExit):
+        main(args)
+    # the training CLIs take it; its episodes failed, so only with --include-failed
+    common = ["--preset", "tiny", "--threads", "1", "--no-progress", "--val-fraction", "0.5"]
+    assert main_tokenizer(["--data", str(out / "dataset"), "--out", str(tmp_path / "tok"), "--steps", "2",
+                           "--batch-size", "4", *common]) == 0
+    tok = str(tmp_path / "tok" / tu.LATEST)
+    with pytest.raises(ValueError, match="training set is empty"):
+        main_baseline(["--data", str(out / "dataset"), "--out", str(tmp_path / "b0"), "--tokenizer", tok,
+                       "--steps", "2", "--batch-size", "4", *common])
+    assert main_baseline(["--data", str(out / "dataset"), "--out", str(tmp_path / "b1"), "--tokenizer", tok,
+                          "--steps", "2", "--batch-size", "4", "--include-failed", *common]) == 0
+    torch.set_num_threads(before)

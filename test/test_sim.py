@@ -248,3 +248,66 @@ def test_leashed_expert_still_solves_the_task(task, push_sim, pick_sim):
         sim.step(20)
     sim.step(500)
     assert expert.done and sim.success()
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_resync_never_fires_on_the_experts_own_trajectory(task, push_sim, pick_sim):
+    """Label mode re-syncs the phase with the state; when the expert drives, the state is always
+    in the phase it is in, so labels of expert-driven runs are unchanged."""
+    sim = push_sim if task == "push" else pick_sim
+    for seed in (0, 1):
+        sim.reset(seed)
+        expert = make_expert(task)
+        phases = set()
+        while sim.time < 15.0 and not expert.done:
+            ee, w, objects = sim.ee_pose(), sim.gripper_width(), sim.object_poses()
+            if expert.cmd is not None:
+                before = expert.phase
+                expert.resync(sim.time, ee, w, objects)
+                assert expert.phase == before, f"{task} seed {seed}: resync moved phase {before} -> {expert.phase}"
+            phases.add(expert.phase)
+            pose, width = expert.act(sim.time, ee, w, objects)
+            sim.set_target(pose)
+            sim.set_gripper(width)
+            sim.step(20)
+        assert expert.done and len(phases) >= 4
+
+
+def _objects(**poses) -> dict:
+    return {k: np.r_[v, 1.0, 0.0, 0.0, 0.0] for k, v in poses.items()}
+
+
+def test_resync_labels_follow_the_policys_state():
+    from avdp_ros.sim.expert import down_pose
+
+    start = down_pose([0.45, 0.0, 0.30])
+    # pick: the policy already holds the cube 10 cm up while the expert waits above the cube
+    e = make_expert("pick_place")
+    objects = _objects(cube=[0.40, -0.10, 0.025], bin=[0.5, 0.2, 0.0])
+    e.act(0.0, start, 0.08, objects)
+    assert e.phase == 0
+    holding = down_pose([0.40, -0.10, 0.10])
+    in_hand = _objects(cube=[0.40, -0.10, 0.09], bin=[0.5, 0.2, 0.0])
+    e.resync(0.1, holding, 0.05, in_hand)
+    target, width = e.act(0.1, holding, 0.05, in_hand)
+    assert e.phase == 3 and width == 0.0 and target[2] > holding[2]  # keep it closed and lift, not "open"
+    # ... and drops it on the way to the bin: open and pick it up again
+    e.goto(4, 0.2)
+    e.resync(0.3, down_pose([0.45, 0.05, 0.16]), 0.0, objects)
+    assert e.phase == 0 and e.act(0.3, down_pose([0.45, 0.05, 0.16]), 0.0, objects)[1] == e.open_width
+    # push: the policy went straight down behind the cube, in line with the target: push now
+    p = make_expert("push")
+    objects = _objects(cube=[0.45, 0.0, 0.025], target=[0.45, 0.15, 0.0])  # push along +y
+    p.act(0.0, start, 0.0, objects)
+    behind = down_pose([0.45, -0.025 - p.finger_reach - 0.01, p.push_z])
+    p.resync(0.1, behind, 0.0, objects)
+    assert p.phase == 2
+    # ... low beside the cube instead: lift before coming round, do not sweep through it
+    q = make_expert("push")
+    q.act(0.0, start, 0.0, objects)
+    beside = down_pose([0.52, 0.0, p.push_z])
+    q.resync(0.1, beside, 0.0, objects)
+    q.leash(beside, 0.02)  # as the labeller does: the stream starts from the TCP
+    target, _ = q.act(0.12, beside, 0.0, objects)
+    up = target[:3] - beside[:3]
+    assert q.phase == 4 and up[2] > 0.01 and np.linalg.norm(up[:2]) < 0.01

@@ -109,8 +109,10 @@ class ExpertNode(Node):
             return  # object list of a different episode; the next message will match
         t, pose = self._pose
         objects = dict(zip(self.object_names, self._objects))
-        if not self.command and self.label_lead > 0.0:
-            self.expert.leash(pose, self.label_lead)
+        if not self.command:  # label mode: the phase the policy's state is in, on a leash
+            self.expert.resync(t, pose, self._gripper, objects)
+            if self.label_lead > 0.0:
+                self.expert.leash(pose, self.label_lead)
         target, width = self.expert.act(t, pose, self._gripper, objects)
         if self._t_start is None:
             self._t_start = t

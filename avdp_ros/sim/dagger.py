@@ -54,10 +54,11 @@ class ExpertLabeller:
         self.instruction = obs["instruction"]
 
     def on_stream(self, sim) -> None:
-        ee = sim.ee_pose()
+        ee, width, objects = sim.ee_pose(), sim.gripper_width(), sim.object_poses()
+        self.expert.resync(sim.time, ee, width, objects)  # the phase the policy's state is in
         if self.label_lead > 0:
             self.expert.leash(ee, self.label_lead)  # before act, as the expert node does
-        target, width = self.expert.act(sim.time, ee, sim.gripper_width(), sim.object_poses())
+        target, width = self.expert.act(sim.time, ee, width, objects)
         if len(self.labels) < len(self.frames["stamps"]):  # first tick at this observation's time
             self.labels.append(np.concatenate([target, [width]]).astype(np.float32))
             self.leads.append(float(np.linalg.norm(target[:3] - ee[:3])))

@@ -117,6 +117,18 @@ class Expert:
             self._stream(waypoint, speed, dt)
         return self.cmd.copy(), self.width
 
+    def resync(self, t: float, ee: np.ndarray, width: float, objects: dict) -> None:
+        """Label mode (DAgger): put the phase machine in the phase the *state* is in.
+
+        Driving itself, the expert passes each phase's checkpoint before the next phase starts.
+        Another driver (a policy) skips checkpoints: it descends without stopping above the
+        cube, or has the cube in hand while the expert still waits to reach the point above it.
+        Without this, the labels would follow the expert's stale phase ("open and descend" with
+        the cube in hand) instead of what the expert would do from the state the policy reached.
+        Subclasses jump forward where the state shows a later phase and back where it shows the
+        task undone; the expert's own trajectories never trigger a jump (tested).
+        """
+
     def leash(self, ee_pose: np.ndarray, max_lead: float) -> None:
         """Pull the streamed target to within `max_lead` (m) of the measured TCP position.
 
@@ -173,6 +185,25 @@ class PushExpert(Expert):
     def reset(self) -> None:
         super().reset()
         self.u = np.array([1.0, 0.0])  # push direction in the table plane
+
+    def resync(self, t, ee, width, objects):
+        if self.cmd is None or self._done or self.phase != 0:
+            return  # 1 reaches its point behind the cube; 2 re-approaches by itself when the cube is lost
+        cube = np.asarray(objects["cube"][:3], float)
+        goal = np.asarray(objects["target"][:3], float)
+        to_goal = goal[:2] - cube[:2]
+        if np.linalg.norm(to_goal) < self.goal_tolerance:
+            return
+        u = to_goal / np.linalg.norm(to_goal)
+        rel = cube[:2] - ee[:2]
+        lateral = abs(rel[0] * u[1] - rel[1] * u[0])
+        along = float(rel @ u)
+        low = ee[2] < self.push_z + 0.01
+        behind = CUBE_HALF + self.finger_reach - 0.005 < along < CUBE_HALF + self.finger_reach + self.clearance + 0.01
+        if low and behind and lateral < self.max_lateral / 2:
+            self.goto(2, t)  # already at pushing height behind the cube, in line: push
+        elif low:
+            self.goto(4, t)  # low but not behind the cube: lift first, do not sweep through it
 
     def plan(self, t, ee, width, objects):
         cube = np.asarray(objects["cube"][:3], float)
@@ -235,6 +266,23 @@ class PickPlaceExpert(Expert):
     def reset(self) -> None:
         super().reset()
         self.yaw = 0.0
+
+    def resync(self, t, ee, width, objects):
+        if self.cmd is None or self._done:
+            return
+        cube = np.asarray(objects["cube"][:3], float)
+        near = float(np.linalg.norm(cube[:2] - ee[:2]))
+        held = width > self.min_hold_width and cube[2] > CUBE_HALF + 0.015 and near < 0.03
+        if held and self.phase in (0, 1, 2):
+            self.goto(3, t)  # the cube is already in hand and off the table: lift and carry
+        elif not held and self.phase in (4, 5) and cube[2] < CUBE_HALF + 0.01:
+            self.retries += 1
+            self.goto(0, t)  # dropped on the table on the way: open and pick it up again
+        elif self.phase == 0 and near < 0.01 and ee[2] < 0.11:
+            yaw = wrap(body_yaw(objects["cube"][3:]), np.pi / 2)
+            if float(quat_angle(ee[3:], down_pose(cube, yaw)[3:])) < self.cfg.rot_tolerance:
+                self.yaw = yaw
+                self.goto(1, t)  # over the cube, square to it, already below the approach height: descend
 
     def plan(self, t, ee, width, objects):
         cube = np.asarray(objects["cube"][:3], float)

@@ -7,17 +7,16 @@
 #   2. train the tokenizer and the video model on the clean episodes, the IDM (video model frozen)
 #      and, for an honest comparison, the action-only baseline on clean + perturbed episodes
 #      (failed demonstrations are left out of action training)
-#   3. optionally (DAGGER_EPISODES > 0) a DAgger round: the action-only policy drives new episodes,
-#      the expert only labels them (avdp-collect --policy), and the action-only policy is fine-tuned
-#      with them (off by default: one round did not beat the default, see README "Measured")
+#   3. optionally (DAGGER_ROUNDS > 0) DAgger rounds: the action-only policy drives new episodes,
+#      the expert only labels them (avdp-dagger), and the action-only policy is fine-tuned with them
 #   4. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
 #   5. with EXPORT=1, copy the IDM checkpoint (EXPORT=baseline: the action-only one) to models/avdp_default
 # Knobs (environment): OUT (runs/default), EPISODES per task (150), PERTURBED_EPISODES per task (150),
 # PERTURB ("0.04 0.2": peak offset m, yaw rad), STEPS_TOK (500), STEPS_VIDEO
 # (2500), BATCH_VIDEO (16), STEPS_IDM (10000), STEPS_BASE (15000), LABELS (label fraction for idm/baseline, 1.0),
 # EARLY_WEIGHT / EARLY_FRAMES (8 / 4: episode-start windows drawn 8x as often), TEMPERATURE (action
-# sampler noise scale stored in the checkpoints, 0), DAGGER_EPISODES per task (0 = no DAgger
-# round) and STEPS_DAGGER (20000 fine-tuning steps), EVAL_EPISODES (50), THREADS (torch threads per
+# sampler noise scale stored in the checkpoints, 0), DAGGER_ROUNDS (0), DAGGER_EPISODES per task
+# and round (100), STEPS_DAGGER (12000 fine-tuning steps per round), DAGGER_ROS (0), EVAL_EPISODES (50), THREADS (torch threads per
 # training process, 2), EXPORT (0: 1 copies the IDM, "baseline" the action-only policy to models/).
 # The label-scarcity and sampling-steps experiments build on this: scripts/experiments.sh.
 set -euo pipefail
@@ -52,22 +51,33 @@ act=(--early-weight "${EARLY_WEIGHT:-8}" --early-frames "${EARLY_FRAMES:-4}" --l
   --steps "${STEPS_IDM:-10000}" "${act[@]}"
 "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${opts[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/baseline" \
   --steps "${STEPS_BASE:-15000}" "${act[@]}"
-# DAgger round (DAGGER_EPISODES per task, 0 = off): the action-only policy drives episodes on new
-# seeds (4000+) while the expert only labels them; then the baseline is fine-tuned for STEPS_DAGGER
-# more steps on everything plus those episodes (failed ones too: their labels are the expert's).
-if [ "${DAGGER_EPISODES:-0}" -gt 0 ]; then
-  DAG=()
+# DAgger rounds (DAGGER_ROUNDS, 0 = off): each round the latest action-only policy drives
+# DAGGER_EPISODES per task in process (avdp-dagger; round r on seeds 5000 + 1000 r) while the expert
+# only labels them (leashed, phase re-synced with the state); then the baseline is fine-tuned for
+# STEPS_DAGGER more steps on everything plus all DAgger episodes so far (failed ones too: their
+# labels are the expert's). DAGGER_ROS=1 records them through the ROS graph instead (avdp-collect
+# --policy: the policy node drives, the expert node labels), ~6x slower on a 2-core CPU.
+steps="${STEPS_BASE:-15000}"
+DAG=()
+for round in $(seq 1 "${DAGGER_ROUNDS:-0}"); do
   for task in push pick_place; do
-    if [ ! -f "$OUT/dagger_$task/dataset/manifest.json" ]; then
-      "$BIN/avdp-collect" --task "$task" --episodes "${DAGGER_EPISODES:-0}" --seed 4000 --policy "$OUT/baseline/latest" \
-        --real-time-factor 0.5 --time-limit 15 --out "$OUT/dagger_$task" --no-video \
-        --set avdp_policy.torch_threads=1 || true  # exit 1 = the policy failed some: expected
+    d="$OUT/dagger${round}_$task"
+    if [ ! -f "$d/dataset/manifest.json" ]; then
+      if [ "${DAGGER_ROS:-0}" = 1 ]; then
+        "$BIN/avdp-collect" --task "$task" --episodes "${DAGGER_EPISODES:-100}" --seed $((5000 + 1000 * round)) \
+          --policy "$OUT/baseline/latest" --real-time-factor 0.5 --time-limit 15 --out "$d" --no-video \
+          --set avdp_policy.torch_threads=1 || true  # exit 1 = the policy failed some: expected
+      else
+        "$BIN/avdp-dagger" --policy "$OUT/baseline/latest" --task "$task" --episodes "${DAGGER_EPISODES:-100}" \
+          --seed $((5000 + 1000 * round)) --out "$d" --threads "$THREADS" --no-progress
+      fi
     fi
-    DAG+=("$OUT/dagger_$task/dataset")
+    DAG+=("$d/dataset")
   done
+  steps=$(( steps + ${STEPS_DAGGER:-12000} ))
   "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${DAG[@]}" "${opts[@]}" --out "$OUT/baseline" --resume \
-    --steps $(( ${STEPS_BASE:-15000} + ${STEPS_DAGGER:-20000} )) "${act[@]}" --include-failed
-fi
+    --steps "$steps" "${act[@]}" --include-failed
+done
 for policy in idm baseline expert; do
   for task in push pick_place; do
     src="$OUT/$policy"; [ "$policy" = expert ] && src=expert

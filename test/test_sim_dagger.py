@@ -63,6 +63,58 @@ def test_labels_point_where_the_expert_goes_on_a_leash(tmp_path: Path):
     assert d_label @ d_goal / (np.linalg.norm(d_label) * np.linalg.norm(d_goal)) > 0.95
 
 
+def test_branch_leaves_the_episode_exactly_as_it_was():
+    """A what-if rollout in `PandaSim.branch` does not touch the episode's own physics."""
+    from avdp_ros.sim.env import PandaSim, SimConfig
+
+    sim = PandaSim(SimConfig(task="push"))
+
+    def run(branch_at: int | None) -> np.ndarray:
+        sim.reset(3)
+        start, out = sim.ee_pose(), []
+        for k in range(120):
+            target = start + np.r_[0.08 * np.sin(0.05 * k), 0.0, -0.1 * min(1.0, k / 60), 0, 0, 0, 0]
+            sim.set_target(target)
+            sim.set_gripper(0.0)
+            sim.step(10)
+            if k == branch_at:
+                with sim.branch():
+                    sim.set_target(target + np.r_[0.05, 0.05, 0, 0, 0, 0, 0])
+                    sim.set_gripper(0.08)
+                    sim.step(200)
+                    moved = sim.ee_pose()
+                assert np.linalg.norm(moved[:3] - sim.ee_pose()[:3]) > 0.01  # the branch did move
+            out.append(np.r_[sim.ee_pose(), sim.object_poses()["cube"], sim.gripper_width(), sim.time])
+        return np.array(out)
+
+    try:
+        plain, branched = run(None), run(50)
+    finally:
+        sim.close()
+    assert np.array_equal(plain, branched)
+
+
+def test_expert_chunks_move_at_the_experts_speed_where_the_policy_does_not(tmp_path: Path):
+    """The labeller's own chunk per observation: row 0 is the per-frame label; the rest is where
+    the expert, driving from that state, would be, not "2 cm ahead of a robot that holds still"."""
+    from avdp_ros.evaluate import run_episode
+    from avdp_ros.sim.env import PandaSim, SimConfig
+
+    cfg = EvalConfig(task="push", episodes=1, seed=7, time_limit=1.0, videos=0)
+    sim = PandaSim(SimConfig(task="push", episode_time_limit=1.0))
+    try:
+        lab = ExpertLabeller("push", label_lead=0.02, horizon=8)
+        run_episode(sim, Hold(), 7, cfg, monitor=lab)
+    finally:
+        sim.close()
+    a = lab.arrays()
+    chunk, frame = a["action_chunk"], a["action"]
+    assert chunk.shape == (10, 8, 8) and np.array_equal(chunk[:, 0], frame)
+    chunk_speed = np.linalg.norm(np.diff(chunk[:, :, :3], axis=1), axis=2).mean() * 10.0  # m/s
+    frame_speed = np.linalg.norm(np.diff(frame[2:, :3], axis=0), axis=1).mean() * 10.0  # after the 1st lead
+    assert chunk_speed > 0.2 and frame_speed < 0.01  # the expert streams at 0.25 m/s; the robot held
+
+
 def test_dagger_cli_writes_a_dataset_training_reads(tmp_path: Path):
     import torch
 
@@ -81,6 +133,8 @@ def test_dagger_cli_writes_a_dataset_training_reads(tmp_path: Path):
     assert all(e["has_actions"] and e["success"] is False and e["length"] == 15 for e in ds.episodes)
     ep = ds[0]
     assert ep["meta"]["metadata"]["driver"] == "policy" and ep["meta"]["metadata"]["label_lead_m"] == 0.02
+    assert ep["action_chunk"].shape == (15, 4, 8)  # the tiny policy's horizon
+    assert np.array_equal(ep["action_chunk"][:, 0], ep["action"])
     lead = np.linalg.norm(ep["action"][:, :3] - ep["ee_pose"][:, :3], axis=1)
     assert lead.max() <= 0.02 + TICK + 1e-6
     summary = json.loads((out / "summary.json").read_text())
@@ -99,4 +153,13 @@ def test_dagger_cli_writes_a_dataset_training_reads(tmp_path: Path):
                        "--steps", "2", "--batch-size", "4", *common])
     assert main_baseline(["--data", str(out / "dataset"), "--out", str(tmp_path / "b1"), "--tokenizer", tok,
                           "--steps", "2", "--batch-size", "4", "--include-failed", *common]) == 0
+    # training windows take the stored expert chunk, not rows t..t+H-1 of the per-frame labels
+    from avdp_ros.model.tokenizer import LatentDataset, Tokenizer, cache_latents, pose_to_state10
+
+    cache = cache_latents(out / "dataset", Tokenizer.from_checkpoint(tok), progress=False)
+    lds = LatentDataset([(out / "dataset", cache)], context_frames=1, future_frames=0, horizon=4, vocab=["<unk>"])
+    e0 = lds.index.index((0, 5))
+    want = pose_to_state10(ep["action_chunk"][5, :, :7], ep["action_chunk"][5, :, 7])
+    np.testing.assert_allclose(lds[e0]["actions"].numpy(), want, atol=1e-6)
+    assert not np.allclose(want, pose_to_state10(ep["action"][5:9, :7], ep["action"][5:9, 7]), atol=1e-3)
     torch.set_num_threads(before)

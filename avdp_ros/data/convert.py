@@ -44,6 +44,8 @@ On-disk format (version 1; also ``docs/dataset_format.md``)::
                                                            when has_actions)
                         stamps.npy    (T,) int64           grid times, ns (header-stamp clock)
                         meta.json     instruction, task, seed, success, source bag, alignment stats
+                        [action_chunk.npy (T, Hc, 8) f32   avdp-dagger only: the expert's own chunk
+                                                           per observation; entry "chunk_horizon"]
 
 ``manifest.json``: ``format``, ``format_version``, ``obs_hz``, ``action_hz``, ``action_ratio``,
 ``image_size``, ``cameras`` (name -> topic), ``topics``, ``episodes`` (name, source_bag, length,

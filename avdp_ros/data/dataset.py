@@ -26,7 +26,9 @@ class EpisodeDataset:
 
     ``ds[i]`` (or ``ds["name"]``) -> dict with memory-mapped ``camera``/``wrist`` (T, H, W, 3)
     uint8 (one key per camera in the manifest), ``ee_pose`` (T, 7) f32, ``gripper`` (T,) f32,
-    ``stamps`` (T,) int64, ``action`` (T*r, 8) f32 or None (action-free episode) and ``meta``.
+    ``stamps`` (T,) int64, ``action`` (T*r, 8) f32 or None (action-free episode), ``action_chunk``
+    (T, Hc, 8) f32 or None (the labeller's own chunk per observation, DAgger episodes of
+    ``avdp-dagger``) and ``meta``.
 
     Args:
         root: dataset directory (holds manifest.json).
@@ -88,6 +90,8 @@ class EpisodeDataset:
         for name in [*self.cameras, "ee_pose", "gripper", "stamps"]:
             out[name] = np.load(d / f"{name}.npy", mmap_mode="r")
         out["action"] = np.load(d / "action.npy", mmap_mode="r") if entry["has_actions"] else None
+        out["action_chunk"] = (np.load(d / "action_chunk.npy", mmap_mode="r")
+                               if entry.get("chunk_horizon") else None)
         out["meta"] = json.loads((d / "meta.json").read_text("utf8"))
         return out
 
@@ -104,6 +108,8 @@ class EpisodeDataset:
         expected.update(ee_pose=(np.float32, (T, 7)), gripper=(np.float32, (T,)), stamps=(np.int64, (T,)))
         if entry["has_actions"]:
             expected["action"] = (np.float32, (T * self.action_ratio, 8))
+        if entry.get("chunk_horizon"):
+            expected["action_chunk"] = (np.float32, (T, int(entry["chunk_horizon"]), 8))
         for name, (dtype, shape) in expected.items():
             p = d / f"{name}.npy"
             if not p.exists():

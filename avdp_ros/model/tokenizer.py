@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -34,6 +35,7 @@ CHECKPOINT_KIND = "tokenizer"
 CACHE_FORMAT = "avdp-latents"
 CACHE_VERSION = 1
 UNK = "<unk>"
+log = logging.getLogger(__name__)
 ACTION_DIM = 10  # x y z + rot6d (6) + gripper width; also the proprio state layout
 
 
@@ -371,7 +373,9 @@ class LatentDataset(Dataset):
     - `future` (K, cams, C, h, w) f32: latents of frames t+1 .. t+K
     - `states` (Fc+K, 10) f32: ee pos + rot6d + gripper width of every window frame
     - `state` (10,) f32: the state at t (= `states[Fc-1]`)
-    - `actions` (H, 10) f32: targets due at t, t+1/obs_hz, ..., t+(H-1)/obs_hz (zeros if action-free)
+    - `actions` (H, 10) f32: targets due at t, t+1/obs_hz, ..., t+(H-1)/obs_hz (zeros if action-free);
+      where an episode stores the labeller's own chunk per observation (`action_chunk`, DAgger
+      episodes of avdp-dagger) and it covers H rows, that chunk (see `sim.dagger.ExpertLabeller`)
     - `instr` () int64: index into `vocab`; `has_actions` () bool
 
     Padding: before the episode start the first frame (and its state) is repeated; past the end
@@ -397,6 +401,7 @@ class LatentDataset(Dataset):
         self.latents: list[np.ndarray] = []  # per episode (T, cams, C, h, w) float16
         self.states: list[np.ndarray] = []  # per episode (T, 10)
         self.actions: list[np.ndarray | None] = []  # per episode (T, 10) at obs rate, or None
+        self.chunks: list[np.ndarray | None] = []  # per episode (T, H, 10) labelled chunks, or None
         self.instr: list[int] = []
         self.refs: list[EpisodeRef] = []
         self.latent_shape: tuple[int, int, int] | None = None
@@ -429,6 +434,15 @@ class LatentDataset(Dataset):
                     self.actions.append(pose_to_state10(a[:, :7], a[:, 7]))
                 else:
                     self.actions.append(None)
+                c = ep.get("action_chunk")
+                if c is not None and c.shape[1] < self.H:
+                    log.warning("episode %s: stored chunks have %d rows, the model's horizon is %d: using "
+                                "its per-frame labels instead", ref.key, c.shape[1], self.H)
+                    c = None
+                if c is not None:
+                    c = np.asarray(c[:, :self.H]).reshape(-1, 8)
+                    c = pose_to_state10(c[:, :7], c[:, 7]).reshape(len(lat), self.H, ACTION_DIM)
+                self.chunks.append(c)
                 self.instr.append(instruction_index(self.vocab, ref.instruction))
                 self.refs.append(ref)
         self.index = [(e, t) for e, lat in enumerate(self.latents) for t in range(max(len(lat) - 1, 1))]
@@ -442,10 +456,15 @@ class LatentDataset(Dataset):
         chunks, starts = [np.zeros((0, self.H, ACTION_DIM), np.float32)], [np.zeros((0, ACTION_DIM), np.float32)]
         for e, t in self.index:
             if self.actions[e] is not None:
-                rows = np.clip(np.arange(t, t + self.H), 0, len(self.actions[e]) - 1)
-                chunks.append(self.actions[e][rows][None])
+                chunks.append(self._chunk(e, t)[None])
                 starts.append(self.states[e][t][None])
         return np.concatenate(chunks), np.concatenate(starts)
+
+    def _chunk(self, e: int, t: int) -> np.ndarray:
+        """(H, 10) action labels of window (e, t): the stored chunk, else rows t..t+H-1 (padded)."""
+        if self.chunks[e] is not None:
+            return self.chunks[e][t]
+        return self.actions[e][np.clip(np.arange(t, t + self.H), 0, len(self.actions[e]) - 1)]
 
     def state_rows(self) -> np.ndarray:
         return np.concatenate(self.states) if self.states else np.zeros((0, ACTION_DIM), np.float32)
@@ -458,7 +477,7 @@ class LatentDataset(Dataset):
         window = torch.from_numpy(lat[frames].astype(np.float32))  # (Fc+K, cams, C, h, w)
         st = torch.from_numpy(states[frames])  # (Fc+K, 10)
         if actions is not None:
-            act = torch.from_numpy(actions[np.clip(np.arange(t, t + self.H), 0, T - 1)])  # (H, 10)
+            act = torch.from_numpy(self._chunk(e, t))  # (H, 10)
         else:
             act = torch.zeros(self.H, ACTION_DIM)
         return {

@@ -11,9 +11,10 @@ when perturbations are off).
 
 With ``command`` false the expert only labels (DAgger, Ross et al. 2011): another node (the
 learned policy) drives the robot and the expert publishes what it would command from the states
-the policy visits, on the intended topics only. Its phase machine still advances on the measured
-TCP pose, so when the policy strays the label points back to the expert's plan; its streamed
-target is kept within ``label_max_lead_m`` of the TCP, the lead it has when it drives itself.
+the policy visits, on the intended topics only. Its phase machine is re-synced with the state
+every tick (``Expert.resync``: a policy that already holds the cube is told to lift, not to open
+and descend), and its streamed target is kept within ``label_max_lead_m`` of the TCP, about the
+lead it has when it drives itself.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class ExpertNode(Node):
         self.command = bool(self.declare_parameter("command", True).value)  # false: label only (DAgger)
         # label only: the expert's stream is kept within this distance (m) of the measured TCP, the
         # lead it has over the robot when it drives itself (0 = unbounded)
-        self.label_lead = float(self.declare_parameter("label_max_lead_m", 0.03).value)
+        self.label_lead = float(self.declare_parameter("label_max_lead_m", 0.02).value)
         if self.label_lead < 0.0:
             raise ValueError(f"label_max_lead_m {self.label_lead}: expected >= 0 (0 = unbounded)")
         if not 1.0 <= self.rate_hz <= 1000.0:

@@ -13,6 +13,7 @@ DAgger rounds of 100+ episodes affordable.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -24,16 +25,34 @@ from avdp_ros.sim.expert import make_expert
 class ExpertLabeller:
     """`evaluate.Monitor` that records an episode and the expert's labels for it.
 
-    Label of observation k = the expert's (leashed) target and gripper width from its tick at the
-    observation's time, as the converter takes the zero-order hold of the intended-target stream.
-    The expert ticks at the stream rate (50 Hz, like the expert node) whatever the policy does.
+    Label of observation k = the expert's (re-synced, leashed) target and gripper width from its
+    tick at the observation's time, as the converter takes the zero-order hold of the
+    intended-target stream. The expert ticks at the stream rate (50 Hz, like the expert node)
+    whatever the policy does.
+
+    With `horizon` H > 1 every observation also gets the expert's own H-step chunk: from that
+    state, in a what-if copy of the physics (`PandaSim.branch`), the expert drives for
+    (H-1)/obs_hz seconds and its target at each observation period is a row. Why: the per-frame
+    labels of later observations are taken along the *policy's* path. Where the policy hesitates,
+    labels t+1..t+H-1 are each "2 cm ahead of wherever the TCP is then", so a chunk built from
+    them says "creep 2 cm and stop"; trained on, that teaches hesitation. The expert's own chunk
+    says where it would be over the next 0.8 s (the speed of its demonstrations).
     """
 
-    def __init__(self, task: str, label_lead: float = 0.02):
+    def __init__(self, task: str, label_lead: float = 0.02, horizon: int = 0, obs_hz: float = 10.0,
+                 stream_hz: float = 50.0):
         if label_lead < 0:
             raise ValueError(f"label_lead {label_lead}: expected >= 0 (0 = no leash)")
+        if horizon < 0:
+            raise ValueError(f"horizon {horizon}: expected >= 0 (0 or 1 = per-frame labels only)")
+        ticks = stream_hz / obs_hz
+        if ticks < 1 or abs(ticks - round(ticks)) > 1e-9:
+            raise ValueError(f"stream_hz {stream_hz} must be an integer multiple of obs_hz {obs_hz}")
         self.task = task
         self.label_lead = label_lead
+        self.horizon = horizon
+        self.ticks_per_obs = int(round(ticks))
+        self.stream_hz = stream_hz
         self.expert = make_expert(task)
         self.reset()
 
@@ -41,6 +60,7 @@ class ExpertLabeller:
         self.expert.reset()
         self.frames: dict[str, list] = {"camera": [], "wrist": [], "ee_pose": [], "gripper": [], "stamps": []}
         self.labels: list[np.ndarray] = []
+        self.chunks: list[np.ndarray] = []  # (H, 8) per observation when horizon > 1
         self.instruction = ""
         self.leads: list[float] = []  # label-to-TCP distance (m) per observation, for the summary
 
@@ -62,6 +82,26 @@ class ExpertLabeller:
         if len(self.labels) < len(self.frames["stamps"]):  # first tick at this observation's time
             self.labels.append(np.concatenate([target, [width]]).astype(np.float32))
             self.leads.append(float(np.linalg.norm(target[:3] - ee[:3])))
+            if self.horizon > 1:
+                self.chunks.append(self._expert_chunk(sim, target, width))
+
+    def _expert_chunk(self, sim, target: np.ndarray, width: float) -> np.ndarray:
+        """(H, 8): row 0 = this tick's label, row h = the target the expert, driving from here in
+        a branch of the physics, streams h observation periods later."""
+        expert = copy.deepcopy(self.expert)  # its phase, stream and timers; the real one is untouched
+        steps = max(1, int(round(1.0 / (self.stream_hz * sim.physics_dt))))
+        rows = [np.concatenate([target, [width]])]
+        with sim.branch():
+            k = 0
+            while len(rows) < self.horizon:
+                sim.set_target(target)
+                sim.set_gripper(width)
+                sim.step(steps)
+                k += 1
+                target, width = expert.act(sim.time, sim.ee_pose(), sim.gripper_width(), sim.object_poses())
+                if k % self.ticks_per_obs == 0:
+                    rows.append(np.concatenate([target, [width]]))
+        return np.stack(rows).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The episode in the dataset's dtypes and shapes (module docstring of data.convert)."""
@@ -73,15 +113,17 @@ class ExpertLabeller:
             "gripper": np.asarray(f["gripper"], dtype=np.float32),
             "stamps": np.asarray(f["stamps"], dtype=np.int64),
             "action": np.stack(self.labels).astype(np.float32),
+            **({"action_chunk": np.stack(self.chunks).astype(np.float32)} if self.chunks else {}),
         }
 
 
-def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, overwrite: bool = False,
-            progress: bool = True) -> dict:
+def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, horizon: int = 8,
+            overwrite: bool = False, progress: bool = True) -> dict:
     """Run `cfg.episodes` policy-driven episodes (`evaluate.EvalConfig`), label them with the
     expert and write them as a dataset at `out` (manifest rewritten after every episode, so an
-    interrupted run keeps what it finished). Returns `evaluate.evaluate`'s summary plus the label
-    lead percentiles."""
+    interrupted run keeps what it finished). `horizon` > 1 also stores the expert's own chunk per
+    observation (`action_chunk.npy`, see `ExpertLabeller`). Returns `evaluate.evaluate`'s summary
+    plus the label lead percentiles."""
     import shutil
 
     from tqdm import tqdm
@@ -99,7 +141,7 @@ def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, overw
     (out / "episodes").mkdir(parents=True, exist_ok=True)
     # The converter's defaults name the cameras and topics; one action per observation.
     ccfg = ConvertConfig(obs_hz=cfg.obs_hz, action_hz=cfg.obs_hz, image_size=tuple(cfg.image_size))
-    labeller = ExpertLabeller(cfg.task, label_lead)
+    labeller = ExpertLabeller(cfg.task, label_lead, horizon, obs_hz=cfg.obs_hz, stream_hz=cfg.stream_hz)
     sim = PandaSim(SimConfig(task=cfg.task, image_height=cfg.image_size[0], image_width=cfg.image_size[1],
                              episode_time_limit=cfg.time_limit))
     results, entries, leads = [], [], []
@@ -113,7 +155,8 @@ def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, overw
             entry = {"source_bag": None, "length": len(labeller.labels), "has_actions": True,
                      "instruction": labeller.instruction, "task": cfg.task, "seed": seed, "success": res.success,
                      "truncated": False, "command_lead_ms": None, "action_topic": "expert label (in process)",
-                     "gripper_action_topic": "expert label (in process)"}
+                     "gripper_action_topic": "expert label (in process)",
+                     "chunk_horizon": horizon if horizon > 1 else None}
             meta = {"task": cfg.task, "seed": seed, "instruction": labeller.instruction, "success": res.success,
                     "driver": "policy", "labeller": "expert", "label_lead_m": label_lead, "duration_s": res.duration}
             entries.append(write_episode(out / "episodes" / f"dagger_{cfg.task}_{seed:06d}", labeller.arrays(),

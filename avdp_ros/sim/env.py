@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import mujoco
@@ -127,6 +128,7 @@ class PandaSim:
         self._t0 = 0.0
         self._gripper_cmd = 0.0
         self._closed = False
+        self._scratch: mujoco.MjData | None = None  # physics of a what-if branch()
         self.reset(0)
 
     # -- episode --------------------------------------------------------------------------------
@@ -178,6 +180,27 @@ class PandaSim:
             for _ in range(int(n)):
                 ctrl.apply(d)
                 mujoco.mj_step(m, d)
+
+    @contextmanager
+    def branch(self):
+        """A what-if from the current state (DAgger: "what would the expert do from here?").
+
+        Inside, commands, stepping and state reads act on a copy of the physics; on exit the sim
+        is exactly as before: the episode's own MjData is never touched, so it continues
+        bit-for-bit as if no branch had run. Holds the sim lock throughout (no rendering inside).
+        """
+        with self._lock:
+            main, ctrl = self.data, self._controller
+            saved = (ctrl.target_pos.copy(), ctrl.target_quat_mj.copy(), self._gripper_cmd)
+            if self._scratch is None:
+                self._scratch = mujoco.MjData(self.model)
+            mujoco.mj_copyData(self._scratch, self.model, main)
+            self.data = self._scratch
+            try:
+                yield self
+            finally:
+                self.data = main
+                ctrl.target_pos, ctrl.target_quat_mj, self._gripper_cmd = saved
 
     # -- commands -------------------------------------------------------------------------------
     def set_target(self, pose7: np.ndarray) -> np.ndarray:

@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label-lead", type=float, default=0.02, metavar="M",
                     help="leash: the expert's label stays within M metres of the TCP (the expert driving "
                          "itself leads by ~2 cm); 0 = no leash. Default %(default)s")
+    ap.add_argument("--label-horizon", type=int, default=None, metavar="H",
+                    help="also store the expert's own H-step chunk from every observation (a what-if rollout "
+                         "in a copy of the physics; training prefers it to per-frame labels); default: the "
+                         "policy's horizon; 0 = per-frame labels only")
     ap.add_argument("--exec-steps", type=int, default=4, help="actions executed per chunk")
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
@@ -49,12 +53,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from avdp_ros.sim.dagger import collect
 
+    if a.label_horizon is not None and a.label_horizon < 0:
+        ap.error(f"--label-horizon {a.label_horizon}: expected >= 0")
     policy = load_cli_policy(a)
+    horizon = a.label_horizon if a.label_horizon is not None else int(getattr(policy.cfg, "horizon", 8))
     cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, exec_steps=a.exec_steps,
                      time_limit=a.time_limit, videos=a.videos, obs_hz=policy.obs_hz)
     try:
-        result = collect(policy, cfg, a.out / "dataset", label_lead=a.label_lead, overwrite=a.overwrite,
-                         progress=not a.no_progress)
+        result = collect(policy, cfg, a.out / "dataset", label_lead=a.label_lead, horizon=horizon,
+                         overwrite=a.overwrite, progress=not a.no_progress)
     except FileExistsError as err:
         ap.error(str(err))
     result["action_temperature"] = policy.action_temperature

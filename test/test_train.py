@@ -169,13 +169,19 @@ def test_label_fraction_is_seeded_subset(runs):
 def test_resume_continues_from_saved_step(runs):
     out = runs["baseline"]
     n_before = len(history(out))
-    assert main_baseline(["--data", *map(str, runs["data"]), "--out", str(out), "--steps", "15",
-                          "--batch-size", "8", "--val-every", "15", "--ckpt-every", "15", "--resume",
-                          *COMMON]) == 0
+    resume = ["--data", *map(str, runs["data"]), "--out", str(out), "--batch-size", "8", "--val-every", "15",
+              "--ckpt-every", "15", "--resume", *COMMON]
+    _, meta = load_checkpoint(out / tu.LATEST, expected_kind="baseline")
+    assert meta["config"]["action_temperature"] == 1.0
+    # an edit that would not fit the trained weights is refused, not silently ignored
+    with pytest.raises(SystemExit, match="horizon"):
+        main_baseline([*resume, "--steps", "15", "--override", "horizon=7"])
+    # a sampling edit is applied to the resumed model
+    assert main_baseline([*resume, "--steps", "15", "--override", "action_temperature=0"]) == 0
     steps = [h["step"] for h in history(out)]
     assert steps[:n_before] == [5, 10] and steps[n_before:] == [15]
     _, meta = load_checkpoint(out / tu.LATEST, expected_kind="baseline")
-    assert meta["extra"]["step"] == 15
+    assert meta["extra"]["step"] == 15 and meta["config"]["action_temperature"] == 0.0
 
 
 def test_schedule_split_and_metrics():

@@ -77,8 +77,8 @@ def _parser(prog: str, doc: str, defaults: tu.TrainConfig) -> argparse.ArgumentP
     p.add_argument("--resume", action="store_true", help="continue from <out>/latest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for latent caching")
     p.add_argument("--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="edit the preset's config, e.g. --override idm.patch_size=2 (repeatable; "
-                        "ignored with --resume, which keeps the checkpoint's config)")
+                   help="edit the preset's config, e.g. --override idm.patch_size=2 (repeatable); with "
+                        "--resume only the sampling fields action_temperature, action_steps, video_steps")
     return p
 
 
@@ -218,12 +218,25 @@ class LatentSetup:
     val_keys: list[str]
 
 
-def _preset_with_overrides(args: argparse.Namespace):
-    """The --preset PolicyConfig with --override SECTION.FIELD=VALUE edits (validated by the config)."""
-    from avdp_ros.model.config import PolicyConfig, preset
+# Fields an --override may change on --resume: how the trained model samples, not what it is.
+RESUME_OVERRIDABLE = ("action_temperature", "action_steps", "video_steps")
 
-    d = preset(args.preset).to_dict()
-    for item in getattr(args, "override", None) or []:
+
+def _resume_config(args: argparse.Namespace, ckpt_cfg: dict) -> dict:
+    """The resumed checkpoint's config with the --override edits that only change sampling
+    (RESUME_OVERRIDABLE); any other edit would not fit the trained weights: an error, not ignored."""
+    d = json.loads(json.dumps(ckpt_cfg))
+    _apply_overrides(d, getattr(args, "override", None) or [])
+    changed = sorted(k for k in set(d) | set(ckpt_cfg) if d.get(k) != ckpt_cfg.get(k))
+    bad = [k for k in changed if k not in RESUME_OVERRIDABLE]
+    if bad:
+        raise SystemExit(f"--override changes {bad} of the checkpoint being resumed; with --resume only "
+                         f"{list(RESUME_OVERRIDABLE)} may change (start a new run to change the model)")
+    return d
+
+
+def _apply_overrides(d: dict, overrides: list[str]) -> None:
+    for item in overrides:
         key, sep, raw = item.partition("=")
         section, _, name = key.rpartition(".")
         target = d[section] if section else d
@@ -234,6 +247,14 @@ def _preset_with_overrides(args: argparse.Namespace):
             target[name] = json.loads(raw)
         except json.JSONDecodeError:
             target[name] = raw  # a bare string
+
+
+def _preset_with_overrides(args: argparse.Namespace):
+    """The --preset PolicyConfig with --override SECTION.FIELD=VALUE edits (validated by the config)."""
+    from avdp_ros.model.config import PolicyConfig, preset
+
+    d = preset(args.preset).to_dict()
+    _apply_overrides(d, getattr(args, "override", None) or [])
     try:
         return PolicyConfig.from_dict(d)
     except (TypeError, ValueError) as err:
@@ -359,7 +380,8 @@ def main_video(argv: Sequence[str] | None = None) -> int:
             tok = _load_tokenizer(args.tokenizer, device)
         else:
             raise SystemExit("--tokenizer is required (the tokenizer checkpoint directory)")
-        s = _latent_setup(args, info, tok, meta["config"] if meta else None, require_actions=False)
+        s = _latent_setup(args, info, tok, _resume_config(args, meta["config"]) if meta else None,
+                          require_actions=False)
         model = VideoModel(s.cfg)
         state_norm = Normalizer(10).fit(torch.from_numpy(s.train.state_rows()))
         if args.resume:
@@ -497,7 +519,7 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
         video = video_norm = None
         if args.resume:
             states, meta = _resume_states(out, kind)
-            src_cfg, src_states = meta["config"], states
+            src_cfg, src_states = _resume_config(args, meta["config"]), states
         elif is_idm:
             if not args.video:
                 raise SystemExit("--video is required (the video checkpoint directory)")

@@ -15,7 +15,7 @@ from conftest import tiny_idm_checkpoint  # noqa: E402
 
 from avdp_ros.data.dataset import EpisodeDataset  # noqa: E402
 from avdp_ros.evaluate import EvalConfig  # noqa: E402
-from avdp_ros.sim.dagger import ExpertLabeller, collect  # noqa: E402
+from avdp_ros.sim.dagger import ExpertLabeller  # noqa: E402
 from avdp_ros.sim.expert import make_expert  # noqa: E402
 
 TICK = 0.25 / 50.0  # the expert's stream may move max_speed / 50 Hz past the leash in one tick

@@ -490,6 +490,19 @@ def write_episode(out_dir: str | os.PathLike, arrays: dict[str, np.ndarray], ent
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def prepare_output(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """An empty dataset folder (``episodes/`` created); a dataset already there is an error unless
+    ``overwrite``, which removes its episodes and manifest (nothing else)."""
+    out = Path(out_dir).expanduser()
+    if (out / "manifest.json").exists() or (out / "episodes").exists():
+        if not overwrite:
+            raise FileExistsError(f"output {out} already holds a dataset; pass overwrite=True (--overwrite)")
+        shutil.rmtree(out / "episodes", ignore_errors=True)
+        (out / "manifest.json").unlink(missing_ok=True)
+    (out / "episodes").mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def write_manifest(out: Path, cfg: ConvertConfig, episodes: list[dict], failed: list[dict], source: str) -> None:
     """``out/manifest.json`` for ``episodes`` (entries from ``convert_bag`` / ``write_episode``),
     written atomically."""
@@ -545,13 +558,7 @@ def convert_directory(
     from tqdm import tqdm
 
     cfg = cfg or ConvertConfig()
-    out = Path(out_dir).expanduser()
-    if (out / "manifest.json").exists() or (out / "episodes").exists():
-        if not overwrite:
-            raise FileExistsError(f"output {out} already holds a dataset; pass overwrite=True (--overwrite)")
-        shutil.rmtree(out / "episodes", ignore_errors=True)
-        (out / "manifest.json").unlink(missing_ok=True)
-    (out / "episodes").mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out_dir, overwrite)
     bags = find_bags(in_dir)
     start = time.perf_counter()
     episodes: list[dict[str, Any]] = []

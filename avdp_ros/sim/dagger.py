@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -124,21 +123,13 @@ def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, horiz
     interrupted run keeps what it finished). `horizon` > 1 also stores the expert's own chunk per
     observation (`action_chunk.npy`, see `ExpertLabeller`). Returns `evaluate.evaluate`'s summary
     plus the label lead percentiles."""
-    import shutil
-
     from tqdm import tqdm
 
-    from avdp_ros.data.convert import ConvertConfig, write_episode, write_manifest
+    from avdp_ros.data.convert import ConvertConfig, prepare_output, write_episode, write_manifest
     from avdp_ros.evaluate import run_episode, summarize
     from avdp_ros.sim.env import PandaSim, SimConfig
 
-    out = Path(out).expanduser()
-    if (out / "manifest.json").exists() or (out / "episodes").exists():
-        if not overwrite:
-            raise FileExistsError(f"output {out} already holds a dataset; pass overwrite=True (--overwrite)")
-        shutil.rmtree(out / "episodes", ignore_errors=True)
-        (out / "manifest.json").unlink(missing_ok=True)
-    (out / "episodes").mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out, overwrite)
     # The converter's defaults name the cameras and topics; one action per observation.
     ccfg = ConvertConfig(obs_hz=cfg.obs_hz, action_hz=cfg.obs_hz, image_size=tuple(cfg.image_size))
     labeller = ExpertLabeller(cfg.task, label_lead, horizon, obs_hz=cfg.obs_hz, stream_hz=cfg.stream_hz)

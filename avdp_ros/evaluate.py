@@ -79,10 +79,11 @@ def observe(sim, instruction: str) -> dict:
 
 def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames: bool = False,
                 monitor: Monitor | None = None) -> EpisodeResult:
-    """One seeded episode (`monitor`, if given, sees every observation and stream tick). Every 1/obs_hz the policy sees an observation: `infer` at the start of
+    """One seeded episode. Every 1/obs_hz the policy sees an observation: `infer` at the start of
     a chunk, `observe` (if the policy has it) in between, so its frame history is spaced as in
     training. Action i of a chunk is the target due i periods after the chunk's observation;
-    actions 1..exec_steps are executed, each approached by interpolation over its period."""
+    actions 1..exec_steps are executed, each approached by interpolation over its period.
+    `monitor`, if given, sees every observation and every stream tick (it must not act)."""
     info = sim.reset(seed)
     policy.reset()
     res = EpisodeResult(seed=seed, success=False, duration=cfg.time_limit)

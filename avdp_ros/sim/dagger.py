@@ -79,7 +79,7 @@ class ExpertLabeller:
             self.expert.leash(ee, self.label_lead)  # before act, as the expert node does
         target, width = self.expert.act(sim.time, ee, width, objects)
         if len(self.labels) < len(self.frames["stamps"]):  # first tick at this observation's time
-            self.labels.append(np.concatenate([target, [width]]).astype(np.float32))
+            self.labels.append(np.r_[target, width].astype(np.float32))
             self.leads.append(float(np.linalg.norm(target[:3] - ee[:3])))
             if self.horizon > 1:
                 self.chunks.append(self._expert_chunk(sim, target, width))
@@ -89,7 +89,7 @@ class ExpertLabeller:
         a branch of the physics, streams h observation periods later."""
         expert = copy.deepcopy(self.expert)  # its phase, stream and timers; the real one is untouched
         steps = max(1, int(round(1.0 / (self.stream_hz * sim.physics_dt))))
-        rows = [np.concatenate([target, [width]])]
+        rows = [np.r_[target, width]]
         with sim.branch():
             k = 0
             while len(rows) < self.horizon:
@@ -99,7 +99,7 @@ class ExpertLabeller:
                 k += 1
                 target, width = expert.act(sim.time, sim.ee_pose(), sim.gripper_width(), sim.object_poses())
                 if k % self.ticks_per_obs == 0:
-                    rows.append(np.concatenate([target, [width]]))
+                    rows.append(np.r_[target, width])
         return np.stack(rows).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:

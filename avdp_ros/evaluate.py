@@ -62,6 +62,11 @@ class EpisodeResult:
     seed: int
     success: bool
     duration: float  # sim seconds until success (or the time limit)
+    # Where a failure got stuck: never touched the cube (moved ~0), never lifted it (pick_place),
+    # or moved it but not far enough (goal distance).
+    goal_distance: float = float("nan")  # final cube-to-goal distance in the table plane (m)
+    cube_moved: float = float("nan")  # final cube displacement in the table plane (m)
+    cube_max_z: float = float("nan")  # highest cube centre seen at an observation (m)
     infer_ms: list[float] = field(default_factory=list)
     frames: list[np.ndarray] = field(default_factory=list)
 
@@ -87,6 +92,8 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
     info = sim.reset(seed)
     policy.reset()
     res = EpisodeResult(seed=seed, success=False, duration=cfg.time_limit)
+    cube0 = sim.object_poses()["cube"][:3]
+    res.cube_max_z = float(cube0[2])
     sub = int(round(cfg.stream_hz / cfg.obs_hz))
     steps_per_stream = max(1, int(round(1.0 / (cfg.stream_hz * sim.physics_dt))))
     target = sim.ee_pose()
@@ -100,6 +107,7 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
             monitor.on_observation(sim, obs)
         if keep_frames:
             res.frames.append(np.concatenate([obs["camera"], obs["wrist"]], axis=1))
+        res.cube_max_z = max(res.cube_max_z, float(sim.object_poses()["cube"][2]))
         if k % cfg.exec_steps == 0:
             t0 = time.perf_counter()
             out = policy.infer(obs)
@@ -128,6 +136,8 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
         if sim.success():
             res.success, res.duration = True, sim.time
             break
+    res.goal_distance = sim.goal_distance()
+    res.cube_moved = float(np.linalg.norm(sim.object_poses()["cube"][:2] - cube0[:2]))
     return res
 
 
@@ -186,6 +196,9 @@ def summarize(results: list[EpisodeResult], cfg: EvalConfig) -> dict:
         "expert_start_s": cfg.expert_start,
         "success_rate": float(np.mean(ok)) if ok else 0.0,
         "failed_seeds": [r.seed for r in results if not r.success],
+        "per_episode": [{"seed": r.seed, "success": r.success, "duration_s": round(r.duration, 3),
+                         "goal_distance_m": round(r.goal_distance, 4), "cube_moved_m": round(r.cube_moved, 4),
+                         "cube_max_z_m": round(r.cube_max_z, 4)} for r in results],
         "mean_duration_s": float(np.mean([r.duration for r in results])) if results else 0.0,
         # first call of each episode excluded: warm-up (allocations, caches)
         "infer_ms_p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
@@ -193,3 +206,24 @@ def summarize(results: list[EpisodeResult], cfg: EvalConfig) -> dict:
         "infer_calls": int(lat.size),
         "frames": [r.frames for r in results if r.frames],
     }
+
+
+def describe_failures(summary: dict) -> str:
+    """One line on where the failed episodes of a `summarize` result stopped."""
+    from avdp_ros.sim.tasks import CUBE_HALF
+
+    failed = [e for e in summary.get("per_episode", []) if not e["success"]]
+    if not failed:
+        return "no failures"
+    untouched = [e for e in failed if e["cube_moved_m"] < 0.01]
+    rest = [e for e in failed if e["cube_moved_m"] >= 0.01]
+    parts = [f"{len(untouched)} never moved the cube"]
+    if summary["task"] == "pick_place":
+        unlifted = [e for e in rest if e["cube_max_z_m"] < CUBE_HALF + 0.02]
+        rest = [e for e in rest if e["cube_max_z_m"] >= CUBE_HALF + 0.02]
+        parts.append(f"{len(unlifted)} moved it without lifting it")
+    if rest:
+        d = np.array([e["goal_distance_m"] for e in rest]) * 100
+        parts.append(f"{len(rest)} ended {np.median(d):.1f} cm (median; {d.min():.1f}-{d.max():.1f}) "
+                     "from the goal's centre")
+    return f"{len(failed)} failures: " + ", ".join(parts)

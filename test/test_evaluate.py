@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("mujoco", reason="mujoco is not installed")
 
-from avdp_ros.evaluate import EvalConfig, run_episode  # noqa: E402
+from avdp_ros.evaluate import EvalConfig, describe_failures, run_episode  # noqa: E402
 from avdp_ros.sim.env import PandaSim, SimConfig  # noqa: E402
 
 
@@ -50,6 +50,9 @@ def test_chunks_are_executed_and_the_arm_follows(sim):
     assert policy.calls == len(res.infer_ms) == 5 and policy.observed == 15 and len(res.frames) == 20
     assert np.linalg.norm(sim.ee_pose()[:3] - policy.goal[:3]) < 0.01
     assert res.frames[0].shape == (64, 128, 3)
+    # the arm never went near the cube: the failure diagnostics say so
+    assert res.cube_moved < 1e-3 and abs(res.cube_max_z - 0.025) < 2e-3
+    assert 0.12 - 1e-3 < res.goal_distance < 0.22 + 1e-3  # the task's cube-to-target range
 
 
 def test_expert_lead_in_hands_over_to_the_policy(sim):
@@ -63,6 +66,7 @@ def test_expert_lead_in_hands_over_to_the_policy(sim):
         assert policy.observed >= round(lead * cfg.obs_hz)  # every lead-in frame was observed
         assert len(res.frames) == round(cfg.time_limit * cfg.obs_hz) or res.success
         assert res.success is solved
+        assert (res.goal_distance < 0.05) is solved and (res.cube_moved > 0.05) is solved
         home = np.array([0.449, 0.0, 0.301])  # the reset pose
         assert np.linalg.norm(policy.goal[:3] - home) > 0.03  # the policy took over where the expert was
     with pytest.raises(ValueError, match="expert_start"):
@@ -84,6 +88,20 @@ def test_horizon_must_exceed_exec_steps(sim):
     with pytest.raises(ValueError, match="horizon 4 must exceed exec_steps 4"):
         run_episode(sim, ConstantPolicy([0, 0, 0], horizon=4), seed=0,
                     cfg=EvalConfig(time_limit=1.0, exec_steps=4, image_size=(64, 64)))
+
+
+def test_failures_are_described():
+    eps = [{"seed": 0, "success": True, "goal_distance_m": 0.01, "cube_moved_m": 0.2, "cube_max_z_m": 0.12},
+           {"seed": 1, "success": False, "goal_distance_m": 0.2, "cube_moved_m": 0.0, "cube_max_z_m": 0.025},
+           {"seed": 2, "success": False, "goal_distance_m": 0.15, "cube_moved_m": 0.03, "cube_max_z_m": 0.026},
+           {"seed": 3, "success": False, "goal_distance_m": 0.07, "cube_moved_m": 0.2, "cube_max_z_m": 0.1},
+           {"seed": 4, "success": False, "goal_distance_m": 0.09, "cube_moved_m": 0.2, "cube_max_z_m": 0.1}]
+    text = describe_failures({"task": "pick_place", "per_episode": eps})
+    assert text == ("4 failures: 1 never moved the cube, 1 moved it without lifting it, "
+                    "2 ended 8.0 cm (median; 7.0-9.0) from the goal's centre")
+    push = describe_failures({"task": "push", "per_episode": eps})
+    assert push.startswith("4 failures: 1 never moved the cube, 3 ended 9.0 cm")
+    assert describe_failures({"task": "push", "per_episode": eps[:1]}) == "no failures"
 
 
 def test_config_is_validated():

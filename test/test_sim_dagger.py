@@ -139,6 +139,8 @@ def test_dagger_cli_writes_a_dataset_training_reads(tmp_path: Path):
     assert lead.max() <= 0.02 + TICK + 1e-6
     summary = json.loads((out / "summary.json").read_text())
     assert summary["episodes"] == 2 and summary["label_to_tcp_mm_p50"] <= 25.0 + 1e-3
+    assert [e["seed"] for e in summary["per_episode"]] == [6000, 6001]
+    assert all(e["goal_distance_m"] > 0.05 and not e["success"] for e in summary["per_episode"])
     assert (out / "rollouts.mp4").stat().st_size > 0
     # a second run into the same folder refuses rather than mixing datasets
     with pytest.raises(SystemExit):

@@ -288,6 +288,11 @@ class PandaSim:
         with self._lock:
             return self.task.success(self.model, self.data)
 
+    def goal_distance(self) -> float:
+        """Table-plane distance (m) from the cube to the goal marker (see Task.goal_distance)."""
+        with self._lock:
+            return self.task.goal_distance(self.model, self.data)
+
     # -- cameras --------------------------------------------------------------------------------
     def _renderer(self) -> mujoco.Renderer:
         renderer = getattr(self._local, "renderer", None)

@@ -37,7 +37,7 @@ class Task:
 
     name: str = ""
     instruction: str = ""
-    object_names: tuple[str, ...] = ()
+    object_names: tuple[str, ...] = ()  # the cube first, then the goal marker
     # Gripper width (m) at reset: closed for pushing, open for grasping.
     initial_gripper: float = 0.0
 
@@ -50,6 +50,12 @@ class Task:
 
     def success(self, model: mujoco.MjModel, data: mujoco.MjData) -> bool:
         raise NotImplementedError
+
+    def goal_distance(self, model: mujoco.MjModel, data: mujoco.MjData) -> float:
+        """Table-plane distance (m) from the cube to the goal marker's centre: how far a failed
+        episode got (success needs < 5 cm for push, < 6.5 cm per axis for the bin)."""
+        cube, goal = (self.body_pose(model, data, n)[:2] for n in self.object_names[:2])
+        return float(np.linalg.norm(cube - goal))
 
     # -- helpers shared by the tasks ------------------------------------------------------------
     @staticmethod

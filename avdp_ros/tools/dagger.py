@@ -21,7 +21,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from avdp_ros.evaluate import EvalConfig
+    from avdp_ros.evaluate import EvalConfig, describe_failures
     from avdp_ros.tools.eval import add_policy_args, load_cli_policy, write_result
 
     ap = argparse.ArgumentParser(prog="avdp-dagger", description=__doc__,
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.policy} drove {result['episodes']} {a.task} episodes: success {result['success_rate'] * 100:.0f}%; "
           f"labels lead the TCP by {result['label_to_tcp_mm_p50']:.0f} mm (p50), "
           f"{result['label_to_tcp_mm_p90']:.0f} mm (p90); dataset: {a.out / 'dataset'}")
+    print(describe_failures(result))
     write_result(a.out, result, frames)
     return 0
 

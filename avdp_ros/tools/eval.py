@@ -110,7 +110,7 @@ def write_result(out: Path, result: dict, frames: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from avdp_ros.evaluate import EvalConfig, evaluate
+    from avdp_ros.evaluate import EvalConfig, describe_failures, evaluate
 
     ap = argparse.ArgumentParser(prog="avdp-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
           f"episodes, mean length {result['mean_duration_s']:.1f} s"
           + (f", infer p50 {result['infer_ms_p50']:.1f} ms p99 {result['infer_ms_p99']:.1f} ms"
              if "infer_ms_p50" in result else ""))
+    if "per_episode" in result:
+        print(describe_failures(result))
     if a.out:
         write_result(a.out, result, frames)
     return 0

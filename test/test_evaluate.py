@@ -67,6 +67,7 @@ def test_expert_lead_in_hands_over_to_the_policy(sim):
         assert len(res.frames) == round(cfg.time_limit * cfg.obs_hz) or res.success
         assert res.success is solved
         assert (res.goal_distance < 0.05) is solved and (res.cube_moved > 0.05) is solved
+        assert res.closest_goal <= res.goal_distance
         home = np.array([0.449, 0.0, 0.301])  # the reset pose
         assert np.linalg.norm(policy.goal[:3] - home) > 0.03  # the policy took over where the expert was
     with pytest.raises(ValueError, match="expert_start"):
@@ -91,14 +92,15 @@ def test_horizon_must_exceed_exec_steps(sim):
 
 
 def test_failures_are_described():
-    eps = [{"seed": 0, "success": True, "goal_distance_m": 0.01, "cube_moved_m": 0.2, "cube_max_z_m": 0.12},
-           {"seed": 1, "success": False, "goal_distance_m": 0.2, "cube_moved_m": 0.0, "cube_max_z_m": 0.025},
-           {"seed": 2, "success": False, "goal_distance_m": 0.15, "cube_moved_m": 0.03, "cube_max_z_m": 0.026},
-           {"seed": 3, "success": False, "goal_distance_m": 0.07, "cube_moved_m": 0.2, "cube_max_z_m": 0.1},
-           {"seed": 4, "success": False, "goal_distance_m": 0.09, "cube_moved_m": 0.2, "cube_max_z_m": 0.1}]
+    keys = ("seed", "success", "goal_distance_m", "closest_goal_m", "cube_moved_m", "cube_max_z_m")
+    eps = [dict(zip(keys, row)) for row in ((0, True, 0.01, 0.01, 0.2, 0.12),
+                                            (1, False, 0.2, 0.2, 0.0, 0.025),
+                                            (2, False, 0.15, 0.15, 0.03, 0.026),
+                                            (3, False, 0.07, 0.05, 0.2, 0.1),
+                                            (4, False, 0.09, 0.07, 0.2, 0.1))]
     text = describe_failures({"task": "pick_place", "per_episode": eps})
     assert text == ("4 failures: 1 never moved the cube, 1 moved it without lifting it, "
-                    "2 ended 8.0 cm (median; 7.0-9.0) from the goal's centre")
+                    "2 ended 8.0 cm (median; 7.0-9.0) from the goal's centre, having come within 6.0 cm (median)")
     push = describe_failures({"task": "push", "per_episode": eps})
     assert push.startswith("4 failures: 1 never moved the cube, 3 ended 9.0 cm")
     assert describe_failures({"task": "push", "per_episode": eps[:1]}) == "no failures"

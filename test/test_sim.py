@@ -295,6 +295,33 @@ def test_resync_labels_follow_the_policys_state():
     e.goto(4, 0.2)
     e.resync(0.3, down_pose([0.45, 0.05, 0.16]), 0.0, objects)
     assert e.phase == 0 and e.act(0.3, down_pose([0.45, 0.05, 0.16]), 0.0, objects)[1] == e.open_width
+    # ... and carries it over the bin, but never opens: the expert (which "opened" and moved on,
+    # or finished) must say "lower and open here", not "up and away" with the cube in hand
+    over_bin = down_pose([0.51, 0.19, 0.08])
+    carried = _objects(cube=[0.51, 0.19, 0.07], bin=[0.5, 0.2, 0.0])
+    for stale in ("phase 7", "done"):
+        e.goto(7, 1.0)
+        e._done = stale == "done"
+        e.resync(1.1, over_bin, 0.05, carried)
+        assert e.phase == 5 and not e.done, stale
+        ee = over_bin
+        for k in range(50):  # lower to the release height over the bin centre, then open there
+            target, width = e.act(1.1 + 0.02 * k, ee, 0.05, carried)
+            ee = target  # an arm that tracks perfectly
+            if e.phase == 6:
+                break
+        target, width = e.act(1.1 + 0.02 * (k + 1), ee, 0.05, carried)
+        assert e.phase == 6 and width == e.open_width
+        assert np.allclose(target[:3], [0.5, 0.2, e.release_z], atol=1e-6)
+    # ... or it lowered the cube over the bin before the carrying height was reached: lower and
+    # open here, not "up to the carrying height first"
+    e.goto(4, 1.5)
+    e.resync(1.6, over_bin, 0.05, carried)
+    assert e.phase == 5
+    # ... still holding it beside the bin: carry it over first
+    e.goto(7, 2.0)
+    e.resync(2.1, down_pose([0.40, 0.19, 0.08]), 0.05, _objects(cube=[0.40, 0.19, 0.07], bin=[0.5, 0.2, 0.0]))
+    assert e.phase == 4
     # push: the policy went straight down behind the cube, in line with the target: push now
     p = make_expert("push")
     objects = _objects(cube=[0.45, 0.0, 0.025], target=[0.45, 0.15, 0.0])  # push along +y

@@ -262,17 +262,34 @@ class PickPlaceExpert(Expert):
     grasp_time = 0.6  # s to wait for the fingers to close
     release_time = 0.4  # s to wait for the fingers to open
     min_hold_width = 0.03  # a closed gripper narrower than this (m) has missed the cube
+    bin_release_margin = 0.04  # cube within this (m, per axis) of the bin's centre: release here
 
     def reset(self) -> None:
         super().reset()
         self.yaw = 0.0
 
     def resync(self, t, ee, width, objects):
-        if self.cmd is None or self._done:
+        if self.cmd is None:
             return
         cube = np.asarray(objects["cube"][:3], float)
         near = float(np.linalg.norm(cube[:2] - ee[:2]))
         held = width > self.min_hold_width and cube[2] > CUBE_HALF + 0.015 and near < 0.03
+        bin_xy = np.asarray(objects["bin"][:2], float)
+        over_bin = bool(np.all(np.abs(cube[:2] - bin_xy) < self.bin_release_margin))
+        if held and (self._done or self.phase == 7):
+            # The expert opened (phase 6) but the driver did not, and still holds the cube: the
+            # task is not done. Without this the labels say "up and away" with the cube in hand.
+            self._done = False
+            self.goto(5 if over_bin else 4, t)  # lower into the bin and open there / carry over it first
+            return
+        if held and over_bin and self.phase in (3, 4) and ee[2] < self.travel_z - 0.03:
+            # Already over the bin and below the carrying height (the driver cut the corner):
+            # lower and open here. Phase 4 would say "up to the carrying height first", and a
+            # policy trained on that bobs over the bin without ever letting go.
+            self.goto(5, t)
+            return
+        if self._done:
+            return
         if held and self.phase in (0, 1, 2):
             self.goto(3, t)  # the cube is already in hand and off the table: lift and carry
         elif not held and self.phase in (4, 5) and cube[2] < CUBE_HALF + 0.01:

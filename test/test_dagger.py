@@ -92,7 +92,9 @@ def test_collect_with_policy_records_expert_labels_of_the_policy_run(tmp_path):
     for m in read_bag(bag, [topics.TARGET_FRAME, topics.INTENDED_TARGET]):
         msgs.setdefault(m.topic, []).append(pose_from_msg(ts.deserialize_cdr(m.data, m.msgtype).pose)[:3])
     executed, labels = np.array(msgs[topics.TARGET_FRAME]), np.array(msgs[topics.INTENDED_TARGET])
-    assert np.linalg.norm(labels[-1] - labels[0]) > 0.02  # the expert planned a move ...
+    # the expert planned a move ... (its labels lead the TCP by at most the 2 cm leash, so a
+    # threshold at 2 cm would hinge on how far the random policy happened to move the arm)
+    assert np.linalg.norm(labels[-1] - labels[0]) > 0.015
     assert np.linalg.norm(executed[-1] - labels[-1]) > 0.01  # ... that was not executed
 
     # the dataset's actions come from the intended topics

@@ -67,14 +67,16 @@ def test_label_only_expert_publishes_labels_and_never_commands(rclpy_context):
 
 
 def test_collect_with_policy_records_expert_labels_of_the_policy_run(tmp_path):
-    """Few seconds of one push episode driven by a tiny random policy (in this process)."""
+    """Few seconds of one push episode driven by a tiny random policy (in this process). At half
+    real time on sim time: stamped from wall time, a sim that falls behind on a loaded CI machine
+    leaves camera gaps the converter rightly rejects."""
     from avdp_ros.data.bag_io import default_typestore, read_bag
     from avdp_ros.nodes.msgs import pose_from_msg
     from avdp_ros.tools import collect
 
     ckpt, _ = tiny_idm_checkpoint(tmp_path)
     out = tmp_path / "dagger"
-    rc = collect.main(["--task", "push", "--episodes", "1", "--seed", "7", "--time-limit", "4", "--policy",
+    rc = collect.main(["--task", "push", "--episodes", "1", "--seed", "7", "--time-limit", "4", "--real-time-factor", "0.5", "--policy",
                        str(ckpt), "--in-process", "--no-video", "--out", str(out),
                        "--set", "avdp_policy.torch_threads=1"])
     assert rc == 1  # a random policy does not push the cube onto the target
@@ -118,7 +120,8 @@ def test_interrupt_stops_the_recording_and_keeps_the_bags(tmp_path, how):
 
     out = tmp_path / "collect"
     proc = subprocess.Popen([sys.executable, "-m", "avdp_ros.tools.collect", "--task", "push", "--episodes", "5",
-                             "--seed", "11", "--time-limit", "30", "--no-video", "--out", str(out)],
+                             "--seed", "11", "--time-limit", "30", "--real-time-factor", "0.5",  # sim stamps: see above
+                             "--no-video", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         def recording() -> bool:

@@ -164,3 +164,30 @@ def _resize(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
             # INTER_AREA: averages when shrinking (no aliasing); the converter uses it for training
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+def check_crop(crop, what: str = "crop") -> tuple[float, float, float, float]:
+    """(top, left, height, width) as fractions of the frame, validated; returned as floats."""
+    try:
+        top, left, h, w = (float(v) for v in crop)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}={crop!r}: expected 4 numbers (top, left, height, width) as fractions "
+                         "of the frame") from None
+    if not (0.0 <= top and 0.0 <= left and 0.0 < h and 0.0 < w and top + h <= 1.0 + 1e-9
+            and left + w <= 1.0 + 1e-9):
+        raise ValueError(f"{what}=({top}, {left}, {h}, {w}): expected a box inside the frame, fractions with "
+                         "top, left >= 0, height, width > 0, top + height <= 1, left + width <= 1")
+    return top, left, h, w
+
+
+def crop_box(height: int, width: int, crop) -> tuple[int, int, int, int]:
+    """Pixel rows/columns (y0, y1, x0, x1) of a fractional crop in a (height, width) frame.
+
+    The one rounding rule for training, caching and every inference backend (torch, numpy/ONNX),
+    so a region of interest cuts the same pixels everywhere; at least one pixel each way.
+    """
+    top, left, h, w = check_crop(crop)
+    y0, x0 = min(int(round(top * height)), height - 1), min(int(round(left * width)), width - 1)
+    y1 = max(min(int(round((top + h) * height)), height), y0 + 1)
+    x1 = max(min(int(round((left + w) * width)), width), x0 + 1)
+    return y0, y1, x0, x1

@@ -38,6 +38,7 @@ from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer, pose_to_state
 from avdp_ros.model.video import VideoModel
 
 STAGE_TOL = 1e-4
+CROP = (0.25, 0.125, 0.5, 0.625)  # of the 32x32 test frames: rows 8:24, columns 4:24
 POS_TOL = QUAT_TOL = 1e-4
 
 
@@ -100,6 +101,10 @@ def checkpoints(tmp_path_factory):
     blind.load_state_dict({k: v for k, v in base.state_dict().items() if "state_proj" not in k})
     save_checkpoint(root / "baseline_nostate", "baseline", {"baseline": blind, "tokenizer": tok},
                     blind_cfg.to_dict())
+    # the scene camera cut to a region of interest (CROP) before the resize
+    crop_cfg = preset("tiny")
+    crop_cfg.tokenizer = dict(tok_cfg.to_dict(), crops={"camera": list(CROP)})
+    save_checkpoint(root / "baseline_crop", "baseline", {"baseline": base, "tokenizer": tok}, crop_cfg.to_dict())
     return root
 
 
@@ -115,6 +120,7 @@ def bundles(checkpoints, tmp_path_factory):
         "baseline": export_bundle(checkpoints / "baseline", root / "baseline", parity=False, log=quiet),
         "baseline_nostate": export_bundle(checkpoints / "baseline_nostate", root / "baseline_nostate", parity=False,
                                           log=quiet),
+        "baseline_crop": export_bundle(checkpoints / "baseline_crop", root / "baseline_crop", parity=False, log=quiet),
     }
 
 
@@ -266,6 +272,7 @@ def test_video_rollout_matches_torch_kv_cache(bundles, checkpoints, name):
     ("idm_recompute", "onnxruntime", {"threads": 1}),
     ("baseline", "onnxruntime", {"threads": 1}),
     ("baseline_nostate", "onnxruntime", {"threads": 1}),
+    ("baseline_crop", "onnxruntime", {"threads": 1}),
     ("idm", "torch", {"staged": True}),
     ("baseline_nostate", "torch", {"staged": True}),
     ("idm", "torch", {"staged": True, "video_mode": "recompute"}),
@@ -312,6 +319,33 @@ def test_end_to_end_action_chunk_matches_torch(bundles, checkpoints, name, backe
     policy.action_temperature = ref.action_temperature = 0.0
     video_only = {"video": noises[0]["video"]}
     _assert_actions_close(policy.infer(_obs(0), noise=video_only)["actions"], ref.infer(_obs(0), noise=video_only)["actions"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_cropped_camera_sees_only_its_region_of_interest(bundles, checkpoints, backend):
+    path = checkpoints / "baseline_crop" if backend == "torch" else bundles["baseline_crop"].path
+    manifest = json.loads((bundles["baseline_crop"].path / "manifest.json").read_text())
+    assert manifest["tokenizer"]["crops"] == {"camera": list(CROP)}
+    noise = _noises(preset("tiny"), 1)[0]
+
+    def chunk(obs):
+        policy = load_policy(backend, path, "cpu")
+        return policy.infer(obs, noise=noise)["actions"]
+
+    ref = chunk(_obs(0))
+    outside, inside = _obs(0), _obs(0)
+    outside["camera"] = outside["camera"].copy()
+    outside["camera"][:8] = 255 - outside["camera"][:8]  # rows above the crop
+    outside["camera"][:, 24:] = 0  # columns right of it
+    inside["camera"] = inside["camera"].copy()
+    inside["camera"][8:24, 4:24] = 255 - inside["camera"][8:24, 4:24]
+    np.testing.assert_array_equal(chunk(outside), ref)
+    assert np.abs(chunk(inside) - ref).max() > 1e-4
+    # the uncropped twin (same weights) sees the change outside
+    twin = load_policy("torch", checkpoints / "baseline", "cpu")
+    twin_ref = twin.infer(_obs(0), noise=noise)["actions"]
+    twin.reset()
+    assert np.abs(twin.infer(outside, noise=noise)["actions"] - twin_ref).max() > 1e-4
 
 
 def test_staged_policy_interface_and_observation_errors(bundles):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from avdp_ros.model.tokenizer import (
     build_vocabulary,
     cache_latents,
     calibrate_latent_scale,
+    to_float_images,
 )
 
 INSTRUCTIONS = ("push the red cube", "pick the red cube")
@@ -105,6 +107,43 @@ def test_presets_and_config_validation():
         TokenizerConfig(block_out_channels=(8, 12), norm_num_groups=8)
     with pytest.raises(ValueError, match="recon_loss"):
         TokenizerConfig(recon_loss="l3")
+
+
+def test_crops_validate_round_trip_and_leave_old_configs_alone():
+    base = TOKENIZER_PRESETS["base"]
+    assert "crops" not in base.to_dict()  # no crops: the config (and so the fingerprint) is as before crops
+    cropped = dataclasses.replace(base, crops={"camera": [0.4, 0.2, 0.5, 0.5]})
+    d = json.loads(json.dumps(cropped.to_dict()))
+    assert d["crops"] == {"camera": [0.4, 0.2, 0.5, 0.5]}
+    assert TokenizerConfig.from_dict(d) == cropped and cropped.crops["camera"] == (0.4, 0.2, 0.5, 0.5)
+    for bad, match in (([0.6, 0.0, 0.5, 0.5], "inside the frame"), ([0.0, 0.0, 0.0, 1.0], "inside the frame"),
+                       ([0.1, 0.1, 0.5], "expected 4 numbers"), ("top", "expected 4 numbers")):
+        with pytest.raises(ValueError, match=rf"crops\['wrist'\].*{match}"):
+            TokenizerConfig(crops={"wrist": bad})
+
+
+def test_crop_cuts_the_same_pixels_in_every_path(dataset: Path):
+    from avdp_ros.deploy import npops
+    from avdp_ros.images import crop_box
+
+    assert crop_box(128, 128, (0.40625, 0.203125, 0.5, 0.5)) == (52, 116, 26, 90)
+    assert crop_box(10, 10, (0.0, 0.0, 0.01, 0.01)) == (0, 1, 0, 1)  # never empty
+    img = np.random.default_rng(0).integers(0, 256, (2, 40, 30, 3), dtype=np.uint8)
+    box = (0.25, 0.1, 0.5, 0.8)  # rows 10:30, columns 3:27
+    want = to_float_images(img[:, 10:30, 3:27], 16)
+    torch.testing.assert_close(to_float_images(img, 16, box), want, rtol=0, atol=0)
+    np.testing.assert_allclose(npops.images_to_float(img, 16, box), want.numpy(), atol=1e-6)
+    # the tokenizer crops only the cameras it names, in the cache as at inference
+    tok = Tokenizer(dataclasses.replace(TOKENIZER_PRESETS["tiny"], crops={"camera": box})).eval()
+    out = cache_latents(dataset, tok, progress=False)
+    frames = {cam: np.load(dataset / "episodes" / "ep00" / f"{cam}.npy") for cam in ("camera", "wrist")}
+    with torch.no_grad():
+        cam_ref = tok.encode(to_float_images(frames["camera"], 16, box)).numpy()
+        wrist_ref = tok.encode(frames["wrist"]).numpy()
+        uncropped = tok.encode(frames["camera"]).numpy()
+    np.testing.assert_allclose(np.load(out / "ep00" / "camera.npy"), cam_ref, atol=2e-3, rtol=2e-3)
+    np.testing.assert_allclose(np.load(out / "ep00" / "wrist.npy"), wrist_ref, atol=2e-3, rtol=2e-3)
+    assert np.abs(cam_ref - uncropped).max() > 0.05  # the crop changed what was encoded
 
 
 def test_encode_decode_shapes_and_dtypes(tok: Tokenizer):

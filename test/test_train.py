@@ -79,6 +79,7 @@ def test_tokenizer_run(runs):
     assert meta["extra"]["fingerprint"] == tok.fingerprint()
     vals = [h for h in history(runs["tok"]) if "val/psnr" in h]
     assert [h["step"] for h in vals] == [15, 30] and math.isfinite(vals[-1]["val/psnr"])
+    assert 0 < vals[-1]["val/object_l1"] < 1
     assert (runs["tok"] / tu.LOSS_PNG).stat().st_size > 0
 
 
@@ -184,6 +185,30 @@ def test_resume_continues_from_saved_step(runs):
     assert meta["extra"]["step"] == 15 and meta["config"]["action_temperature"] == 0.0
 
 
+def test_init_fine_tunes_a_baseline_on_a_cropped_tokenizer(runs, tmp_path):
+    data = [str(d) for d in runs["data"]]
+    tok_out, base_out = tmp_path / "tok_crop", tmp_path / "base_crop"
+    with pytest.raises(SystemExit, match="nose"):
+        main_tokenizer(["--data", *data, "--out", str(tok_out), "--crop", "nose=0,0,1,1", *COMMON])
+    with pytest.raises(SystemExit):  # a box outside the frame: argparse's error (exit 2)
+        main_tokenizer(["--data", *data, "--out", str(tok_out), "--crop", "camera=0.5,0,0.75,1", *COMMON])
+    # lr ~0: the fine-tunes start from (and stay at) the --init weights, with the new crop
+    tiny_lr = ["--steps", "4", "--lr", "1e-12", "--batch-size", "8", "--val-every", "4", "--ckpt-every", "4"]
+    assert main_tokenizer(["--data", *data, "--out", str(tok_out), "--init", str(runs["tok"] / tu.LATEST),
+                           "--crop", "camera=0.25,0,0.75,1", *tiny_lr, *COMMON]) == 0
+    init_tok, _ = load_checkpoint(runs["tok"] / tu.LATEST, expected_kind="tokenizer")
+    new_tok, tmeta = load_checkpoint(tok_out / tu.LATEST, expected_kind="tokenizer")
+    assert tmeta["config"]["crops"] == {"camera": [0.25, 0.0, 0.75, 1.0]}
+    assert max((new_tok["tokenizer"][k] - v).abs().max().item() for k, v in init_tok["tokenizer"].items()) < 1e-6
+    assert main_baseline(["--data", *data, "--out", str(base_out), "--init", str(runs["baseline"] / tu.LATEST),
+                          "--tokenizer", str(tok_out / tu.LATEST), *tiny_lr, *COMMON]) == 0
+    init, imeta = load_checkpoint(runs["baseline"] / tu.LATEST, expected_kind="baseline")
+    new, meta = load_checkpoint(base_out / tu.LATEST, expected_kind="baseline")
+    assert meta["config"]["tokenizer"] == tmeta["config"] and meta["config"]["idm"] == imeta["config"]["idm"]
+    assert max((new["baseline"][k] - v).abs().max().item() for k, v in init["baseline"].items()) < 1e-6
+    assert [h["step"] for h in history(base_out) if "loss" in h][0] <= 4  # a new schedule, not a resume
+
+
 def test_schedule_split_and_metrics():
     cfg = tu.TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     assert tu.lr_at(0, cfg) == pytest.approx(0.1) and tu.lr_at(9, cfg) == pytest.approx(1.0)
@@ -195,6 +220,15 @@ def test_schedule_split_and_metrics():
     x = torch.rand(2, 3, 16, 16)
     assert torch.isinf(tu.psnr(x, x)).sum() == 0 and tu.psnr(x, x).min() > 90
     torch.testing.assert_close(tu.ssim(x, x), torch.ones(2))
+    # object_l1: the error on a small green disc the reconstruction lost, unmoved by the background
+    scene = torch.full((2, 3, 16, 16), 0.5)
+    scene[0, :, 2:5, 2:5] = torch.tensor([0.1, 0.8, 0.2])[:, None, None]
+    lost = scene.clone()
+    lost[0, :, 2:5, 2:5] = 0.5
+    lost[:, :, 10:, 10:] += 0.01  # background noise: not part of the object error
+    obj = tu.object_l1(lost, scene)
+    assert obj[0].item() == pytest.approx((0.4 + 0.3 + 0.3) / 3) and torch.isnan(obj[1])  # no object in image 1
+    assert tu.psnr(lost, scene)[0] > 20  # while the frame-wide metric calls it good
     a = torch.zeros(4, 10)
     a[:, 3] = 1.0
     a[:, 7] = 1.0  # identity rotation in 6D

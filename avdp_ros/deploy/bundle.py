@@ -14,7 +14,8 @@ manifest.json::
     config                        PolicyConfig.to_dict() (cameras, horizon, obs_hz, vocabulary, ...)
     control                       {obs_hz, dt, horizon, context_frames, future_frames, video_steps,
                                    action_steps, relative_actions, cameras, instructions}
-    tokenizer                     {image_size, latent_scale, latent_shape}
+    tokenizer                     {image_size, latent_scale, latent_shape, crops (camera -> region
+                                   of interest (top, left, height, width) fractions, cut before the resize)}
     normalizers                   {video_state, state, action}: {mean, std} float lists
     video_mode                    "kv" | "recompute" (which video graphs exist)
     stages                        {name: {file, inputs: [{name, shape, dtype}], outputs: [...]}}

@@ -189,7 +189,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, video_mode: str = "kv
                     "action_steps": cfg.action_steps, "relative_actions": cfg.relative_actions,
                     "cameras": list(cfg.cameras), "instructions": list(cfg.instructions)},
         "tokenizer": {"image_size": dims.S, "latent_scale": float(policy.tokenizer.config.latent_scale),
-                      "latent_shape": list(cfg.latent_shape)},
+                      "latent_shape": list(cfg.latent_shape),
+                      "crops": {cam: list(box) for cam, box in policy.tokenizer.config.crops.items()}},
         "normalizers": norms,
         "video_mode": video_mode if policy.kind == "idm" else None,
         "kv_cache": {"max_len": dims.kv_len, "tokens_per_frame": dims.T, "masked_bias": -1.0e4}

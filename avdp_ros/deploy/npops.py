@@ -20,6 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from avdp_ros.images import crop_box
+
 F32 = np.float32
 
 
@@ -46,11 +48,15 @@ def _aa_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
     return w.astype(F32)
 
 
-def images_to_float(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, size, size) in [0, 1] (twin of `to_float_images`)."""
+def images_to_float(images: np.ndarray, size: int, crop=None) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, size, size) in [0, 1], cut to the optional crop
+    fractions first (twin of `to_float_images`)."""
     x = np.asarray(images)
     if x.ndim != 4 or x.dtype != np.uint8 or x.shape[-1] != 3:
         raise ValueError(f"images: {x.dtype} {x.shape}, expected uint8 (N, H, W, 3) RGB")
+    if crop is not None:
+        y0, y1, x0, x1 = crop_box(x.shape[1], x.shape[2], crop)
+        x = x[:, y0:y1, x0:x1]
     x = x.transpose(0, 3, 1, 2).astype(F32) / F32(255.0)  # (N, 3, H, W)
     H, W = x.shape[-2:]
     if (H, W) != (size, size):

@@ -124,6 +124,7 @@ class StagedPolicy:
         self._rng = np.random.default_rng(seed)
         self._frames: deque[tuple[Any, np.ndarray]] = deque(maxlen=self.cfg.context_frames)
         self._image_size = int(self.cfg.tokenizer["image_size"])
+        self._crops = dict(self.cfg.tokenizer.get("crops", {}))  # camera -> region of interest fractions
         C, h, w = self.cfg.latent_shape
         self._frame_shape = (self.cfg.n_cameras, C, h, w)
         self._T = self.cfg.n_cameras * (h // self.cfg.video.patch_size) * (w // self.cfg.video.patch_size)
@@ -144,7 +145,8 @@ class StagedPolicy:
         """Encode and append one observation to the history; returns the tokenizer time (ms)."""
         check_observation(obs, self.cfg.cameras)
         t0 = time.perf_counter()
-        images = npops.images_to_float(np.stack([obs[cam] for cam in self.cfg.cameras]), self._image_size)
+        images = np.concatenate([npops.images_to_float(obs[cam][None], self._image_size, self._crops.get(cam))
+                                 for cam in self.cfg.cameras])  # (cams, 3, S, S)
         latents = self.runner.run("encoder", {"images": self.runner.asarray(images)})["latents"]
         latents = self.runner.copy(latents)  # (cams, C, h, w); the runner may reuse its output buffer
         state = npops.pose_to_state10(np.asarray(obs["ee_pose"], np.float32), float(obs["gripper"]))

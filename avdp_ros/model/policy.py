@@ -115,7 +115,7 @@ class Policy:
         """Encode and append one observation to the history; returns the tokenizer time (ms)."""
         self._check(obs)
         t0 = time.perf_counter()
-        images = np.stack([obs[cam] for cam in self.cfg.cameras])  # (cams, H, W, 3)
+        images = torch.cat([self.tokenizer.camera_images(obs[cam], cam) for cam in self.cfg.cameras])  # (cams, 3, S, S)
         latents = self.tokenizer.encode(images).to(self.device)  # (cams, C, h, w)
         state = pose_to_state10(np.asarray(obs["ee_pose"], np.float32)[None],
                                 np.asarray([obs["gripper"]], np.float32))[0]  # (10,)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from avdp_ros.data.dataset import EpisodeDataset
+from avdp_ros.images import check_crop, crop_box
 from avdp_ros.model.checkpoint import load_checkpoint, load_into, save_checkpoint
 
 CHECKPOINT_KIND = "tokenizer"
@@ -50,6 +51,10 @@ class TokenizerConfig:
     kl_weight: float = 1e-6  # KL term weight; small: we want a near-deterministic autoencoder
     recon_loss: str = "l1"  # "l1" or "mse"
     mid_attention: bool = True  # self-attention in the bottleneck (cheap at 8x8)
+    # camera name -> (top, left, height, width) fractions of the frame cut out before the resize: a
+    # region of interest, so the workspace gets the tokenizer's pixels instead of walls and sky
+    # (a wide scene camera shows a 4 cm cube as 2-3 px at 64x64). Cameras not named: whole frame.
+    crops: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
@@ -66,6 +71,9 @@ class TokenizerConfig:
             raise ValueError(f"TokenizerConfig.recon_loss={self.recon_loss!r}: expected 'l1' or 'mse'")
         if not self.latent_scale > 0:
             raise ValueError(f"TokenizerConfig.latent_scale={self.latent_scale}: expected > 0")
+        if not isinstance(self.crops, dict):
+            raise ValueError(f"TokenizerConfig.crops={self.crops!r}: expected {{camera: [top, left, height, width]}}")
+        self.crops = {str(cam): check_crop(box, f"TokenizerConfig.crops[{cam!r}]") for cam, box in self.crops.items()}
 
     @property
     def downsample(self) -> int:
@@ -80,6 +88,9 @@ class TokenizerConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["block_out_channels"] = list(self.block_out_channels)
+        d["crops"] = {cam: list(box) for cam, box in self.crops.items()}
+        if not d["crops"]:
+            del d["crops"]  # so tokenizers from before crops keep their fingerprint and latent caches
         return d
 
     @classmethod
@@ -99,11 +110,12 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
 }
 
 
-def to_float_images(images: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
+def to_float_images(images: torch.Tensor | np.ndarray, size: int, crop=None) -> torch.Tensor:
     """uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> float (B, 3, size, size) in [0, 1].
 
-    The one resize used for training, caching and inference (antialiased bilinear), so the
-    tokenizer never sees two different downsamplers.
+    The one crop (`crop_box` of the optional (top, left, height, width) fractions) and resize
+    (antialiased bilinear) used for training, caching and inference, so the tokenizer never sees
+    two different downsamplers.
     """
     x = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images  # copy: mmap is read-only
     if x.ndim == 3:
@@ -120,14 +132,17 @@ def to_float_images(images: torch.Tensor | np.ndarray, size: int) -> torch.Tenso
         x = x.float()
     else:
         raise ValueError(f"images: dtype {x.dtype}, expected uint8 (B,H,W,3) or float (B,3,H,W)")
+    if crop is not None:
+        y0, y1, x0, x1 = crop_box(x.shape[-2], x.shape[-1], crop)
+        x = x[..., y0:y1, x0:x1]
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp(0.0, 1.0)
 
 
-def resize_uint8(images: np.ndarray, size: int) -> torch.Tensor:
+def resize_uint8(images: np.ndarray, size: int, crop=None) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> uint8 (B, 3, size, size): compact storage of training images."""
-    x = to_float_images(torch.from_numpy(np.array(images)), size)  # copy: mmap is read-only
+    x = to_float_images(torch.from_numpy(np.array(images)), size, crop)  # copy: mmap is read-only
     return (x * 255.0).round().to(torch.uint8)
 
 
@@ -155,6 +170,10 @@ class Tokenizer(nn.Module):
 
     def _prepare(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         return to_float_images(images, self.config.image_size).to(self.device) * 2.0 - 1.0  # (B,3,S,S) in [-1,1]
+
+    def camera_images(self, images: torch.Tensor | np.ndarray, camera: str) -> torch.Tensor:
+        """Frames of one camera -> float (B, 3, S, S) in [0, 1], cropped as `config.crops` says."""
+        return to_float_images(images, self.config.image_size, self.config.crops.get(camera))
 
     def encode(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> scaled latents (B, C, h, w) float32."""
@@ -283,7 +302,8 @@ def cache_latents(dataset_root: str | os.PathLike, tokenizer: Tokenizer, out_dir
             frames = ds[i][cam]  # (T, H, W, 3) uint8, memory-mapped
             chunks = []
             for s in range(0, len(frames), batch_size):
-                chunks.append(tokenizer.encode(np.asarray(frames[s:s + batch_size])).cpu())  # (b, C, h, w)
+                batch = tokenizer.camera_images(np.asarray(frames[s:s + batch_size]), cam)
+                chunks.append(tokenizer.encode(batch).cpu())  # (b, C, h, w)
                 bar.update(min(batch_size, len(frames) - s))
             d = out / ds.episodes[i]["name"]
             d.mkdir(parents=True, exist_ok=True)

@@ -121,9 +121,11 @@ def _resume_states(out: Path, kind: str) -> tuple[dict[str, dict[str, torch.Tens
 
 
 class ImageSet(torch.utils.data.Dataset):
-    """Every frame of every camera of the given episodes, resized once to (3, S, S) uint8 in memory."""
+    """Every frame of every camera of the given episodes, cropped (`crops`: camera -> fractions)
+    and resized once to (3, S, S) uint8 in memory."""
 
-    def __init__(self, roots: Sequence[Path], keys: set[str], size: int, stride: int = 1) -> None:
+    def __init__(self, roots: Sequence[Path], keys: set[str], size: int, stride: int = 1,
+                 crops: dict[str, Sequence[float]] | None = None) -> None:
         chunks = []
         datasets = {r: EpisodeDataset(r, validate=False) for r in roots}
         for ref in list_episodes(roots):
@@ -132,7 +134,7 @@ class ImageSet(torch.utils.data.Dataset):
             ds = datasets[ref.root]
             ep = ds[ref.name]
             for cam in ds.cameras:
-                chunks.append(resize_uint8(np.asarray(ep[cam][::stride]), size))  # (T', 3, S, S)
+                chunks.append(resize_uint8(np.asarray(ep[cam][::stride]), size, (crops or {}).get(cam)))  # (T', 3, S, S)
         self.images = torch.cat(chunks) if chunks else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
     def __len__(self) -> int:
@@ -142,32 +144,64 @@ class ImageSet(torch.utils.data.Dataset):
         return self.images[i]
 
 
+def _parse_crops(p: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    from avdp_ros.images import check_crop
+
+    crops = {}
+    for item in items:
+        cam, sep, box = item.partition("=")
+        try:
+            if not sep or not cam:
+                raise ValueError("expected CAMERA=TOP,LEFT,HEIGHT,WIDTH")
+            crops[cam] = check_crop(box.split(","), f"--crop {cam}")
+        except ValueError as err:
+            p.error(f"--crop {item!r}: {err}")
+    return crops
+
+
 def main_tokenizer(argv: Sequence[str] | None = None) -> int:
     """avdp-train-tokenizer: train the AutoencoderKL tokenizer, then set its latent_scale."""
     p = _parser("avdp-train-tokenizer", "Train the image tokenizer (AutoencoderKL).",
                 tu.TrainConfig(steps=2000, batch_size=32, lr=1e-3))
     p.add_argument("--kl-weight", type=float, default=None, help="override the preset's kl_weight")
     p.add_argument("--frame-stride", type=int, default=1, help="use every N-th frame (default %(default)s)")
+    p.add_argument("--crop", action="append", default=[], metavar="CAMERA=TOP,LEFT,HEIGHT,WIDTH",
+                   help="region of interest of a camera, fractions of its frame, cut out before the resize "
+                        "(e.g. camera=0.41,0.2,0.5,0.5); repeatable; stored in the tokenizer's config")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from this tokenizer's weights (fine-tuning, e.g. for a new --crop)")
     args = p.parse_args(argv)
+    crops = _parse_crops(p, args.crop)
     info, device = tu.setup_distributed(args.device, args.threads)
     try:
         tu.seed_everything(args.seed + info.rank)
         cfg = _train_config(args)
-        roots, _ = _check_roots(args.data)
+        roots, cameras = _check_roots(args.data)
         out = Path(args.out)
+        if set(crops) - set(cameras):
+            raise SystemExit(f"--crop names cameras {sorted(set(crops) - set(cameras))}; the data has {cameras}")
         if args.resume:
             states, meta = _resume_states(out, "tokenizer")
             tok = Tokenizer(TokenizerConfig.from_dict(meta["config"]))
             load_into(tok, states["tokenizer"], f"{out / tu.LATEST}")
+            if crops or args.init:
+                raise SystemExit("--resume continues the run as it was: --crop / --init do not apply")
         else:
-            tcfg = dataclasses.replace(TOKENIZER_PRESETS[args.preset])
+            if args.init:
+                init_states, init_meta = load_checkpoint(args.init, expected_kind="tokenizer")
+                tcfg = TokenizerConfig.from_dict(init_meta["config"])
+            else:
+                tcfg = dataclasses.replace(TOKENIZER_PRESETS[args.preset])
             if args.kl_weight is not None:
                 tcfg.kl_weight = args.kl_weight
+            tcfg.crops = {**tcfg.crops, **crops}
             tok = Tokenizer(tcfg)
+            if args.init:
+                load_into(tok, init_states["tokenizer"], f"--init {args.init}")
         train_keys, val_keys = _split(roots, args)
         S = tok.config.image_size
-        train_set = ImageSet(roots, set(train_keys), S, args.frame_stride)
-        val_set = ImageSet(roots, set(val_keys), S, max(args.frame_stride, 1))
+        train_set = ImageSet(roots, set(train_keys), S, args.frame_stride, tok.config.crops)
+        val_set = ImageSet(roots, set(val_keys), S, max(args.frame_stride, 1), tok.config.crops)
         gen = torch.Generator().manual_seed(args.seed)
         val_images = val_set.images[torch.randperm(len(val_set), generator=gen)[:VAL_IMAGES]]
         if info.is_main:
@@ -183,7 +217,8 @@ def main_tokenizer(argv: Sequence[str] | None = None) -> int:
                 return {}
             x = val_images.to(device).float() / 255.0
             rec = torch.cat([model.reconstruct(x[i:i + 64]) for i in range(0, len(x), 64)])
-            return {"psnr": tu.psnr(rec, x).mean().item(), "ssim": tu.ssim(rec, x).mean().item()}
+            return {"psnr": tu.psnr(rec, x).mean().item(), "ssim": tu.ssim(rec, x).mean().item(),
+                    "object_l1": tu.object_l1(rec, x).nanmean().item()}
 
         def finalize(model: Tokenizer) -> None:
             idx = torch.randperm(len(train_set), generator=gen)[:CALIB_IMAGES]
@@ -346,7 +381,8 @@ def _future_images(s: LatentSetup, idx: Sequence[int], k: int) -> torch.Tensor:
         ref = s.val.refs[e]
         ep = EpisodeDataset(ref.root, validate=False)[ref.name]
         frames = np.clip(np.arange(t + 1, t + k + 1), 0, ref.length - 1)
-        cams = [resize_uint8(np.asarray(ep[c][frames]), S) for c in s.cfg.cameras]  # each (k, 3, S, S)
+        cams = [resize_uint8(np.asarray(ep[c][frames]), S, s.tokenizer.config.crops.get(c))
+                for c in s.cfg.cameras]  # each (k, 3, S, S)
         out.append(torch.stack(cams, dim=1).float() / 255.0)  # (k, cams, 3, S, S)
     return torch.stack(out)
 
@@ -496,7 +532,10 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
         p.add_argument("--video", help="video checkpoint directory (gives the tokenizer, the config and the "
                                        "frozen video model; required unless --resume)")
     else:
-        p.add_argument("--tokenizer", help="tokenizer checkpoint directory (required unless --resume)")
+        p.add_argument("--tokenizer", help="tokenizer checkpoint directory (required unless --resume or --init)")
+        p.add_argument("--init", metavar="CHECKPOINT",
+                       help="start from this baseline checkpoint's weights and config (a fine-tune with a new "
+                            "schedule); with --tokenizer, on that tokenizer's latents (same latent shape)")
     p.add_argument("--include-failed", action="store_true",
                    help="also train actions on demonstrations recorded as failed (default: left out)")
     p.add_argument("--label-fraction", type=float, default=1.0,
@@ -532,6 +571,13 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
                            idm=dataclasses.asdict(action_side.idm))
             src_states = {"tokenizer": src_states["tokenizer"], "video": src_states["video"],
                           "video_state_norm": src_states["state_norm"]}
+        elif getattr(args, "init", None):
+            init_states, init_meta = load_checkpoint(args.init, expected_kind=kind)
+            src_cfg, src_states = _resume_config(args, init_meta["config"]), init_states
+            if args.tokenizer:  # a re-cropped / fine-tuned tokenizer under the same policy weights
+                new_tok = Tokenizer.from_checkpoint(args.tokenizer)
+                src_cfg = dict(src_cfg, tokenizer=new_tok.config.to_dict())
+                src_states = dict(src_states, tokenizer=new_tok.state_dict())
         else:
             if not args.tokenizer:
                 raise SystemExit("--tokenizer is required (the tokenizer checkpoint directory)")
@@ -554,6 +600,8 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
         policy.action_norm.fit(policy.action_space(chunks, starts))
         if args.resume:
             load_into(policy, states[kind], f"{out / tu.LATEST} {kind}")
+        elif getattr(args, "init", None):
+            load_into(policy, init_states[kind], f"--init {args.init} {kind}")
         if info.is_main:
             print(f"{kind}: {sum(p.numel() for p in policy.parameters()) / 1e6:.2f} M params, device {device}",
                   file=sys.stderr)

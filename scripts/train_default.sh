@@ -13,7 +13,9 @@
 #   4. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
 #   5. with EXPORT=1, copy the IDM checkpoint (EXPORT=baseline: the action-only one) to models/avdp_default
 # Knobs (environment): OUT (runs/default), EPISODES per task (150), PERTURBED_EPISODES per task (150),
-# PERTURB ("0.04 0.2": peak offset m, yaw rad), STEPS_TOK (500), STEPS_VIDEO
+# PERTURB ("0.04 0.2": peak offset m, yaw rad), STEPS_TOK (2500: at 500 the tokenizer still
+# dropped the green target), CROP (the scene camera's region of interest, "0.40625,0.203125,0.5,0.5":
+# the table; "" = whole frames), STEPS_VIDEO
 # (2500), BATCH_VIDEO (16), STEPS_IDM (10000), STEPS_BASE (15000), LABELS (label fraction for idm/baseline, 1.0),
 # EARLY_WEIGHT / EARLY_FRAMES (8 / 4: episode-start windows drawn 8x as often), TEMPERATURE (action
 # sampler noise scale stored in the checkpoints, 0), DAGGER_ROUNDS (3), DAGGER_EPISODES per task
@@ -46,7 +48,9 @@ done
 opts=(--preset base --threads "$THREADS" --no-progress)
 act=(--early-weight "${EARLY_WEIGHT:-8}" --early-frames "${EARLY_FRAMES:-4}" --label-fraction "$LABELS"
      --override "action_temperature=${TEMPERATURE:-0}")
-"$BIN/avdp-train-tokenizer" --data "${CLEAN[@]}" "${opts[@]}" --out "$OUT/tokenizer" --steps "${STEPS_TOK:-500}"
+crop=(); CROP="${CROP-0.40625,0.203125,0.5,0.5}"; [ -n "$CROP" ] && crop=(--crop "camera=$CROP")
+"$BIN/avdp-train-tokenizer" --data "${CLEAN[@]}" "${opts[@]}" --out "$OUT/tokenizer" --steps "${STEPS_TOK:-2500}" \
+  "${crop[@]}"
 "$BIN/avdp-train-video" --data "${CLEAN[@]}" "${opts[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/video" \
   --steps "${STEPS_VIDEO:-2500}" --batch-size "${BATCH_VIDEO:-16}"
 "$BIN/avdp-train-idm" --data "${ALL[@]}" "${opts[@]}" --video "$OUT/video/latest" --out "$OUT/idm" \

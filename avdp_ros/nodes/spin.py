@@ -53,6 +53,11 @@ def spin_in_thread(executor, name: str = "executor") -> threading.Thread:
             executor.spin()
         except ExternalShutdownException:
             return  # the context was shut down: the normal way this thread ends
+        except Exception:
+            # shut down between two waits, rclpy raises RCLError ("context is not valid") from
+            # building the next wait set instead: the same normal end, unless the context is alive
+            if executor.context.ok():
+                raise
 
     thread = threading.Thread(target=spin, name=name, daemon=True)
     thread.start()

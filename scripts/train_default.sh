@@ -7,7 +7,7 @@
 #   2. train the tokenizer and the video model on the clean episodes, the IDM (video model frozen)
 #      and, for an honest comparison, the action-only baseline on clean + perturbed episodes
 #      (failed demonstrations are left out of action training)
-#   3. DAgger rounds (DAGGER_ROUNDS, 3): the action-only policy drives new episodes, the expert only
+#   3. DAgger rounds (DAGGER_ROUNDS, 4): the action-only policy drives new episodes, the expert only
 #      labels them (avdp-dagger, with its own chunk per observation), and the action-only policy is
 #      fine-tuned with them
 #   4. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
@@ -18,7 +18,7 @@
 # the table; "" = whole frames), STEPS_VIDEO
 # (2500), BATCH_VIDEO (16), STEPS_IDM (10000), STEPS_BASE (15000), LABELS (label fraction for idm/baseline, 1.0),
 # EARLY_WEIGHT / EARLY_FRAMES (8 / 4: episode-start windows drawn 8x as often), TEMPERATURE (action
-# sampler noise scale stored in the checkpoints, 0), DAGGER_ROUNDS (3), DAGGER_EPISODES per task
+# sampler noise scale stored in the checkpoints, 0), DAGGER_ROUNDS (4), DAGGER_EPISODES per task
 # and round (100), DAGGER_TASKS ("push pick_place"), STEPS_DAGGER (12000 fine-tuning steps per
 # round), DAGGER_ROS (0), EVAL_EPISODES (50), THREADS (torch threads per
 # training process, 2), EXPORT (0: 1 copies the IDM, "baseline" the action-only policy to models/).
@@ -57,7 +57,7 @@ crop=(); CROP="${CROP-0.40625,0.203125,0.5,0.5}"; [ -n "$CROP" ] && crop=(--crop
   --steps "${STEPS_IDM:-10000}" "${act[@]}"
 "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${opts[@]}" --tokenizer "$OUT/tokenizer/latest" --out "$OUT/baseline" \
   --steps "${STEPS_BASE:-15000}" "${act[@]}"
-# DAgger rounds (DAGGER_ROUNDS, 3; 0 = off): each round the latest action-only policy drives
+# DAgger rounds (DAGGER_ROUNDS, 4; 0 = off): each round the latest action-only policy drives
 # DAGGER_EPISODES per task in process (avdp-dagger; round r on seeds 5000 + 1000 r) while the expert
 # only labels them (leashed, phase re-synced with the state); then the baseline is fine-tuned for
 # STEPS_DAGGER more steps on everything plus all DAgger episodes so far (failed ones too: their
@@ -65,7 +65,7 @@ crop=(); CROP="${CROP-0.40625,0.203125,0.5,0.5}"; [ -n "$CROP" ] && crop=(--crop
 # --policy: the policy node drives, the expert node labels), ~6x slower on a 2-core CPU.
 steps="${STEPS_BASE:-15000}"
 DAG=()
-for round in $(seq 1 "${DAGGER_ROUNDS:-3}"); do
+for round in $(seq 1 "${DAGGER_ROUNDS:-4}"); do
   for task in ${DAGGER_TASKS:-push pick_place}; do
     d="$OUT/dagger${round}_$task"
     if [ ! -f "$d/dataset/manifest.json" ]; then

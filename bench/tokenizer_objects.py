@@ -21,7 +21,7 @@ import torch
 
 from avdp_ros.data.dataset import EpisodeDataset
 from avdp_ros.model import train_utils as tu
-from avdp_ros.model.checkpoint import load_checkpoint
+from avdp_ros.model.checkpoint import load_checkpoint, load_into
 from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig
 
 
@@ -30,7 +30,7 @@ def load_tokenizer(path: str) -> Tokenizer:
     states, meta = load_checkpoint(path)
     cfg = meta["config"] if meta["kind"] == "tokenizer" else meta["config"]["tokenizer"]
     tok = Tokenizer(TokenizerConfig.from_dict(cfg))
-    tok.load_state_dict(states["tokenizer"])
+    load_into(tok, states["tokenizer"], f"{path}: tokenizer")  # names the checkpoint on a mismatch
     return tok.eval()
 
 

@@ -185,7 +185,7 @@ def test_resume_continues_from_saved_step(runs):
     assert meta["extra"]["step"] == 15 and meta["config"]["action_temperature"] == 0.0
 
 
-def test_init_fine_tunes_a_baseline_on_a_cropped_tokenizer(runs, tmp_path):
+def test_init_fine_tunes_baseline_and_video_on_a_cropped_tokenizer(runs, tmp_path):
     data = [str(d) for d in runs["data"]]
     tok_out, base_out = tmp_path / "tok_crop", tmp_path / "base_crop"
     with pytest.raises(SystemExit, match="nose"):
@@ -207,6 +207,18 @@ def test_init_fine_tunes_a_baseline_on_a_cropped_tokenizer(runs, tmp_path):
     assert meta["config"]["tokenizer"] == tmeta["config"] and meta["config"]["idm"] == imeta["config"]["idm"]
     assert max((new["baseline"][k] - v).abs().max().item() for k, v in init["baseline"].items()) < 1e-6
     assert [h["step"] for h in history(base_out) if "loss" in h][0] <= 4  # a new schedule, not a resume
+    # the video model likewise (its state statistics come along with its weights)
+    video_out = tmp_path / "video_crop"
+    assert main_video(["--data", *data, "--out", str(video_out), "--init", str(runs["video"] / tu.LATEST),
+                       "--tokenizer", str(tok_out / tu.LATEST), *tiny_lr, *COMMON]) == 0
+    vinit, vimeta = load_checkpoint(runs["video"] / tu.LATEST, expected_kind="video")
+    vnew, vmeta = load_checkpoint(video_out / tu.LATEST, expected_kind="video")
+    assert vmeta["config"]["tokenizer"] == tmeta["config"] and vmeta["config"]["video"] == vimeta["config"]["video"]
+    for part in ("video", "state_norm"):
+        assert max((vnew[part][k] - v).abs().max().item() for k, v in vinit[part].items()) < 1e-6
+    with pytest.raises(SystemExit, match="--init does not apply"):
+        main_video(["--data", *data, "--out", str(video_out), "--init", str(runs["video"] / tu.LATEST),
+                    "--resume", *COMMON])
 
 
 def test_schedule_split_and_metrics():

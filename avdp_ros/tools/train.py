@@ -270,6 +270,20 @@ def _resume_config(args: argparse.Namespace, ckpt_cfg: dict) -> dict:
     return d
 
 
+def _init_source(args: argparse.Namespace, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """--init CKPT [--tokenizer NEW]: the config and weights of a trained `kind` checkpoint to
+    fine-tune from (sampling-only --override edits allowed, as on --resume). With --tokenizer, the
+    model is carried over to that tokenizer's latents (a re-cropped or longer-trained one of the
+    same latent shape, checked when the data is set up)."""
+    states, meta = load_checkpoint(args.init, expected_kind=kind)
+    cfg = _resume_config(args, meta["config"])
+    if args.tokenizer:
+        new_tok = Tokenizer.from_checkpoint(args.tokenizer)
+        cfg = dict(cfg, tokenizer=new_tok.config.to_dict())
+        states = dict(states, tokenizer=new_tok.state_dict())
+    return cfg, states
+
+
 def _apply_overrides(d: dict, overrides: list[str]) -> None:
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -400,29 +414,37 @@ def main_video(argv: Sequence[str] | None = None) -> int:
     from avdp_ros.model.video import VideoModel
 
     p = _latent_parser("avdp-train-video", "Train the latent video model (diffusion forcing).")
-    p.add_argument("--tokenizer", help="tokenizer checkpoint directory (required unless --resume)")
+    p.add_argument("--tokenizer", help="tokenizer checkpoint directory (required unless --resume or --init)")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from this video checkpoint's weights and config (a fine-tune with a new "
+                        "schedule); with --tokenizer, on that tokenizer's latents (same latent shape)")
     p.add_argument("--rollout-steps", type=int, default=None, help="Euler steps per frame in validation")
     args = p.parse_args(argv)
+    if args.resume and args.init:
+        raise SystemExit("--resume continues the run as it was: --init does not apply")
     info, device = tu.setup_distributed(args.device, args.threads)
     try:
         tu.seed_everything(args.seed + info.rank)
         cfg_t = _train_config(args)
         out = Path(args.out)
-        states, meta = _resume_states(out, "video") if args.resume else ({}, None)
+        src_cfg, states, what = None, {}, ""
         if args.resume:
-            tok = _frozen_tokenizer(meta["config"]["tokenizer"], states["tokenizer"], device,
-                                    f"{out / tu.LATEST} tokenizer")
+            states, meta = _resume_states(out, "video")
+            src_cfg, what = _resume_config(args, meta["config"]), f"{out / tu.LATEST}"
+        elif args.init:
+            (src_cfg, states), what = _init_source(args, "video"), f"--init {args.init}"
+        if src_cfg is not None:
+            tok = _frozen_tokenizer(src_cfg["tokenizer"], states["tokenizer"], device, f"{what} tokenizer")
         elif args.tokenizer:
             tok = _load_tokenizer(args.tokenizer, device)
         else:
             raise SystemExit("--tokenizer is required (the tokenizer checkpoint directory)")
-        s = _latent_setup(args, info, tok, _resume_config(args, meta["config"]) if meta else None,
-                          require_actions=False)
+        s = _latent_setup(args, info, tok, src_cfg, require_actions=False)
         model = VideoModel(s.cfg)
         state_norm = Normalizer(10).fit(torch.from_numpy(s.train.state_rows()))
-        if args.resume:
-            load_into(model, states["video"], f"{out / tu.LATEST} video")
-            load_into(state_norm, states["state_norm"], f"{out / tu.LATEST} state_norm")
+        if states:  # the weights learned under the source's state statistics keep them
+            load_into(model, states["video"], f"{what} video")
+            load_into(state_norm, states["state_norm"], f"{what} state_norm")
         state_norm.to(device)
         if info.is_main:
             print(f"video model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, device {device}",
@@ -572,12 +594,7 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
             src_states = {"tokenizer": src_states["tokenizer"], "video": src_states["video"],
                           "video_state_norm": src_states["state_norm"]}
         elif getattr(args, "init", None):
-            init_states, init_meta = load_checkpoint(args.init, expected_kind=kind)
-            src_cfg, src_states = _resume_config(args, init_meta["config"]), init_states
-            if args.tokenizer:  # a re-cropped / fine-tuned tokenizer under the same policy weights
-                new_tok = Tokenizer.from_checkpoint(args.tokenizer)
-                src_cfg = dict(src_cfg, tokenizer=new_tok.config.to_dict())
-                src_states = dict(src_states, tokenizer=new_tok.state_dict())
+            src_cfg, src_states = _init_source(args, kind)
         else:
             if not args.tokenizer:
                 raise SystemExit("--tokenizer is required (the tokenizer checkpoint directory)")
@@ -601,7 +618,7 @@ def _action_main(argv: Sequence[str] | None, kind: str) -> int:
         if args.resume:
             load_into(policy, states[kind], f"{out / tu.LATEST} {kind}")
         elif getattr(args, "init", None):
-            load_into(policy, init_states[kind], f"--init {args.init} {kind}")
+            load_into(policy, src_states[kind], f"--init {args.init} {kind}")
         if info.is_main:
             print(f"{kind}: {sum(p.numel() for p in policy.parameters()) / 1e6:.2f} M params, device {device}",
                   file=sys.stderr)

@@ -219,6 +219,18 @@ def test_init_fine_tunes_baseline_and_video_on_a_cropped_tokenizer(runs, tmp_pat
     with pytest.raises(SystemExit, match="--init does not apply"):
         main_video(["--data", *data, "--out", str(video_out), "--init", str(runs["video"] / tu.LATEST),
                     "--resume", *COMMON])
+    # data with a task the checkpoint's vocabulary lacks: refused, not silently read as <unk>
+    manifest = Path(data[0]) / "manifest.json"
+    original = manifest.read_text()
+    m = json.loads(original)
+    m["episodes"][0]["instruction"] = "stack the blocks"
+    manifest.write_text(json.dumps(m))
+    try:
+        with pytest.raises(SystemExit, match="does not know: \\['stack the blocks'\\]"):
+            main_baseline(["--data", *data, "--out", str(tmp_path / "new_task"), "--init",
+                           str(runs["baseline"] / tu.LATEST), *tiny_lr, *COMMON])
+    finally:
+        manifest.write_text(original)  # the module's other tests share this dataset
 
 
 def test_schedule_split_and_metrics():

@@ -330,6 +330,11 @@ def _latent_setup(args: argparse.Namespace, info: tu.Dist, tok: Tokenizer, cfg_f
         if not info.is_main:
             caches.append((r, cache_latents(r, tok, progress=False)))  # present now: no encoding
     cfg = PolicyConfig.from_dict(cfg_from_ckpt) if cfg_from_ckpt else _policy_config(args, tok, cameras, roots)
+    unknown = sorted(set(build_vocabulary(roots)) - set(cfg.instructions))
+    if unknown:  # they would all read as <unk>: the model could not tell the new tasks apart
+        raise SystemExit(f"the data has instructions the checkpoint's vocabulary does not know: {unknown} "
+                         f"(it knows {list(cfg.instructions[1:])}); train a new model on all the data "
+                         "to add tasks")
     if tuple(cfg.latent_shape) != tuple(tok.config.latent_shape):
         raise SystemExit(f"tokenizer latents {tok.config.latent_shape} do not match the config's "
                          f"latent_shape {cfg.latent_shape}")

@@ -2,8 +2,9 @@
 # The model-core experiments, on top of scripts/train_default.sh's runs (same OUT):
 #   labels: video model on all episodes (reused), IDM and baseline trained with action labels on
 #           only LABELS (20%) of the training episodes, evaluated closed-loop;
-#   steps:  the default IDM policy evaluated with 1, 2, 4, 8 Euler steps per predicted frame
-#           (action head at its default) and per action chunk (video at its default).
+#   steps:  the IDM policy evaluated with 1, 2, 4, 8 Euler steps per predicted frame (action head
+#           at its default), and the action-only policy (the default recipe: it solves the tasks,
+#           so a change with the step count can show) with 1, 2, 4, 8 steps per action chunk.
 # Knobs (environment): OUT (runs/default), LABELS (0.2), STEPS_IDM / STEPS_BASE (10000 / 15000),
 # EARLY_WEIGHT / EARLY_FRAMES / TEMPERATURE (as scripts/train_default.sh),
 # EVAL_EPISODES (50), SWEEP_EPISODES (20), THREADS (2), ONLY (labels | steps | both, default both).
@@ -17,7 +18,7 @@ DATA=("$OUT/data_push/dataset" "$OUT/data_pick_place/dataset")
 for extra in "$OUT/data_push_dart/dataset" "$OUT/data_pick_place_dart/dataset"; do
   [ -d "$extra" ] && DATA+=("$extra")  # recovery episodes, when train_default.sh recorded them
 done
-for d in "${DATA[@]}" "$OUT/video/latest" "$OUT/tokenizer/latest" "$OUT/idm/latest"; do
+for d in "${DATA[@]}" "$OUT/video/latest" "$OUT/tokenizer/latest" "$OUT/idm/latest" "$OUT/baseline/latest"; do
   [ -e "$d" ] || { echo "missing $d: run scripts/train_default.sh first (same OUT)" >&2; exit 1; }
 done
 common=(--data "${DATA[@]}" --preset base --threads "$THREADS" --no-progress --label-fraction "$LABELS"
@@ -39,7 +40,7 @@ if [ "$ONLY" != labels ]; then
     for task in push pick_place; do
       "$BIN/avdp-eval" --policy "$OUT/idm" --task "$task" --episodes "${SWEEP_EPISODES:-20}" --video-steps "$steps" \
         --out "$OUT/sweep_video${steps}_$task" --no-progress
-      "$BIN/avdp-eval" --policy "$OUT/idm" --task "$task" --episodes "${SWEEP_EPISODES:-20}" --action-steps "$steps" \
+      "$BIN/avdp-eval" --policy "$OUT/baseline" --task "$task" --episodes "${SWEEP_EPISODES:-20}" --action-steps "$steps" \
         --out "$OUT/sweep_action${steps}_$task" --no-progress
     done
   done

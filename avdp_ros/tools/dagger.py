@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.label_horizon is not None and a.label_horizon < 0:
         ap.error(f"--label-horizon {a.label_horizon}: expected >= 0")
-    policy = load_cli_policy(a)
+    policy = load_cli_policy(a, seed=a.seed)
     horizon = a.label_horizon if a.label_horizon is not None else int(getattr(policy.cfg, "horizon", 8))
     cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, exec_steps=a.exec_steps,
                      time_limit=a.time_limit, videos=a.videos, obs_hz=policy.obs_hz)

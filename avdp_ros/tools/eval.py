@@ -76,20 +76,25 @@ def add_policy_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
 
 
-def load_cli_policy(a: argparse.Namespace):
-    """The policy `add_policy_args`' options describe."""
+def load_cli_policy(a: argparse.Namespace, seed: int | None = None):
+    """The policy `add_policy_args`' options describe. `seed` seeds the noise it draws (a video
+    policy's frames always, the action head's at temperature > 0), so a run repeats its numbers."""
     from avdp_ros.deploy import load_policy
 
     if a.action_temperature is not None and not 0.0 <= a.action_temperature <= 2.0:
         raise SystemExit(f"--action-temperature {a.action_temperature}: expected in [0, 2]")
     options = {}
-    if a.threads:
-        if a.backend == "onnxruntime":
-            options["threads"] = a.threads
-        else:
-            import torch
+    if seed is not None and a.backend != "torch":
+        options["seed"] = seed
+    if a.threads and a.backend == "onnxruntime":
+        options["threads"] = a.threads
+    if a.backend == "torch":
+        import torch
 
+        if a.threads:
             torch.set_num_threads(a.threads)
+        if seed is not None:
+            torch.manual_seed(seed)  # the eager Policy draws from torch's global generator
     policy = load_policy(a.backend, a.policy, device=a.device, video_steps=a.video_steps,
                          action_steps=a.action_steps, **options)
     if a.action_temperature is not None:
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.policy == "expert":
         result = _expert(cfg, not a.no_progress)
     else:
-        policy = load_cli_policy(a)
+        policy = load_cli_policy(a, seed=a.seed)
         cfg.obs_hz = policy.obs_hz
         result = evaluate(policy, cfg, progress=not a.no_progress)
         result["action_temperature"] = policy.action_temperature

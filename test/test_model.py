@@ -200,6 +200,8 @@ def test_normalizer_round_trip_and_checkpoint(tmp_path):
     loaded = Normalizer(10)
     loaded.load_state_dict(states["norm"])
     assert torch.equal(loaded.normalize(data), z)
+    with pytest.raises(ValueError, match="no rows"):  # NaN statistics would poison every later step
+        Normalizer(10).fit(torch.zeros(0, 10))
 
 
 # ---- video model ----------------------------------------------------------------------------

@@ -140,6 +140,8 @@ class Normalizer(nn.Module):
     def fit(self, x: Tensor) -> Normalizer:
         """Set mean/std from data (..., dim); std is clamped to `min_std` so constant dims stay finite."""
         flat = x.reshape(-1, x.shape[-1]).to(self.mean)  # stats live on the buffers' device and dtype
+        if len(flat) == 0:
+            raise ValueError(f"Normalizer.fit: no rows of dim {x.shape[-1]} to fit (NaN statistics otherwise)")
         self.mean.copy_(flat.mean(0))
         self.std.copy_(flat.std(0, unbiased=False).clamp(min=self.min_std))
         return self

@@ -351,6 +351,10 @@ def _latent_setup(args: argparse.Namespace, info: tu.Dist, tok: Tokenizer, cfg_f
     kw = dict(context_frames=cfg.context_frames, future_frames=cfg.future_frames, horizon=cfg.horizon,
               vocab=cfg.instructions, cameras=cfg.cameras, require_actions=require_actions)
     train = LatentDataset(caches, episodes=train_keys, **kw)
+    if len(train) == 0:  # before any statistics are fitted on nothing
+        raise ValueError(f"training set is empty: {len(train_keys)} training episodes"
+                         f"{' with action labels' if require_actions else ''} in {[str(r) for r in roots]}; "
+                         "check --data, --label-fraction, --val-fraction (and --include-failed)")
     val = LatentDataset(caches, episodes=val_keys, **kw)
     if info.is_main:
         n_lab = sum(a is not None for a in train.actions)

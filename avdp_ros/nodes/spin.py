@@ -55,8 +55,9 @@ def spin_in_thread(executor, name: str = "executor") -> threading.Thread:
             return  # the context was shut down: the normal way this thread ends
         except Exception:
             # shut down between two waits, rclpy raises RCLError ("context is not valid") from
-            # building the next wait set instead: the same normal end, unless the context is alive
-            if executor.context.ok():
+            # building the next wait set, or AttributeError from a guard condition the executor's
+            # shutdown already released: the same normal end, unless context and executor are alive
+            if executor.context.ok() and not getattr(executor, "_is_shutdown", False):
                 raise
 
     thread = threading.Thread(target=spin, name=name, daemon=True)

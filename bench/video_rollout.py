@@ -8,8 +8,8 @@ and prints per chunk where the arm is and where the chunk sends it.
 
     python bench/video_rollout.py --policy runs/idm/latest --task push --seed 100000 --out rollout.png
 
-The first use: the IDM heading for the push target instead of behind the cube, then stalling
-while the video model predicts a still arm (see README "Does video prediction help?").
+The first use: the video model predicting the arm straight down onto the cube instead of around
+behind it, and the IDM following (see README "Does video prediction help?").
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
     torch.manual_seed(a.seed)  # the video model's noise: the same command draws the same frames
     policy = Policy.from_checkpoint(a.policy)
     rec = RecordingPolicy(policy)
-    cfg = EvalConfig(task=a.task, episodes=1, seed=a.seed)
+    cfg = EvalConfig(task=a.task, episodes=1, seed=a.seed, obs_hz=policy.obs_hz)  # as avdp-eval runs it
     sim = PandaSim(SimConfig(task=cfg.task, episode_time_limit=cfg.time_limit))
     try:
         res = run_episode(sim, rec, a.seed, cfg)

@@ -289,3 +289,67 @@ def test_preset_overrides_are_validated():
         _preset_with_overrides(argparse.Namespace(preset="base", override=["idm.nope=1"]))
     with pytest.raises(SystemExit, match="does not divide"):
         _preset_with_overrides(argparse.Namespace(preset="base", override=["idm.patch_size=3"]))
+
+
+def test_ema_update_ramps_its_decay_and_copies_buffers():
+    model = torch.nn.BatchNorm1d(2)  # weight, bias + running stats (buffers)
+    ema = tu.EMA(model, decay=0.999)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+        model.running_mean.fill_(3.0)
+    ema.update(model)  # first update: decay min(0.999, 2 / 11)
+    d = 2 / 11
+    torch.testing.assert_close(ema.model.weight, d * start + (1 - d) * model.weight)
+    torch.testing.assert_close(ema.model.running_mean, model.running_mean)
+    assert not ema.model.weight.requires_grad and ema.model.weight.data_ptr() != model.weight.data_ptr()
+    with pytest.raises(ValueError, match="ema_decay 1.0"):
+        tu.TrainConfig(ema_decay=1.0)
+
+
+def _linear_run(out: Path, steps: int, lr: float, ema: float) -> tu.Run:
+    """A loop run on a line fit, saving its weights as a checkpoint would."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=gen)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+
+    def save(m, path: Path, extra: dict) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        save_file(tu.state_tensors(m), str(path / "model.safetensors"))
+
+    cfg = tu.TrainConfig(steps=steps, batch_size=16, lr=lr, warmup_steps=1, log_every=5, val_every=1000,
+                         ckpt_every=1000, device="cpu", ema_decay=ema)
+    return tu.Run(out=out, kind="line", model=torch.nn.Linear(3, 1), dataset=torch.utils.data.TensorDataset(x, y),
+                  loss_fn=lambda m, b: (((m(b[0]) - b[1]) ** 2).mean(), {}), cfg=cfg, save_fn=save)
+
+
+def test_ema_checkpoint_holds_the_average_and_resume_trains_on(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "line"
+    run = _linear_run(out, steps=40, lr=0.05, ema=0.9)
+    tu.train(run, tu.Dist(), torch.device("cpu"))
+    shipped = load_file(str(out / tu.LATEST / "model.safetensors"))
+    raw = load_file(str(out / tu.LATEST / tu.RAW_WEIGHTS))
+    torch.testing.assert_close(raw["weight"], run.model.weight.detach())  # the optimised weights, for resume
+    assert (shipped["weight"] - raw["weight"]).abs().max() > 1e-4  # the checkpoint holds their average
+    assert json.loads((out / tu.LATEST / tu.TRAINER_FILE).read_text())["ema_updates"] == 40
+    # resume with lr ~0: training goes on from the raw weights, the EMA from the checkpoint's
+    again = _linear_run(out, steps=41, lr=1e-12, ema=0.9)
+    again.model.load_state_dict(shipped)  # as the CLI loads the checkpoint before tu.train
+    tu.train(again, tu.Dist(), torch.device("cpu"), resume=True)
+    torch.testing.assert_close(again.model.weight.detach(), raw["weight"])
+    d = min(0.9, 42 / 51)  # the 41st update's decay, counted on from the saved 40
+    expected = d * shipped["weight"] + (1 - d) * raw["weight"]
+    torch.testing.assert_close(load_file(str(out / tu.LATEST / "model.safetensors"))["weight"], expected)
+    # without --ema the loop ships the optimised weights and keeps no second copy
+    plain = tmp_path / "plain"
+    tu.train(_linear_run(plain, steps=5, lr=0.05, ema=0.0), tu.Dist(), torch.device("cpu"))
+    assert not (plain / tu.LATEST / tu.RAW_WEIGHTS).exists()
+
+
+def test_ema_flag_is_validated():
+    with pytest.raises(SystemExit, match="--ema: ema_decay 1.5"):
+        main_baseline(["--data", "x", "--out", "y", "--tokenizer", "z", "--ema", "1.5"])

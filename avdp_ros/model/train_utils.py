@@ -7,6 +7,7 @@ the same code), AdamW + warmup/cosine schedule, a resumable loop with a tqdm bar
 Run directory layout (`--out`)::
 
     <out>/latest/           checkpoint (save_checkpoint) + optimizer.safetensors + trainer.json
+                            (+ raw.safetensors: the optimised weights, when the checkpoint holds their EMA)
     <out>/history.json      every logged step: {"step", "lr", <loss logs>, "val/<metric>"...}
     <out>/loss.png          loss curves (train and validation)
     <out>/*.gif             predicted vs real frames (video runs)
@@ -14,6 +15,7 @@ Run directory layout (`--out`)::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -36,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 LATEST = "latest"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
+RAW_WEIGHTS = "raw.safetensors"
 HISTORY_FILE = "history.json"
 LOSS_PNG = "loss.png"
 NOT_PLOTTED = ("step", "lr", "samples_per_s", "grad_norm")
@@ -53,6 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.01     # AdamW, on >= 2-D weights only
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0         # max global grad norm; 0 disables
+    ema_decay: float = 0.0         # > 0: validate and ship an exponential moving average of the weights
     log_every: int = 10            # steps between history entries
     val_every: int = 200           # steps between validations (and at the end)
     ckpt_every: int = 200          # steps between checkpoints (and at the end)
@@ -64,6 +68,10 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay {self.ema_decay}: expected in [0, 1) (0 disables the EMA)")
 
 
 # -- process set-up --------------------------------------------------------------------------
@@ -190,6 +198,33 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+class EMA:
+    """Exponential moving average of a model's weights, the weights a diffusion policy is usually
+    evaluated and shipped with (diffusion_policy, openpi): the average over the last ~1/(1-decay)
+    steps sits nearer the optimum than any one noisy step. The decay ramps up as
+    min(decay, (1 + n) / (10 + n)) after n updates, so that a short run or a fine-tune is not
+    dominated by its starting weights. Buffers (normaliser statistics) are copied, not averaged."""
+
+    def __init__(self, model: nn.Module, decay: float, updates: int = 0) -> None:
+        self.decay = decay
+        self.updates = updates
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, p in zip(self.model.parameters(), model.parameters()):
+            avg.lerp_(p.detach(), 1.0 - d)
+        for avg, b in zip(self.model.buffers(), model.buffers()):
+            avg.copy_(b)
+
+
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict safetensors can store (no shared or non-contiguous storage)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -394,6 +429,11 @@ def train(run: Run, info: Dist, device: torch.device, resume: bool = False) -> d
 
     Resume (`resume=True`) reloads `<out>/latest` (weights, optimizer, step, history) and goes on
     from the saved step; the data order is reseeded with (seed, step) so it does not replay.
+
+    With `cfg.ema_decay > 0` the checkpoints, the validation and `finalize_fn` get the EMA of the
+    weights (see EMA); the optimised weights are saved beside them for --resume. The caller has
+    loaded the checkpoint's weights into `run.model` on resume: they become the EMA's, and the
+    optimised ones are read back from `<out>/latest/raw.safetensors` when the run kept one.
     """
     from tqdm import tqdm
 
@@ -410,6 +450,12 @@ def train(run: Run, info: Dist, device: torch.device, resume: bool = False) -> d
         trainer = json.loads((latest / TRAINER_FILE).read_text())
         step = int(trainer["step"])
         load_optimizer(opt, latest / OPTIMIZER_FILE)
+    ema = None
+    if cfg.ema_decay > 0:  # on resume it starts from the checkpoint's weights, the EMA if the run kept one
+        ema = EMA(model, cfg.ema_decay, updates=trainer.get("ema_updates", 0) if resume else 0)
+    if resume:
+        if (latest / RAW_WEIGHTS).exists():  # the checkpoint holds the EMA; training goes on from these
+            model.load_state_dict(load_file(str(latest / RAW_WEIGHTS), device=str(device)))
         if (out / HISTORY_FILE).exists():
             history = [h for h in json.loads((out / HISTORY_FILE).read_text()) if h["step"] <= step]
     # DDP syncs gradients through forward(), so the loss call is routed through one
@@ -420,15 +466,20 @@ def train(run: Run, info: Dist, device: torch.device, resume: bool = False) -> d
             find_unused_parameters=True)  # e.g. an IDM without video features leaves a projection unused
     loader, sampler = make_loader(run.dataset, cfg.batch_size, info, cfg.seed + 7919 * step, cfg.num_workers)
     batches = forever(loader, sampler)
+    shipped = ema.model if ema is not None else model  # what is validated, finalised and saved
 
     def checkpoint(at: int, last: dict[str, Any]) -> None:
         if not info.is_main:
             return
         extra = {"step": at, "train": cfg.to_dict(), "metrics": last}
         tmp = out / (LATEST + ".tmp")
-        run.save_fn(model, tmp, extra)
+        run.save_fn(shipped, tmp, extra)
         save_optimizer(opt, tmp / OPTIMIZER_FILE)
-        (tmp / TRAINER_FILE).write_text(json.dumps({"step": at, "train": cfg.to_dict()}))
+        trainer_state: dict[str, Any] = {"step": at, "train": cfg.to_dict()}
+        if ema is not None:
+            save_file(state_tensors(model), str(tmp / RAW_WEIGHTS))
+            trainer_state["ema_updates"] = ema.updates
+        (tmp / TRAINER_FILE).write_text(json.dumps(trainer_state))
         old = out / (LATEST + ".old")
         if latest.exists():
             latest.rename(old)
@@ -462,6 +513,8 @@ def train(run: Run, info: Dist, device: torch.device, resume: bool = False) -> d
         if cfg.grad_clip > 0:
             logs = dict(logs, grad_norm=float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)))
         opt.step()
+        if ema is not None:
+            ema.update(model)
         step += 1
         for k, v in logs.items():
             running[k] = running.get(k, 0.0) + float(v)
@@ -476,16 +529,16 @@ def train(run: Run, info: Dist, device: torch.device, resume: bool = False) -> d
             running, n_running = {}, 0
             bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
             if do_val and info.is_main:
-                model.eval()
+                shipped.eval()
                 with torch.no_grad():
-                    metrics = run.validate_fn(model, step)
+                    metrics = run.validate_fn(shipped, step)
                 model.train()
                 last.update({f"val/{k}": v for k, v in metrics.items()})
                 bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             history.append(last)
             tick = time.perf_counter()  # throughput excludes validation time
         if is_last and run.finalize_fn is not None and info.is_main:
-            run.finalize_fn(model)
+            run.finalize_fn(shipped)
         if step % cfg.ckpt_every == 0 or is_last:
             checkpoint(step, last)
         info.barrier()

@@ -65,6 +65,9 @@ def _parser(prog: str, doc: str, defaults: tu.TrainConfig) -> argparse.ArgumentP
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process (default %(default)s)")
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default %(default)s)")
     p.add_argument("--warmup-steps", type=int, default=None, help="default: min(100, steps // 10)")
+    p.add_argument("--ema", type=float, default=defaults.ema_decay, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights with this decay, "
+                        "e.g. 0.999 (default %(default)s = off)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds init, data order and the episode split")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out episodes (default %(default)s)")
@@ -84,9 +87,13 @@ def _parser(prog: str, doc: str, defaults: tu.TrainConfig) -> argparse.ArgumentP
 
 def _train_config(args: argparse.Namespace) -> tu.TrainConfig:
     warmup = args.warmup_steps if args.warmup_steps is not None else min(100, max(args.steps // 10, 1))
-    return tu.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=warmup,
-                          log_every=args.log_every, val_every=args.val_every, ckpt_every=args.ckpt_every,
-                          seed=args.seed, device=args.device, num_workers=args.num_workers)
+    try:
+        return tu.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=warmup,
+                              log_every=args.log_every, val_every=args.val_every, ckpt_every=args.ckpt_every,
+                              seed=args.seed, device=args.device, num_workers=args.num_workers,
+                              ema_decay=args.ema)
+    except ValueError as e:
+        raise SystemExit(f"--ema: {e}") from None
 
 
 def _data_record(roots: Sequence[Path]) -> list[dict[str, Any]]:

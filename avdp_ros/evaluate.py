@@ -38,6 +38,7 @@ class EvalConfig:
     task: str = "push"
     episodes: int = 50
     seed: int = 0  # episode i uses seed + i
+    seeds: tuple[int, ...] = ()  # explicit episode seeds instead (then episodes = len(seeds))
     obs_hz: float = 10.0  # observation / action-chunk rate (the dataset's obs_hz)
     exec_steps: int = 4  # actions executed per chunk before replanning
     stream_hz: float = 50.0  # target interpolation rate inside one action period
@@ -48,6 +49,9 @@ class EvalConfig:
     #                            policy takes over (where does a policy fail: the start or later?)
 
     def __post_init__(self):
+        self.seeds = tuple(int(s) for s in self.seeds)
+        if self.seeds:
+            self.episodes = len(self.seeds)
         if not 0.0 <= self.expert_start < self.time_limit:
             raise ValueError(f"expert_start {self.expert_start}: expected in [0, time_limit {self.time_limit})")
         if self.exec_steps < 1:
@@ -55,6 +59,10 @@ class EvalConfig:
         ratio = self.stream_hz / self.obs_hz
         if self.stream_hz < self.obs_hz or abs(ratio - round(ratio)) > 1e-9:
             raise ValueError(f"stream_hz {self.stream_hz} must be an integer multiple of obs_hz {self.obs_hz}")
+
+    def episode_seeds(self) -> list[int]:
+        """The seed of every episode, in order."""
+        return list(self.seeds) if self.seeds else [self.seed + i for i in range(self.episodes)]
 
 
 @dataclass
@@ -185,8 +193,8 @@ def evaluate(policy: PolicyLike, cfg: EvalConfig, progress: bool = True) -> dict
                              episode_time_limit=cfg.time_limit))
     results: list[EpisodeResult] = []
     try:
-        for i in tqdm(range(cfg.episodes), desc=f"eval {cfg.task}", disable=not progress):
-            results.append(run_episode(sim, policy, cfg.seed + i, cfg, keep_frames=i < cfg.videos))
+        for i, seed in enumerate(tqdm(cfg.episode_seeds(), desc=f"eval {cfg.task}", disable=not progress)):
+            results.append(run_episode(sim, policy, seed, cfg, keep_frames=i < cfg.videos))
     finally:
         sim.close()
     return summarize(results, cfg)

@@ -106,6 +106,18 @@ def test_failures_are_described():
     assert describe_failures({"task": "push", "per_episode": eps[:1]}) == "no failures"
 
 
+def test_listed_seeds_run_in_their_order():
+    from avdp_ros.evaluate import evaluate
+
+    cfg = EvalConfig(task="push", episodes=50, seed=100, seeds=[9, 4], time_limit=0.3, image_size=(64, 64),
+                     videos=0)
+    assert cfg.episodes == 2 and cfg.episode_seeds() == [9, 4]
+    assert EvalConfig(episodes=3, seed=100).episode_seeds() == [100, 101, 102]
+    result = evaluate(ConstantPolicy([0.0, 0.0, 0.05]), cfg, progress=False)
+    assert result["episodes"] == 2 and [e["seed"] for e in result["per_episode"]] == [9, 4]
+    assert result["failed_seeds"] == [9, 4]
+
+
 def test_config_is_validated():
     with pytest.raises(ValueError, match="exec_steps"):
         EvalConfig(exec_steps=0)

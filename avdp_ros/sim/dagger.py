@@ -137,8 +137,10 @@ def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, horiz
                              episode_time_limit=cfg.time_limit))
     results, entries, leads = [], [], []
     try:
-        for i in tqdm(range(cfg.episodes), desc=f"dagger {cfg.task}", disable=not progress):
-            seed = cfg.seed + i
+        seeds = cfg.episode_seeds()
+        source = f"avdp-dagger ({cfg.task}, " + (f"seeds {cfg.seed}+)" if not cfg.seeds else
+                                                  f"{len(seeds)} listed seeds {min(seeds)}-{max(seeds)})")
+        for i, seed in enumerate(tqdm(seeds, desc=f"dagger {cfg.task}", disable=not progress)):
             labeller.reset()
             res = run_episode(sim, policy, seed, cfg, keep_frames=i < cfg.videos, monitor=labeller)
             results.append(res)
@@ -152,7 +154,7 @@ def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, horiz
                     "driver": "policy", "labeller": "expert", "label_lead_m": label_lead, "duration_s": res.duration}
             entries.append(write_episode(out / "episodes" / f"dagger_{cfg.task}_{seed:06d}", labeller.arrays(),
                                          entry, {"metadata": meta}))
-            write_manifest(out, ccfg, entries, [], source=f"avdp-dagger ({cfg.task}, seeds {cfg.seed}+)")
+            write_manifest(out, ccfg, entries, [], source=source)
     finally:
         sim.close()
     summary = summarize(results, cfg)

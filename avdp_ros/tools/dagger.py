@@ -22,7 +22,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 def main(argv: list[str] | None = None) -> int:
     from avdp_ros.evaluate import EvalConfig, describe_failures
-    from avdp_ros.tools.eval import add_policy_args, load_cli_policy, write_result
+    from avdp_ros.tools.eval import add_policy_args, add_seeds_arg, load_cli_policy, write_result
 
     ap = argparse.ArgumentParser(prog="avdp-dagger", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
     ap.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT/dataset")
+    add_seeds_arg(ap)
     add_policy_args(ap)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--label-horizon {a.label_horizon}: expected >= 0")
     policy = load_cli_policy(a, seed=a.seed)
     horizon = a.label_horizon if a.label_horizon is not None else int(getattr(policy.cfg, "horizon", 8))
-    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, exec_steps=a.exec_steps,
+    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds, exec_steps=a.exec_steps,
                      time_limit=a.time_limit, videos=a.videos, obs_hz=policy.obs_hz)
     try:
         result = collect(policy, cfg, a.out / "dataset", label_lead=a.label_lead, horizon=horizon,

@@ -29,12 +29,13 @@ def _expert(cfg, progress: bool) -> dict:
     sim = PandaSim(SimConfig(task=cfg.task, episode_time_limit=cfg.time_limit))
     try:
         expert = make_expert(cfg.task)
-        res = [run_episode(sim, expert, cfg.seed + i) for i in tqdm(range(cfg.episodes), disable=not progress)]
+        seeds = cfg.episode_seeds()
+        res = [run_episode(sim, expert, seed) for seed in tqdm(seeds, disable=not progress)]
     finally:
         sim.close()
     ok = [r["success"] for r in res]
     return {"task": cfg.task, "episodes": len(res), "success_rate": float(np.mean(ok)),
-            "failed_seeds": [cfg.seed + i for i, s in enumerate(ok) if not s],
+            "failed_seeds": [seed for seed, s in zip(seeds, ok) if not s],
             "mean_duration_s": float(np.mean([r["duration"] for r in res])), "frames": []}
 
 
@@ -102,6 +103,12 @@ def load_cli_policy(a: argparse.Namespace, seed: int | None = None):
     return policy
 
 
+def add_seeds_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--seeds", type=int, nargs="+", default=(), metavar="SEED",
+                    help="run exactly these seeds instead of --episodes from --seed (e.g. an evaluation's "
+                         "failed_seeds, or layouts picked by `python bench/task_layouts.py`)")
+
+
 def write_result(out: Path, result: dict, frames: list) -> None:
     """`out/summary.json` and, if episodes kept frames, `out/rollouts.mp4`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -130,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expert-start", type=float, default=0.0, metavar="SECONDS",
                     help="diagnostic: the scripted expert drives the first SECONDS, then the policy takes "
                          "over; shows whether a policy fails at the start or later (default 0: policy only)")
+    add_seeds_arg(ap)
     add_policy_args(ap)
     ap.add_argument("--out", type=Path, default=None, help="folder for summary.json and rollouts.mp4")
     ap.add_argument("--no-progress", action="store_true")
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.policy:
         ap.error("--policy is required (a checkpoint directory or 'expert'), or use --report FOLDER")
 
-    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, exec_steps=a.exec_steps,
+    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds, exec_steps=a.exec_steps,
                      time_limit=a.time_limit, videos=a.videos, expert_start=a.expert_start)
     if a.policy == "expert":
         result = _expert(cfg, not a.no_progress)

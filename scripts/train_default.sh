@@ -10,8 +10,10 @@
 #   3. DAgger rounds (DAGGER_ROUNDS, 4): the action-only policy drives new episodes, the expert only
 #      labels them (avdp-dagger, with its own chunk per observation), and the action-only policy is
 #      fine-tuned with them
-#   4. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
-#   5. with EXPORT=1, copy the IDM checkpoint (EXPORT=baseline: the action-only one) to models/avdp_default
+#   4. a targeted DAgger round on the push layouts the policy gets wrong (TARGETED_EPISODES), then a
+#      fine-tune with an EMA of the weights
+#   5. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
+#   6. with EXPORT=1, copy the IDM checkpoint (EXPORT=baseline: the action-only one) to models/avdp_default
 # Knobs (environment): OUT (runs/default), EPISODES per task (150), PERTURBED_EPISODES per task (150),
 # PERTURB ("0.04 0.2": peak offset m, yaw rad), STEPS_TOK (2500: at 500 the tokenizer still
 # dropped the green target), CROP (the scene camera's region of interest, "0.40625,0.203125,0.5,0.5":
@@ -20,7 +22,7 @@
 # EARLY_WEIGHT / EARLY_FRAMES (8 / 4: episode-start windows drawn 8x as often), TEMPERATURE (action
 # sampler noise scale stored in the checkpoints, 0), DAGGER_ROUNDS (4), DAGGER_EPISODES per task
 # and round (100), DAGGER_TASKS ("push pick_place"), STEPS_DAGGER (12000 fine-tuning steps per
-# round), DAGGER_ROS (0), EVAL_EPISODES (50), THREADS (torch threads per
+# round), DAGGER_ROS (0), TARGETED_EPISODES (180), EVAL_EPISODES (50), THREADS (torch threads per
 # training process, 2), EXPORT (0: 1 copies the IDM, "baseline" the action-only policy to models/).
 # The label-scarcity and sampling-steps experiments build on this: scripts/experiments.sh.
 set -euo pipefail
@@ -84,15 +86,32 @@ for round in $(seq 1 "${DAGGER_ROUNDS:-4}"); do
   "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${DAG[@]}" "${opts[@]}" --out "$OUT/baseline" --resume \
     --steps "$steps" "${act[@]}" --include-failed
 done
+# A targeted round (TARGETED_EPISODES, 180; 0 = off): the policy's push failures gather where the
+# cube must go away from the robot (bench/task_layouts.py --summary), so one more DAgger round
+# drives only such layouts (cube -> goal within +-45 degrees of +x, seeds 14000+), then the
+# policy is fine-tuned from its last checkpoint (--init: a new schedule) with an EMA of its weights.
+final="$OUT/baseline"
+if [ "${TARGETED_EPISODES:-180}" -gt 0 ]; then
+  d="$OUT/dagger_targeted_push"
+  if [ ! -f "$d/dataset/manifest.json" ]; then
+    # shellcheck disable=SC2046
+    "$BIN/avdp-dagger" --policy "$OUT/baseline/latest" --task push --out "$d" --threads "$THREADS" --no-progress \
+      --seeds $("$BIN/python" bench/task_layouts.py --task push --first 14000 --count "${TARGETED_EPISODES:-180}" \
+                --angle -45 45 --seeds-only)
+  fi
+  final="$OUT/baseline_targeted"
+  "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${DAG[@]}" "$d/dataset" "${opts[@]}" --out "$final" \
+    --init "$OUT/baseline/latest" --steps "${STEPS_DAGGER:-12000}" --ema 0.999 "${act[@]}" --include-failed
+fi
 for policy in idm baseline expert; do
   for task in push pick_place; do
-    src="$OUT/$policy"; [ "$policy" = expert ] && src=expert
+    src="$OUT/$policy"; [ "$policy" = expert ] && src=expert; [ "$policy" = baseline ] && src="$final"
     "$BIN/avdp-eval" --policy "$src" --task "$task" --episodes "${EVAL_EPISODES:-50}" \
       --out "$OUT/eval_${policy}_$task" --no-progress
   done
 done
 if [ "${EXPORT:-0}" != 0 ]; then
-  src="$OUT/idm/latest"; [ "$EXPORT" = baseline ] && src="$OUT/baseline/latest"
+  src="$OUT/idm/latest"; [ "$EXPORT" = baseline ] && src="$final/latest"
   mkdir -p models/avdp_default
   cp "$src/checkpoint.json" "$src/model.safetensors" models/avdp_default/
   echo "exported $src -> models/avdp_default"

@@ -48,7 +48,7 @@ setup(
             "recorder = avdp_ros.nodes.recorder_node:main",
             "policy = avdp_ros.nodes.policy_node:main",
             # tools
-            "avdp-run = avdp_ros.runner:main",
+            "avdp-run = avdp_ros.nodes.runner:main",
             "avdp-collect = avdp_ros.tools.collect:main",
             "avdp-convert = avdp_ros.tools.convert:main",
             "avdp-sim-bench = avdp_ros.tools.sim_bench:main",

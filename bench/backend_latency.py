@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               for k in STAGES},
                          **{f"{k[:-3]}_p99_ms": round(res[k][1], 3) for k in STAGES},
                          "cpu_p50_ms": round(res["cpu_ms"][0], 3)})
-            print(f"{label:30s} steps {steps}: total p50 {res['total_ms'][0]:7.2f} ms  p99 {res['total_ms'][1]:7.2f} ms",
-                  file=sys.stderr)
+            p50, p99 = res["total_ms"][:2]
+            print(f"{label:30s} steps {steps}: total p50 {p50:7.2f} ms  p99 {p99:7.2f} ms", file=sys.stderr)
         print(f"steps {steps}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"

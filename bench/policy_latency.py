@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from avdp_ros.data.dataset import EpisodeDataset
+from avdp_ros.model.kinds import KINDS
 from avdp_ros.model.policy import Policy
 
 STEPS = (1, 2, 4, 8)
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     obs = observations(a.data, a.calls)
     base = Policy.from_checkpoint(a.policy, device=a.device)
-    settings = [(v, base.cfg.action_steps) for v in STEPS] if base.kind == "idm" else []
+    has_video = KINDS[base.kind].has_video
+    settings = [(v, base.cfg.action_steps) for v in STEPS] if has_video else []
     settings += [(base.cfg.video_steps, s) for s in STEPS]
     lines = [f"`{a.policy}` ({base.kind}), {len(obs)} calls per row, {a.threads} thread(s), device {a.device}", "",
              "| video steps | action steps | " + " | ".join(f"{k[:-3]} p50 / p99 (ms)" for k in STAGES) + " |",
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for video_steps, action_steps in dict.fromkeys(settings):
         policy = Policy.from_checkpoint(a.policy, device=a.device, video_steps=video_steps, action_steps=action_steps)
         res = measure(policy, obs)
-        vs = video_steps if base.kind == "idm" else "-"
+        vs = video_steps if has_video else "-"
         lines.append(f"| {vs} | {action_steps} | " + " | ".join(f"{res[k][0]:.1f} / {res[k][1]:.1f}" for k in STAGES)
                      + " |")
         print(lines[-1], file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Recorder stress benchmark (not a test): DESIGN.md section 6, "recorder" row.
+"""Recorder stress benchmark (not a test): the "recorder" row of docs/benchmarks.md.
 
 A publisher process sends 2 x 640x480 rgb8 Image at 30 Hz (best effort, depth 1) and
 PoseStamped at 200 Hz (reliable) for --duration seconds, each with a sequence number in

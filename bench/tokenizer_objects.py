@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from avdp_ros.data.dataset import EpisodeDataset
-from avdp_ros.model import train_utils as tu
 from avdp_ros.model.checkpoint import load_checkpoint, load_into
 from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig
+from avdp_ros.train.metrics import object_l1, psnr
 
 
 def load_tokenizer(path: str) -> Tokenizer:
@@ -55,7 +55,7 @@ def main() -> None:
             x = tok.camera_images(frames, cam)  # (N, 3, S, S): each tokenizer's own crop
             with torch.no_grad():
                 rec = torch.cat([tok.reconstruct(x[i:i + 64]) for i in range(0, len(x), 64)])
-            print(f"| {path} | {cam} | {tu.psnr(rec, x).mean():.1f} | {tu.object_l1(rec, x).nanmean():.3f} |")
+            print(f"| {path} | {cam} | {psnr(rec, x).mean():.1f} | {object_l1(rec, x).nanmean():.3f} |")
             show = torch.linspace(0, len(x) - 1, a.show).long()
             if k == 0 or tok.config.crops.get(cam) != toks[k - 1].config.crops.get(cam):
                 rows.append(torch.cat(list(x[show]), 2))  # the real frames, as this tokenizer crops them

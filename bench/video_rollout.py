@@ -1,7 +1,7 @@
 """What does a video policy see coming? (a diagnostic, not a test)
 
 Runs one seeded closed-loop episode with a video + IDM checkpoint exactly as `avdp-eval` does
-(`evaluate.run_episode`) and keeps, at every chunk, the observation and the video model's
+(`evaluation.sim_eval.run_episode`) and keeps, at every chunk, the observation and the video model's
 predicted frames. Writes a PNG, one row per chunk: the observed frame, then the K predicted
 ones, scene camera above wrist camera (each at the tokenizer's input: cropped where it crops),
 and prints per chunk where the arm is and where the chunk sends it.
@@ -64,7 +64,7 @@ def main() -> None:
     import imageio.v3 as iio
     import torch
 
-    from avdp_ros.evaluate import EvalConfig, run_episode
+    from avdp_ros.evaluation.sim_eval import EvalConfig, run_episode
     from avdp_ros.model.policy import Policy
     from avdp_ros.sim.env import PandaSim, SimConfig
 
@@ -79,7 +79,8 @@ def main() -> None:
     finally:
         sim.close()
     for i, (obs, _, chunk) in enumerate(rec.calls):
-        print(f"chunk {i:3d} t={i * cfg.exec_steps / cfg.obs_hz:5.1f} s  arm {np.round(obs['ee_pose'][:3], 3)}  "
+        t = i * cfg.execute_steps / cfg.obs_hz
+        print(f"chunk {i:3d} t={t:5.1f} s  arm {np.round(obs['ee_pose'][:3], 3)}  "
               f"-> step 1 {np.round(chunk[1, :3], 3)}, step {len(chunk) - 1} {np.round(chunk[-1, :3], 3)}, "
               f"gripper {chunk[-1, 7]:.3f}")
     print(f"{a.task} seed {a.seed}: {'solved' if res.success else 'failed'}, cube moved {res.cube_moved * 100:.1f} cm, "

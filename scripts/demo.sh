@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The main job (README command 1): set-up on first run, then
-#   1. the default policy (models/avdp_default: video model + inverse dynamics) doing both sim
-#      tasks closed loop through ROS (MuJoCo bridge + policy node, one process each, as
-#      `avdp-run policy` starts them; avdp-eval-ros drives seeded episodes over the topics),
-#      printing success, latency and command-rate jitter, with a video, plots and a report per
-#      task in runs/demo/policy_<task>/. On sim time at a quarter of real time (RTF): on a 2-core
-#      CPU the renderer, the bridge and the policy cannot all keep up at real time (measured in
-#      README "Measured"); on a machine that can, pass --real-time-factor 1 and drop --use-sim-time;
+# The main job (README "Quick start", command 1): set-up on first run, then
+#   1. the default policy (models/avdp_default: the action-only policy, checkpoint kind
+#      `baseline`) doing both sim tasks closed loop through ROS (MuJoCo bridge + policy node, one
+#      process each, as `avdp-run policy` starts them; avdp-eval-ros drives seeded episodes over
+#      the topics), printing success, latency and command-rate jitter, with a video, plots and a
+#      report per task in runs/demo/policy_<task>/. On sim time at a quarter of real time (RTF):
+#      on a 2-core CPU the renderer, the bridge and the policy cannot all keep up at real time
+#      (docs/benchmarks.md); on a machine that can, pass --real-time-factor 1;
 #   2. the simulated Panda with the scripted expert doing the task through the robot's topics while
 #      the recorder writes a rosbag2 MCAP; a summary, a video of the episode and the converted
 #      dataset in runs/demo/.

@@ -16,13 +16,13 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
 from avdp_ros.data.bag_io import (
-    EpisodeBagWriter,
     bag_info,
     header_stamp_ns,
     read_bag,
     read_episode_metadata,
     repair_bag,
 )
+from avdp_ros.data.bag_writer import EpisodeBagWriter
 
 TS = get_typestore(Stores.ROS2_KILTED)
 POSE = "/cartesian_impedance_controller/current_pose"

@@ -11,7 +11,7 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from avdp_ros.data.bag_io import EpisodeBagWriter
+from avdp_ros.data.bag_writer import EpisodeBagWriter
 from avdp_ros.data.convert import (
     ConversionError,
     ConvertConfig,

@@ -23,7 +23,7 @@ def test_label_only_expert_publishes_labels_and_never_commands(rclpy_context):
     from std_msgs.msg import Float64
 
     from avdp_ros.nodes.msgs import pose_from_msg
-    from avdp_ros.runner import Stack, default_config
+    from avdp_ros.nodes.runner import Stack, default_config
 
     overrides = {"avdp_sim_bridge": {"task": "push", "seed": 5, "real_time_factor": 0.5},
                  "avdp_expert": {"command": False}}
@@ -76,7 +76,8 @@ def test_collect_with_policy_records_expert_labels_of_the_policy_run(tmp_path):
 
     ckpt, _ = tiny_idm_checkpoint(tmp_path)
     out = tmp_path / "dagger"
-    rc = collect.main(["--task", "push", "--episodes", "1", "--seed", "7", "--time-limit", "4", "--real-time-factor", "0.5", "--policy",
+    rc = collect.main(["--task", "push", "--episodes", "1", "--seed", "7", "--time-limit", "4",
+                       "--real-time-factor", "0.5", "--policy",
                        str(ckpt), "--in-process", "--no-video", "--out", str(out),
                        "--set", "avdp_policy.torch_threads=1"])
     assert rc == 1  # a random policy does not push the cube onto the target

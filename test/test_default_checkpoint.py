@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from avdp_ros.model.checkpoint import file_sha256
+from avdp_ros.data.files import file_sha256
 from avdp_ros.model.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import torch
 
+from avdp_ros.data.files import file_sha256 as sha256_file
 from avdp_ros.deploy import npops
 from avdp_ros.deploy.backends import load_policy
-from avdp_ros.deploy.bundle import Bundle, BundleError, HashMismatchError, ShapeMismatchError, sha256_file
+from avdp_ros.deploy.bundle import Bundle, BundleError, HashMismatchError, ShapeMismatchError
 from avdp_ros.deploy.export import OPSET, TRT10_OPS, export_bundle, graph_ops
 from avdp_ros.deploy.ort import PROVIDERS, OrtRunner, ProviderError, resolve_providers
 from avdp_ros.deploy.runtime import PolicyMeta, StagedPolicy
@@ -34,7 +35,8 @@ from avdp_ros.model.checkpoint import save_checkpoint
 from avdp_ros.model.config import preset
 from avdp_ros.model.idm import ActionOnlyPolicy, InverseDynamics, Normalizer
 from avdp_ros.model.policy import Policy
-from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer, pose_to_state10, to_float_images
+from avdp_ros.model.rotation import pose_to_state10
+from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer, to_float_images
 from avdp_ros.model.video import VideoModel
 
 STAGE_TOL = 1e-4
@@ -318,7 +320,8 @@ def test_end_to_end_action_chunk_matches_torch(bundles, checkpoints, name, backe
     ref.reset()
     policy.action_temperature = ref.action_temperature = 0.0
     video_only = {"video": noises[0]["video"]}
-    _assert_actions_close(policy.infer(_obs(0), noise=video_only)["actions"], ref.infer(_obs(0), noise=video_only)["actions"])
+    _assert_actions_close(policy.infer(_obs(0), noise=video_only)["actions"],
+                          ref.infer(_obs(0), noise=video_only)["actions"])
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
@@ -452,7 +455,7 @@ def test_input_shape_mismatch_names_tensor_expected_and_got(bundles, tmp_path):
 def test_missing_execution_provider_is_named_and_falls_back_only_when_allowed(bundles):
     available = ["CPUExecutionProvider"]
     with pytest.raises(ProviderError, match=r"TensorrtExecutionProvider \(requested as 'tensorrt'\) is not "
-                                            r"available in this onnxruntime build; available: \['CPUExecutionProvider'\]"):
+                       r"available in this onnxruntime build; available: \['CPUExecutionProvider'\]"):
         resolve_providers(["tensorrt", "cpu"], available, allow_fallback=False)
     with pytest.warns(RuntimeWarning, match="CUDAExecutionProvider.*falling back"):
         assert resolve_providers(["cuda", "cpu"], available, allow_fallback=True) == ["cpu"]

@@ -16,15 +16,11 @@ pytest.importorskip("mujoco", reason="mujoco is not installed")
 
 from conftest import tiny_idm_checkpoint  # noqa: E402
 
+from avdp_ros.evaluation.faults import FaultSpec, NanActions  # noqa: E402
+from avdp_ros.evaluation.ros_config import EvalRosConfig  # noqa: E402
+from avdp_ros.evaluation.ros_metrics import HOLD_EPS, fault_outcome  # noqa: E402
 from avdp_ros.tools.eval import report  # noqa: E402
-from avdp_ros.tools.eval_ros import (  # noqa: E402
-    HOLD_EPS,
-    EvalRosConfig,
-    FaultSpec,
-    NanActions,
-    fault_outcome,
-    run_evaluation,
-)
+from avdp_ros.tools.eval_ros import run_evaluation  # noqa: E402
 
 RATE_HZ = 100.0  # commander rate; half the default keeps a loaded 2-core machine on time
 # Sim time: on a loaded machine the sim (and every timer with it) slows down instead of the

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("mujoco", reason="mujoco is not installed")
 
-from avdp_ros.evaluate import EvalConfig, describe_failures, run_episode  # noqa: E402
+from avdp_ros.evaluation.sim_eval import EvalConfig, describe_failures, run_episode  # noqa: E402
 from avdp_ros.sim.env import PandaSim, SimConfig  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def sim():
 
 
 def test_chunks_are_executed_and_the_arm_follows(sim):
-    cfg = EvalConfig(task="push", time_limit=2.0, exec_steps=4, image_size=(64, 64))
+    cfg = EvalConfig(task="push", time_limit=2.0, execute_steps=4, image_size=(64, 64))
     policy = ConstantPolicy([0.05, 0.0, 0.05])
     res = run_episode(sim, policy, seed=0, cfg=cfg, keep_frames=True)
     assert not res.success and res.duration == 2.0
@@ -61,7 +61,7 @@ def test_expert_lead_in_hands_over_to_the_policy(sim):
     if the expert had time to finish the push (~4 s)."""
     for lead, solved in ((1.0, False), (5.0, True)):
         policy = ConstantPolicy([0.0, 0.0, 0.0])
-        cfg = EvalConfig(task="push", time_limit=6.0, exec_steps=4, image_size=(64, 64), expert_start=lead)
+        cfg = EvalConfig(task="push", time_limit=6.0, execute_steps=4, image_size=(64, 64), expert_start=lead)
         res = run_episode(sim, policy, seed=3, cfg=cfg, keep_frames=True)
         assert policy.observed >= round(lead * cfg.obs_hz)  # every lead-in frame was observed
         assert len(res.frames) == round(cfg.time_limit * cfg.obs_hz) or res.success
@@ -85,10 +85,10 @@ def test_non_finite_actions_are_refused(sim):
         run_episode(sim, Bad([0, 0, 0]), seed=0, cfg=EvalConfig(time_limit=1.0, image_size=(64, 64)))
 
 
-def test_horizon_must_exceed_exec_steps(sim):
-    with pytest.raises(ValueError, match="horizon 4 must exceed exec_steps 4"):
+def test_horizon_must_exceed_execute_steps(sim):
+    with pytest.raises(ValueError, match="horizon 4 must exceed execute_steps 4"):
         run_episode(sim, ConstantPolicy([0, 0, 0], horizon=4), seed=0,
-                    cfg=EvalConfig(time_limit=1.0, exec_steps=4, image_size=(64, 64)))
+                    cfg=EvalConfig(time_limit=1.0, execute_steps=4, image_size=(64, 64)))
 
 
 def test_failures_are_described():
@@ -107,7 +107,7 @@ def test_failures_are_described():
 
 
 def test_listed_seeds_run_in_their_order():
-    from avdp_ros.evaluate import evaluate
+    from avdp_ros.evaluation.sim_eval import evaluate
 
     cfg = EvalConfig(task="push", episodes=50, seed=100, seeds=[9, 4], time_limit=0.3, image_size=(64, 64),
                      videos=0)
@@ -119,8 +119,8 @@ def test_listed_seeds_run_in_their_order():
 
 
 def test_config_is_validated():
-    with pytest.raises(ValueError, match="exec_steps"):
-        EvalConfig(exec_steps=0)
+    with pytest.raises(ValueError, match="execute_steps"):
+        EvalConfig(execute_steps=0)
     with pytest.raises(ValueError, match="integer multiple"):
         EvalConfig(stream_hz=25.0)
 

@@ -1,4 +1,4 @@
-"""Live streams -> aligned observations (avdp_ros.ingest), driven by a fake clock: no rclpy, no sleeps."""
+"""Live streams -> aligned observations (avdp_ros.control.ingest), driven by a fake clock: no rclpy, no sleeps."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from avdp_ros.control.ingest import REJECTION_KINDS, IngestConfig, ObservationAssembler
 from avdp_ros.geometry import axis_angle_to_quat, quat_angle
 from avdp_ros.images import to_rgb
-from avdp_ros.ingest import REJECTION_KINDS, IngestConfig, ObservationAssembler
 
 T0 = 100.0
 SIZE = (8, 8)
@@ -71,7 +71,8 @@ class Robot:
         events = []
         for name, (period, phase, _) in STREAMS.items():
             lat = self.latency[name]
-            for k in range(max(0, math.floor((self.t - lat - T0 - phase) / period)), math.ceil((until - T0) / period) + 1):
+            first = max(0, math.floor((self.t - lat - T0 - phase) / period))
+            for k in range(first, math.ceil((until - T0) / period) + 1):
                 arrival = self.stamp(name, k) + lat
                 if self.t < arrival <= until and name not in self.silent:
                     events.append((arrival, name, k))

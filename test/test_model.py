@@ -181,7 +181,8 @@ def test_relative_actions_round_trip_and_meaning():
     # holding the current pose is the identity motion
     hold = rotation.actions_to_relative(state[:, None, :].expand(5, 4, 10), state)
     torch.testing.assert_close(hold[..., :3], torch.zeros(5, 4, 3, dtype=torch.float64))
-    torch.testing.assert_close(rotation.rot6d_to_matrix(hold[..., 3:9]), torch.eye(3, dtype=torch.float64).expand(5, 4, 3, 3))
+    torch.testing.assert_close(rotation.rot6d_to_matrix(hold[..., 3:9]),
+                               torch.eye(3, dtype=torch.float64).expand(5, 4, 3, 3))
 
 
 # ---- normaliser -----------------------------------------------------------------------------

@@ -71,7 +71,8 @@ def test_infer_shapes_determinism_and_noise(checkpoints, kind):
     assert policy.kind == kind and policy.obs_hz == cfg.obs_hz
     K, cams, (C, h, w) = cfg.future_frames, len(cfg.cameras), cfg.latent_shape
     g = torch.Generator().manual_seed(1)
-    noise = {"video": torch.randn(1, K, cams, C, h, w, generator=g), "action": torch.randn(1, cfg.horizon, 10, generator=g)}
+    noise = {"video": torch.randn(1, K, cams, C, h, w, generator=g),
+             "action": torch.randn(1, cfg.horizon, 10, generator=g)}
     out = policy.infer(_obs(), noise=noise, return_frames=True)
     a = out["actions"]
     assert a.shape == (cfg.horizon, 8) and np.all(np.isfinite(a))
@@ -167,7 +168,8 @@ def test_prefix_conditioning_starts_the_chunk_with_the_committed_actions(checkpo
     assert policy.supports_prefix
     g = torch.Generator().manual_seed(2)
     K, cams, (C, h, w) = cfg.future_frames, len(cfg.cameras), cfg.latent_shape
-    noise = {"video": torch.randn(1, K, cams, C, h, w, generator=g), "action": torch.randn(1, cfg.horizon, 10, generator=g)}
+    noise = {"video": torch.randn(1, K, cams, C, h, w, generator=g),
+             "action": torch.randn(1, cfg.horizon, 10, generator=g)}
     free = policy.infer(_obs(), noise=noise)["actions"]
     # committed: the free chunk's first rows moved 2 cm and turned 0.2 rad about z, a plan the
     # model would not have produced itself

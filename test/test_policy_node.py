@@ -36,7 +36,7 @@ from avdp_ros.nodes.policy_node import (  # noqa: E402
     PREDICTED_IMAGE,
     PolicyNode,
 )
-from avdp_ros.runner import Stack, default_config, ros_args  # noqa: E402
+from avdp_ros.nodes.runner import Stack, default_config, ros_args  # noqa: E402
 
 RELAY = "/test_relay/wrist/image_raw"  # the policy's wrist camera, fed by the probe: silenced at will
 RATE_HZ = 100.0  # the default is 200; half keeps a loaded 2-core CI machine (GIL shared with the sim) on time

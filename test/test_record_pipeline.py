@@ -17,8 +17,9 @@ from avdp_ros.data.bag_io import default_typestore, read_bag  # noqa: E402
 from avdp_ros.data.convert import ConvertConfig, convert_directory  # noqa: E402
 from avdp_ros.data.dataset import EpisodeDataset  # noqa: E402
 from avdp_ros.nodes import topics  # noqa: E402
-from avdp_ros.runner import Stack, default_config  # noqa: E402
-from avdp_ros.tools.collect import EpisodeDriver, bag_video  # noqa: E402
+from avdp_ros.nodes.episode_driver import EpisodeDriver  # noqa: E402
+from avdp_ros.nodes.runner import Stack, default_config  # noqa: E402
+from avdp_ros.tools.collect import bag_video  # noqa: E402
 
 RECORDED = [topics.CAMERA_IMAGE, topics.CAMERA_INFO, topics.WRIST_IMAGE, topics.WRIST_INFO,
             topics.CURRENT_POSE, topics.TARGET_FRAME, topics.GRIPPER_STATE, topics.GRIPPER_COMMAND]

@@ -28,7 +28,7 @@ from avdp_ros.nodes import topics  # noqa: E402
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_runner_stops_cleanly_and_the_bag_is_complete(rclpy_context, tmp_path: Path, stop_signal):
     out = tmp_path / "bags"
-    cmd = [sys.executable, "-m", "avdp_ros.runner", "record", "--robot", "sim", "--operator", "expert",
+    cmd = [sys.executable, "-m", "avdp_ros.nodes.runner", "record", "--robot", "sim", "--operator", "expert",
            "--set", f"avdp_recorder.output_dir={out}", "--set", "avdp_sim_bridge.task=pick_place"]
     proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     node = Node("runner_probe", context=rclpy_context)

@@ -22,8 +22,8 @@ from std_msgs.msg import Float64  # noqa: E402
 
 from avdp_ros.nodes import topics  # noqa: E402
 from avdp_ros.nodes.msgs import pose_from_msg, pose_to_msg, stamp_to_sec  # noqa: E402
+from avdp_ros.nodes.runner import default_config, ros_args  # noqa: E402
 from avdp_ros.nodes.sim_bridge_node import SimBridgeNode  # noqa: E402
-from avdp_ros.runner import default_config, ros_args  # noqa: E402
 
 
 class Probe(Node):

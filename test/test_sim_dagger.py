@@ -14,7 +14,7 @@ pytest.importorskip("mujoco", reason="mujoco is not installed")
 from conftest import tiny_idm_checkpoint  # noqa: E402
 
 from avdp_ros.data.dataset import EpisodeDataset  # noqa: E402
-from avdp_ros.evaluate import EvalConfig  # noqa: E402
+from avdp_ros.evaluation.sim_eval import EvalConfig  # noqa: E402
 from avdp_ros.sim.dagger import ExpertLabeller  # noqa: E402
 from avdp_ros.sim.expert import make_expert  # noqa: E402
 
@@ -35,7 +35,7 @@ class Hold:
 
 
 def test_labels_point_where_the_expert_goes_on_a_leash(tmp_path: Path):
-    from avdp_ros.evaluate import run_episode
+    from avdp_ros.evaluation.sim_eval import run_episode
     from avdp_ros.sim.env import PandaSim, SimConfig
 
     cfg = EvalConfig(task="push", episodes=1, seed=7, time_limit=2.0, videos=0)
@@ -97,7 +97,7 @@ def test_branch_leaves_the_episode_exactly_as_it_was():
 def test_expert_chunks_move_at_the_experts_speed_where_the_policy_does_not(tmp_path: Path):
     """The labeller's own chunk per observation: row 0 is the per-frame label; the rest is where
     the expert, driving from that state, would be, not "2 cm ahead of a robot that holds still"."""
-    from avdp_ros.evaluate import run_episode
+    from avdp_ros.evaluation.sim_eval import run_episode
     from avdp_ros.sim.env import PandaSim, SimConfig
 
     cfg = EvalConfig(task="push", episodes=1, seed=7, time_limit=1.0, videos=0)
@@ -118,9 +118,9 @@ def test_expert_chunks_move_at_the_experts_speed_where_the_policy_does_not(tmp_p
 def test_dagger_cli_writes_a_dataset_training_reads(tmp_path: Path):
     import torch
 
-    from avdp_ros.model import train_utils as tu
     from avdp_ros.tools.dagger import main
     from avdp_ros.tools.train import main_baseline, main_tokenizer
+    from avdp_ros.train import engine as tu
 
     ckpt, _ = tiny_idm_checkpoint(tmp_path)
     out = tmp_path / "dagger"
@@ -156,7 +156,9 @@ def test_dagger_cli_writes_a_dataset_training_reads(tmp_path: Path):
     assert main_baseline(["--data", str(out / "dataset"), "--out", str(tmp_path / "b1"), "--tokenizer", tok,
                           "--steps", "2", "--batch-size", "4", "--include-failed", *common]) == 0
     # training windows take the stored expert chunk, not rows t..t+H-1 of the per-frame labels
-    from avdp_ros.model.tokenizer import LatentDataset, Tokenizer, cache_latents, pose_to_state10
+    from avdp_ros.data.latents import LatentDataset, cache_latents
+    from avdp_ros.model.rotation import pose_to_state10
+    from avdp_ros.model.tokenizer import Tokenizer
 
     cache = cache_latents(out / "dataset", Tokenizer.from_checkpoint(tok), progress=False)
     lds = LatentDataset([(out / "dataset", cache)], context_frames=1, future_frames=0, horizon=4, vocab=["<unk>"])

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from avdp_ros.control.teleop import TeleopConfig, TeleopMapper
 from avdp_ros.geometry import axis_angle_to_quat, quat_angle
-from avdp_ros.teleop import TeleopConfig, TeleopMapper
 
 HOME = np.array([0.5, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0])  # gripper pointing down
 

@@ -17,8 +17,8 @@ from std_msgs.msg import Float64  # noqa: E402
 
 from avdp_ros.nodes import topics  # noqa: E402
 from avdp_ros.nodes.msgs import pose_from_msg, pose_to_msg  # noqa: E402
+from avdp_ros.nodes.runner import default_config, ros_args  # noqa: E402
 from avdp_ros.nodes.teleop_node import TeleopNode  # noqa: E402
-from avdp_ros.runner import default_config, ros_args  # noqa: E402
 
 HOME = np.array([0.5, 0.1, 0.3, 1.0, 0.0, 0.0, 0.0])
 

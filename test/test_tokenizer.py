@@ -12,15 +12,13 @@ import torch
 
 from avdp_ros.data.convert import FORMAT, FORMAT_VERSION
 from avdp_ros.data.dataset import EpisodeDataset
+from avdp_ros.data.latents import LatentDataset, build_vocabulary, cache_latents
+from avdp_ros.model.config import UNK
 from avdp_ros.model.rotation import quat_to_rot6d
 from avdp_ros.model.tokenizer import (
     TOKENIZER_PRESETS,
-    UNK,
-    LatentDataset,
     Tokenizer,
     TokenizerConfig,
-    build_vocabulary,
-    cache_latents,
     calibrate_latent_scale,
     to_float_images,
 )

@@ -12,18 +12,13 @@ import pytest
 import torch
 from test_tokenizer import write_synthetic_dataset
 
-from avdp_ros.model import train_utils as tu
 from avdp_ros.model.checkpoint import load_checkpoint
 from avdp_ros.model.tokenizer import Tokenizer
-from avdp_ros.tools.train import (
-    WithFeatures,
-    early_window_indices,
-    main_baseline,
-    main_idm,
-    main_tokenizer,
-    main_video,
-    video_feature_table,
-)
+from avdp_ros.tools.train import main_baseline, main_idm, main_tokenizer, main_video
+from avdp_ros.train import data as train_data
+from avdp_ros.train import engine as tu
+from avdp_ros.train import metrics
+from avdp_ros.train.data import WithFeatures, early_window_indices, video_feature_table
 
 COMMON = ["--preset", "tiny", "--device", "cpu", "--threads", "1", "--seed", "0", "--val-fraction", "0.3",
           "--log-every", "5", "--no-progress"]
@@ -124,9 +119,9 @@ def test_idm_and_baseline_runs(runs):
 
 
 def test_cached_video_features_equal_recomputed_ones(runs):
+    from avdp_ros.data.latents import LatentDataset, cache_latents
     from avdp_ros.model.config import PolicyConfig
     from avdp_ros.model.idm import Normalizer
-    from avdp_ros.model.tokenizer import LatentDataset, cache_latents
     from avdp_ros.model.video import VideoModel
 
     states, meta = load_checkpoint(runs["video"] / tu.LATEST, expected_kind="video")
@@ -238,28 +233,29 @@ def test_schedule_split_and_metrics():
     assert tu.lr_at(0, cfg) == pytest.approx(0.1) and tu.lr_at(9, cfg) == pytest.approx(1.0)
     assert tu.lr_at(100, cfg) == pytest.approx(0.1) and tu.lr_at(55, cfg) == pytest.approx(0.55)
     keys = [f"d/e{i}" for i in range(10)]
-    train, val = tu.split_keys(keys, 0.2, seed=3)
-    assert len(val) == 2 and sorted(train + val) == sorted(keys) and tu.split_keys(keys, 0.2, 3) == (train, val)
-    assert tu.label_subset(train, 0.5, 3) == tu.label_subset(train, 0.5, 3) and len(tu.label_subset(train, 0.5, 3)) == 4
+    train, val = train_data.split_keys(keys, 0.2, seed=3)
+    assert len(val) == 2 and sorted(train + val) == sorted(keys) and train_data.split_keys(keys, 0.2, 3) == (train, val)
+    subset = train_data.label_subset(train, 0.5, 3)
+    assert subset == train_data.label_subset(train, 0.5, 3) and len(subset) == 4
     x = torch.rand(2, 3, 16, 16)
-    assert torch.isinf(tu.psnr(x, x)).sum() == 0 and tu.psnr(x, x).min() > 90
-    torch.testing.assert_close(tu.ssim(x, x), torch.ones(2))
+    assert torch.isinf(metrics.psnr(x, x)).sum() == 0 and metrics.psnr(x, x).min() > 90
+    torch.testing.assert_close(metrics.ssim(x, x), torch.ones(2))
     # object_l1: the error on a small green disc the reconstruction lost, unmoved by the background
     scene = torch.full((2, 3, 16, 16), 0.5)
     scene[0, :, 2:5, 2:5] = torch.tensor([0.1, 0.8, 0.2])[:, None, None]
     lost = scene.clone()
     lost[0, :, 2:5, 2:5] = 0.5
     lost[:, :, 10:, 10:] += 0.01  # background noise: not part of the object error
-    obj = tu.object_l1(lost, scene)
+    obj = metrics.object_l1(lost, scene)
     assert obj[0].item() == pytest.approx((0.4 + 0.3 + 0.3) / 3) and torch.isnan(obj[1])  # no object in image 1
-    assert tu.psnr(lost, scene)[0] > 20  # while the frame-wide metric calls it good
+    assert metrics.psnr(lost, scene)[0] > 20  # while the frame-wide metric calls it good
     a = torch.zeros(4, 10)
     a[:, 3] = 1.0
     a[:, 7] = 1.0  # identity rotation in 6D
     b = a.clone()
     b[:, 0] += 0.01
     b[:, 9] += 0.002
-    err = tu.action_errors(b, a)
+    err = metrics.action_errors(b, a)
     assert err["pos_mm"] == pytest.approx(10.0, rel=1e-4) and err["gripper_mm"] == pytest.approx(2.0, rel=1e-4)
     assert err["rot_deg"] == pytest.approx(0.0, abs=1e-2)
 
@@ -281,7 +277,7 @@ def test_optimizer_state_round_trip(tmp_path: Path):
 def test_preset_overrides_are_validated():
     import argparse
 
-    from avdp_ros.tools.train import _preset_with_overrides
+    from avdp_ros.train.sources import preset_with_overrides as _preset_with_overrides
 
     cfg = _preset_with_overrides(argparse.Namespace(preset="base", override=["idm.patch_size=2", "horizon=6"]))
     assert cfg.idm.patch_size == 2 and cfg.horizon == 6 and cfg.video.patch_size == 2

@@ -5,7 +5,7 @@ A policy answers an observation stamped ``t_obs`` with a chunk of H actions (H, 
 
     t_obs + latency_offset + i * dt
 
-(DESIGN.md section 3). ``ChunkScheduler`` keeps the resulting plan, drops actions that are
+(the same rule as training data). ``ChunkScheduler`` keeps the resulting plan, drops actions that are
 already late when the chunk arrives, blends a new chunk into the plan it replaces, answers
 ``target_at(t)`` for the commander and ``should_infer(now, ...)`` for the policy node.
 ``LatencyEstimator`` supplies the measured latency that ``should_infer`` needs.

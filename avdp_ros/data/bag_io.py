@@ -1,35 +1,6 @@
-"""Episode bags: a non-blocking rosbag2 (MCAP) writer, a repair path for killed bags, a reader.
+"""Episode bags: reading (intact or cut off by SIGKILL), repairing, header stamps, metadata.
 
-Pure module (no rclpy): the recorder node hands it serialized CDR bytes, tests and tools use it
-directly.
-
-Writing
-    ``EpisodeBagWriter`` owns one ``rosbags.rosbag2.Writer`` (MCAP storage, no compression by
-    default) and a background thread. ``write()`` only appends to a queue, so a subscription
-    callback never waits on the disk. The bag timestamp of a message is its ``header.stamp``
-    (read from the first 12 bytes of the CDR payload when the type starts with a
-    ``std_msgs/Header``), else the receive time the caller passes. Payload bytes are written
-    unchanged, so every stamp inside the message is preserved.
-
-Flushing and SIGKILL
-    rosbags 0.11 has no flush API: its MCAP writer keeps the open chunk in memory and writes it
-    out only when it passes 1 MiB (a fixed limit) or at ``close()``; the summary section
-    (chunk indexes, statistics) and ``metadata.yaml`` are written only at ``close()``. So the
-    writer thread also calls the storage's own ``close_chunk()`` every ``flush_period_s`` (and
-    earlier when the open chunk passes ``chunk_bytes``, which can only be <= 1 MiB) and flushes
-    the file object. ``close_chunk()`` emits a complete Chunk + MessageIndex records and
-    remembers the ChunkIndex for the summary, so closing the bag later is unaffected. After a
-    SIGKILL the file holds every chunk closed before the kill; what is lost is the open chunk
-    (at most ``flush_period_s`` of data, or one chunk of <= 1 MiB), whatever was still queued,
-    and the summary/footer/metadata.yaml, which ``repair_bag`` regenerates. (Data the kernel
-    already has survives a process kill; ``fsync=True`` also covers power loss, at a cost.)
-
-Metadata
-    Episode metadata (instruction, seed, success, operator notes, the episode_info JSON...) goes
-    to ``metadata.yaml`` ``custom_data`` (every value a string: strings as they are, anything
-    else JSON-encoded, plus the whole dict as JSON under ``avdp.episode``) and to a sidecar
-    ``episode.json`` written when the bag opens (so it survives a kill) and rewritten at close
-    with message counts.
+Pure module (no rclpy). The non-blocking writer is `bag_writer.EpisodeBagWriter`.
 
 Repairing
     ``repair_bag(path)`` reads a cut-off ``.mcap`` with the ``mcap`` library's non-seeking
@@ -49,19 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import shutil
 import struct
 import tempfile
-import threading
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 log = logging.getLogger(__name__)
@@ -69,7 +36,6 @@ log = logging.getLogger(__name__)
 SIDECAR = "episode.json"
 CUSTOM_DATA_PREFIX = "avdp."
 ROSBAG_VERSION = 9
-_MCAP_FIXED_CHUNK_LIMIT = 2**20  # rosbags' McapWriter closes a chunk past this size by itself
 
 _default_typestore = None
 
@@ -113,7 +79,7 @@ def header_stamp_ns(data: bytes | memoryview) -> int:
 # metadata helpers
 
 
-def _custom_data(metadata: dict[str, Any]) -> dict[str, str]:
+def custom_data(metadata: dict[str, Any]) -> dict[str, str]:
     out = {CUSTOM_DATA_PREFIX + "episode": json.dumps(metadata, sort_keys=True, default=str)}
     for key, value in metadata.items():
         out[CUSTOM_DATA_PREFIX + str(key)] = (
@@ -122,7 +88,7 @@ def _custom_data(metadata: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", "utf8")
     os.replace(tmp, path)
@@ -147,261 +113,6 @@ def read_episode_metadata(bag: str | os.PathLike) -> dict[str, Any]:
         if raw:
             return json.loads(raw)
     return {}
-
-
-# ----------------------------------------------------------------------------------------------
-# writer
-
-
-@dataclass
-class BagSummary:
-    """What a closed (or killed-then-repaired) bag holds."""
-
-    path: Path
-    counts: dict[str, int]
-    bytes: int
-    start_ns: int | None
-    end_ns: int | None
-    dropped: int = 0
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def message_count(self) -> int:
-        return sum(self.counts.values())
-
-
-_STOP = object()
-
-
-class EpisodeBagWriter:
-    """One episode bag, written from a background thread.
-
-    Args:
-        path: bag directory to create (must not exist).
-        metadata: episode metadata (JSON-serialisable dict), stored in custom_data + episode.json.
-        flush_period_s: close the open MCAP chunk and flush the file at least this often (s).
-        chunk_bytes: close the open chunk once it passes this size; capped at rosbags' 1 MiB.
-        compression: "none" or "zstd" (MCAP chunk compression via rosbags).
-        max_queue_bytes: payload bytes allowed in the queue; beyond it messages are dropped and
-            counted (``dropped``) rather than letting a stalled disk grow memory without bound.
-        fsync: fsync after each flush (survives power loss, not just a process kill).
-        typestore: rosbags typestore used for message definitions (default: ROS 2 Kilted).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        metadata: dict[str, Any] | None = None,
-        *,
-        flush_period_s: float = 1.0,
-        chunk_bytes: int = _MCAP_FIXED_CHUNK_LIMIT,
-        compression: str = "none",
-        max_queue_bytes: int = 2 * 2**30,
-        fsync: bool = False,
-        typestore=None,
-    ) -> None:
-        if flush_period_s <= 0:
-            raise ValueError(f"flush_period_s={flush_period_s}: expected > 0")
-        if compression not in ("none", "zstd"):
-            raise ValueError(f"compression={compression!r}: expected 'none' or 'zstd'")
-        self.path = Path(path).expanduser()
-        self.metadata: dict[str, Any] = dict(metadata or {})
-        self.flush_period_s = float(flush_period_s)
-        self.chunk_bytes = max(1, min(int(chunk_bytes), _MCAP_FIXED_CHUNK_LIMIT))
-        self.max_queue_bytes = int(max_queue_bytes)
-        self.fsync = fsync
-        self.typestore = typestore or default_typestore()
-
-        self._writer = Writer(self.path, version=ROSBAG_VERSION, storage_plugin=StoragePlugin.MCAP)
-        if compression == "zstd":
-            self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
-        self._writer.open()  # creates the directory; raises if the bag exists
-        self._storage = self._writer.storage
-        self._can_flush = hasattr(self._storage, "close_chunk") and hasattr(self._storage, "bio")
-        if not self._can_flush:
-            log.warning(
-                "rosbags' MCAP storage has no close_chunk(): %s is flushed only per 1 MiB chunk", self.path
-            )
-        self._connections: dict[str, Any] = {}
-        self._header_types: dict[str, bool] = {}
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._queued_bytes = 0
-        self.counts: dict[str, int] = {}
-        self.dropped = 0
-        self.bytes_written = 0
-        self.start_ns: int | None = None
-        self.end_ns: int | None = None
-        self.error: BaseException | None = None
-        self._closed = False
-        self._opened_wall = time.time()
-        self._write_sidecar(state="recording")
-        self._thread = threading.Thread(target=self._run, name=f"bag-writer:{self.path.name}", daemon=True)
-        self._thread.start()
-
-    # -- producer side (any thread) -------------------------------------------------------------
-
-    def write(
-        self,
-        topic: str,
-        msgtype: str,
-        data: bytes | memoryview,
-        recv_ns: int,
-        stamp_ns: int | None = None,
-    ) -> bool:
-        """Queue one serialized message; never blocks on the disk.
-
-        Args:
-            topic: topic name.
-            msgtype: ROS type name, e.g. "sensor_msgs/msg/Image".
-            data: CDR bytes as received (a raw rclpy subscription's payload).
-            recv_ns: receive time (ns), the bag timestamp of messages without a header.
-            stamp_ns: header stamp (ns) if the caller already knows it; else read from ``data``.
-
-        Returns:
-            False when the message was dropped (writer closed, failed, or queue over budget).
-        """
-        if self._closed or self.error is not None:
-            return False
-        size = len(data)
-        with self._lock:
-            if self._queued_bytes + size > self.max_queue_bytes:
-                self.dropped += 1
-                return False
-            self._queued_bytes += size
-        self._queue.put((topic, msgtype, data, recv_ns, stamp_ns))
-        return True
-
-    def update_metadata(self, **items: Any) -> None:
-        """Merge items into the episode metadata (written to episode.json now, custom_data at close)."""
-        self._queue.put(("__meta__", items))
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued_bytes
-
-    def close(self, timeout: float | None = None) -> BagSummary:
-        """Drain the queue, close the bag (summary + metadata.yaml) and finalise episode.json."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(_STOP)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError(f"bag writer for {self.path} still draining after {timeout} s")
-        if self.error is not None:
-            raise RuntimeError(f"bag writer for {self.path} failed: {self.error!r}") from self.error
-        return self.summary()
-
-    def summary(self) -> BagSummary:
-        mcap = self.path / f"{self.path.name}.mcap"
-        return BagSummary(
-            path=self.path,
-            counts=dict(self.counts),
-            bytes=mcap.stat().st_size if mcap.exists() else 0,
-            start_ns=self.start_ns,
-            end_ns=self.end_ns,
-            dropped=self.dropped,
-            metadata=dict(self.metadata),
-        )
-
-    def __enter__(self) -> EpisodeBagWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # -- writer thread --------------------------------------------------------------------------
-
-    def _connection(self, topic: str, msgtype: str):
-        conn = self._connections.get(topic)
-        if conn is None:
-            if msgtype not in self.typestore.fielddefs:
-                raise KeyError(f"topic {topic}: type {msgtype!r} is not in the typestore")
-            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
-            self._connections[topic] = conn
-            self.counts[topic] = 0
-            self._header_types[msgtype] = has_header(msgtype, self.typestore)
-        elif conn.msgtype != msgtype:
-            raise ValueError(f"topic {topic}: type {msgtype!r} but the bag already has {conn.msgtype!r}")
-        return conn
-
-    def _write_one(self, topic, msgtype, data, recv_ns, stamp_ns) -> None:
-        try:
-            conn = self._connection(topic, msgtype)
-        except (KeyError, ValueError) as err:
-            log.error("%s: dropping message: %s", self.path, err)
-            self.dropped += 1
-            return
-        if stamp_ns is None and self._header_types[msgtype]:
-            try:
-                stamp_ns = header_stamp_ns(data)
-            except ValueError:
-                stamp_ns = None
-        ts = stamp_ns if stamp_ns else recv_ns  # an unset (zero) header stamp falls back to arrival
-        self._writer.write(conn, ts, data)
-        self.counts[topic] += 1
-        self.bytes_written += len(data)
-        self.start_ns = ts if self.start_ns is None else min(self.start_ns, ts)
-        self.end_ns = ts if self.end_ns is None else max(self.end_ns, ts)
-        if self._can_flush and self._storage.chunk.bio.tell() >= self.chunk_bytes:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._can_flush:
-            return
-        if self._storage.chunk.bio.tell():
-            self._storage.close_chunk()
-        self._storage.bio.flush()
-        if self.fsync:
-            os.fsync(self._storage.bio.fileno())
-
-    def _run(self) -> None:
-        last_flush = time.monotonic()
-        try:
-            while True:
-                timeout = max(0.0, last_flush + self.flush_period_s - time.monotonic())
-                try:
-                    item = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    item = None
-                if item is _STOP:
-                    break
-                if item is not None:
-                    if item[0] == "__meta__":
-                        self.metadata.update(item[1])
-                        self._write_sidecar(state="recording")
-                    else:
-                        with self._lock:
-                            self._queued_bytes -= len(item[2])
-                        self._write_one(*item)
-                if time.monotonic() - last_flush >= self.flush_period_s:
-                    self._flush()
-                    last_flush = time.monotonic()
-            for key, value in _custom_data(self.metadata).items():
-                self._writer.set_custom_data(key, value)
-            self._writer.close()
-            self._write_sidecar(state="closed")
-        except BaseException as err:  # surfaced by close(); the thread must not die silently
-            self.error = err
-            log.exception("bag writer for %s failed", self.path)
-            try:
-                self._writer.abort()
-            except Exception as abort_err:  # noqa: BLE001 - already failing, keep the first error
-                log.error("bag writer for %s: abort after the failure also failed: %s", self.path, abort_err)
-
-    def _write_sidecar(self, state: str) -> None:
-        _write_json_atomic(
-            self.path / SIDECAR,
-            {
-                "state": state,
-                "opened_wall_time": self._opened_wall,
-                "metadata": self.metadata,
-                "counts": self.counts,
-                "dropped": self.dropped,
-                "start_ns": self.start_ns,
-                "end_ns": self.end_ns,
-            },
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,38 +155,47 @@ def _is_intact(bag: Path) -> bool:
         return False
 
 
-def _stream_records(mcap_path: Path) -> Iterator[tuple[str, Any, Any]]:
-    """(kind, record, channel/schema context) from a possibly truncated MCAP, stopping at the cut."""
+@dataclass
+class _McapEvent:
+    kind: str                 # "channel" (a new channel), "message", or "cut" (the file ends mid-record)
+    record: Any = None        # the mcap Channel or Message record; the exception for "cut"
+    channel: Any = None       # the message's Channel
+    schema: Any = None        # the channel's Schema (None when the file names none)
+
+
+def _mcap_events(mcap_path: Path) -> Iterator[_McapEvent]:
+    """Channels and messages of a possibly truncated MCAP in file order, with each one's channel
+    and schema resolved, stopping at the cut (non-seeking: no summary or footer needed)."""
     from mcap.exceptions import McapError
     from mcap.records import Channel, Message, Schema
     from mcap.stream_reader import StreamReader
 
+    schemas: dict[int, Any] = {}
+    channels: dict[int, Any] = {}
     with open(mcap_path, "rb") as f:
         reader = StreamReader(f, record_size_limit=None)
         try:
             for rec in reader.records:
                 if isinstance(rec, Schema):
-                    yield "schema", rec, None
+                    schemas[rec.id] = rec
                 elif isinstance(rec, Channel):
-                    yield "channel", rec, None
+                    channels[rec.id] = rec
+                    yield _McapEvent("channel", rec, rec, schemas.get(rec.schema_id))
                 elif isinstance(rec, Message):
-                    yield "message", rec, None
+                    ch = channels[rec.channel_id]
+                    yield _McapEvent("message", rec, ch, schemas.get(ch.schema_id))
         except (McapError, struct.error, EOFError, ValueError) as err:
-            yield "cut", err, f.tell()
+            yield _McapEvent("cut", err)
+
+
+def _type_name(schema) -> str:
+    return schema.name if schema is not None else ""
 
 
 def _read_truncated(bag: Path, topics: set[str] | None) -> Iterator[BagMessage]:
-    channels: dict[int, tuple[str, str]] = {}
-    schemas: dict[int, str] = {}
-    for kind, rec, _ in _stream_records(find_mcap(bag)):
-        if kind == "schema":
-            schemas[rec.id] = rec.name
-        elif kind == "channel":
-            channels[rec.id] = (rec.topic, schemas.get(rec.schema_id, ""))
-        elif kind == "message":
-            topic, msgtype = channels[rec.channel_id]
-            if topics is None or topic in topics:
-                yield BagMessage(topic, msgtype, rec.log_time, rec.data)
+    for ev in _mcap_events(find_mcap(bag)):
+        if ev.kind == "message" and (topics is None or ev.channel.topic in topics):
+            yield BagMessage(ev.channel.topic, _type_name(ev.schema), ev.record.log_time, ev.record.data)
 
 
 def bag_info(path: str | os.PathLike) -> BagInfo:
@@ -491,16 +211,13 @@ def bag_info(path: str | os.PathLike) -> BagInfo:
             for c in reader.connections:
                 counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
         return BagInfo(bag, topics, counts, False, meta)
-    topics, counts, schemas, channels = {}, {}, {}, {}
-    for kind, rec, _ in _stream_records(find_mcap(bag)):
-        if kind == "schema":
-            schemas[rec.id] = rec.name
-        elif kind == "channel":
-            channels[rec.id] = rec.topic
-            topics[rec.topic] = schemas.get(rec.schema_id, "")
-            counts.setdefault(rec.topic, 0)
-        elif kind == "message":
-            counts[channels[rec.channel_id]] += 1
+    topics, counts = {}, {}
+    for ev in _mcap_events(find_mcap(bag)):
+        if ev.kind == "channel":
+            topics[ev.channel.topic] = _type_name(ev.schema)
+            counts.setdefault(ev.channel.topic, 0)
+        elif ev.kind == "message":
+            counts[ev.channel.topic] += 1
     return BagInfo(bag, topics, counts, True, meta)
 
 
@@ -577,13 +294,10 @@ def repair_bag(path: str | os.PathLike, *, keep_original: bool = True) -> Repair
     try:
         writer = Writer(out, version=ROSBAG_VERSION, storage_plugin=StoragePlugin.MCAP)
         writer.open()
-        schemas: dict[int, Any] = {}
         conns: dict[int, Any] = {}
-        for kind, rec, _ in _stream_records(src):
-            if kind == "schema":
-                schemas[rec.id] = rec
-            elif kind == "channel":
-                sch = schemas.get(rec.schema_id)
+        for ev in _mcap_events(src):
+            rec, sch = ev.record, ev.schema
+            if ev.kind == "channel":
                 if sch is None:
                     raise ValueError(
                         f"bag {bag}: channel {rec.topic} refers to unknown schema {rec.schema_id}"
@@ -591,16 +305,16 @@ def repair_bag(path: str | os.PathLike, *, keep_original: bool = True) -> Repair
                 _register_schema(typestore, sch.name, sch.encoding, sch.data.decode("utf8"))
                 conns[rec.id] = writer.add_connection(rec.topic, sch.name, typestore=typestore)
                 recovered.setdefault(rec.topic, 0)
-            elif kind == "message":
+            elif ev.kind == "message":
                 conn = conns[rec.channel_id]
                 writer.write(conn, rec.log_time, rec.data)
                 recovered[conn.topic] += 1
-            elif kind == "cut":
+            elif ev.kind == "cut":
                 reason = f"{type(rec).__name__}: {rec}".strip()
         # the stream reader consumed complete records only; estimate what survived by chunks
         kept = size if not reason else _complete_prefix_bytes(src)
         meta_all = dict(meta)
-        for key, value in _custom_data(meta_all).items():
+        for key, value in custom_data(meta_all).items():
             writer.set_custom_data(key, value)
         writer.set_custom_data(
             CUSTOM_DATA_PREFIX + "repaired",
@@ -621,7 +335,7 @@ def repair_bag(path: str | os.PathLike, *, keep_original: bool = True) -> Repair
         try:
             side = json.loads(sidecar.read_text("utf8"))
             side.update(state="repaired", recovered_counts=recovered)
-            _write_json_atomic(sidecar, side)
+            write_json_atomic(sidecar, side)
         except json.JSONDecodeError as err:
             # the bag itself is repaired; only the sidecar could not be updated
             log.warning("%s: not valid JSON (%s); left as it was, repair state not recorded", sidecar, err)

@@ -1,4 +1,7 @@
-"""Read a converted episode dataset (see ``avdp_ros.data.convert`` / docs/dataset_format.md).
+"""The episode dataset format (docs/dataset_format.md): writing episodes and manifests, reading them.
+
+``avdp_ros.data.convert`` (bags) and ``avdp-dagger`` (in-process sim episodes) write through
+``finish_episode`` / ``write_episode`` and ``write_manifest``; ``EpisodeDataset`` reads.
 
 Arrays are memory-mapped (``np.load(mmap_mode="r")``): opening a dataset reads only the
 manifest and the ``.npy`` headers, so training can index into many GB without loading them.
@@ -6,15 +9,88 @@ manifest and the ``.npy`` headers, so training can index into many GB without lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from avdp_ros.data.convert import FORMAT, FORMAT_VERSION
+from avdp_ros.data.files import file_sha256
+
+FORMAT = "avdp-episodes"
+FORMAT_VERSION = 1
+
+
+def finish_episode(tmp: Path, out_dir: Path, entry: dict, extra: dict) -> dict:
+    """Write ``meta.json`` (the manifest ``entry`` plus ``extra``) into the episode folder ``tmp``
+    that already holds the arrays, hash every file into ``entry["files"]`` and move ``tmp`` to
+    ``out_dir`` in one rename, so a crash never leaves a half-written episode. Returns ``entry``."""
+    (tmp / "meta.json").write_text(
+        json.dumps({**entry, **extra}, indent=2, sort_keys=True, default=str) + "\n", "utf8"
+    )
+    entry["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return entry
+
+
+def write_episode(out_dir: str | os.PathLike, arrays: dict[str, np.ndarray], entry: dict, extra: dict) -> dict:
+    """Write an episode from in-memory arrays (``camera``/``wrist``/``ee_pose``/``gripper``/
+    ``stamps``/``action``, dtypes as in docs/dataset_format.md) in the converter's format; for
+    producers that are not bags (``avdp-dagger``'s in-process sim episodes). Returns its entry."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        for name, a in arrays.items():
+            np.save(tmp / f"{name}.npy", a)
+        return finish_episode(tmp, out_dir, dict(entry, name=out_dir.name), extra)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_output(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """An empty dataset folder (``episodes/`` created); a dataset already there is an error unless
+    ``overwrite``, which removes its episodes and manifest (nothing else)."""
+    out = Path(out_dir).expanduser()
+    if (out / "manifest.json").exists() or (out / "episodes").exists():
+        if not overwrite:
+            raise FileExistsError(f"output {out} already holds a dataset; pass overwrite=True (--overwrite)")
+        shutil.rmtree(out / "episodes", ignore_errors=True)
+        (out / "manifest.json").unlink(missing_ok=True)
+    (out / "episodes").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_manifest(out: Path, cfg, episodes: list[dict], failed: list[dict], source: str) -> None:
+    """``out/manifest.json`` for ``episodes`` (entries from ``convert_bag`` / ``write_episode``),
+    written atomically."""
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "obs_hz": cfg.obs_hz,
+        "action_hz": cfg.action_hz,
+        "action_ratio": cfg.action_ratio,
+        "image_size": list(cfg.image_size),
+        "cameras": dict(cfg.cameras),
+        "topics": {k: v for k, v in asdict(cfg).items() if k.endswith("_topic")},
+        "config": {k: v for k, v in asdict(cfg).items() if not k.endswith("_topic") and k != "cameras"},
+        "source_dir": source,
+        "created_unix": time.time(),
+        "episodes": episodes,
+        "failed": failed,
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n", "utf8")
+    os.replace(tmp, out / "manifest.json")
 
 
 class DatasetError(ValueError):
@@ -126,7 +202,7 @@ class EpisodeDataset:
             raise DatasetError(f"episode {entry['name']}: {d / 'meta.json'} missing")
         if verify_hashes:
             for fname, rec in entry.get("files", {}).items():
-                h_ = hashlib.sha256((d / fname).read_bytes()).hexdigest()
+                h_ = file_sha256(d / fname)
                 if h_ != rec["sha256"]:
                     raise DatasetError(
                         f"episode {entry['name']}: {fname} sha256 {h_[:12]}..., manifest says "

@@ -10,7 +10,7 @@ Layout::
 manifest.json::
 
     format, version               "avdp-bundle", 1
-    kind                          "idm" | "baseline"
+    kind                          a policy kind of model/kinds.py ("idm" | "baseline")
     config                        PolicyConfig.to_dict() (cameras, horizon, obs_hz, vocabulary, ...)
     control                       {obs_hz, dt, horizon, context_frames, future_frames, video_steps,
                                    action_steps, relative_actions, cameras, instructions}
@@ -27,7 +27,6 @@ manifest.json::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from avdp_ros.data.files import file_sha256
 
 FORMAT = "avdp-bundle"
 VERSION = 1
@@ -55,14 +56,6 @@ class ShapeMismatchError(ValueError):
     """An input tensor does not have the shape / dtype the manifest declares."""
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def is_bundle(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
@@ -72,7 +65,7 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Pa
     a bundle without a manifest is an unfinished export)."""
     directory = Path(directory)
     manifest = dict(manifest)
-    manifest["files"] = {s["file"]: sha256_file(directory / s["file"]) for s in manifest["stages"].values()}
+    manifest["files"] = {s["file"]: file_sha256(directory / s["file"]) for s in manifest["stages"].values()}
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, directory / MANIFEST)
@@ -126,7 +119,7 @@ class Bundle:
             f = self.path / name
             if not f.is_file():
                 raise BundleError(f"bundle {self.path}: {name} is listed in {MANIFEST} but missing")
-            actual = sha256_file(f)
+            actual = file_sha256(f)
             if actual != expected:
                 raise HashMismatchError(f"bundle {self.path}: {name} has SHA-256 {actual}, but {MANIFEST} "
                                         f"expects {expected} (file replaced or corrupt; export the bundle again)")
@@ -192,4 +185,5 @@ def check_feeds(stage: str, specs: list[Spec], feeds: dict[str, Any]) -> None:
                                      f"expected {spec.dtype.name}")
     extra = set(feeds) - {s.name for s in specs}
     if extra:
-        raise ShapeMismatchError(f"stage '{stage}': unknown inputs {sorted(extra)} (expected {[s.name for s in specs]})")
+        raise ShapeMismatchError(f"stage '{stage}': unknown inputs {sorted(extra)} "
+                                 f"(expected {[s.name for s in specs]})")

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 import avdp_ros
+from avdp_ros.deploy.backends import checkpoint_dir
 from avdp_ros.deploy.bundle import FORMAT, VERSION, Bundle, write_manifest
 from avdp_ros.deploy.stages import VIDEO_MODES, build_stages, example_inputs
 from avdp_ros.model.checkpoint import load_checkpoint
+from avdp_ros.model.kinds import kind_spec
 from avdp_ros.model.policy import Policy
 
 OPSET = 17  # LayerNormalization is a single op from 17; TensorRT 10 parses opsets 9-20
@@ -140,8 +142,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, video_mode: str = "kv
     if video_mode not in VIDEO_MODES:
         raise ValueError(f"video_mode '{video_mode}': expected one of {VIDEO_MODES}")
     checkpoint, out = Path(checkpoint), Path(out)
-    if not (checkpoint / "checkpoint.json").exists() and (checkpoint / "latest" / "checkpoint.json").exists():
-        checkpoint = checkpoint / "latest"
+    checkpoint = checkpoint_dir(checkpoint) or checkpoint  # a run directory means its latest/
     policy = Policy.from_checkpoint(checkpoint, "cpu")
     _, meta = load_checkpoint(checkpoint, verify=False)
     cfg = policy.cfg
@@ -180,6 +181,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, video_mode: str = "kv
         ort_version = ort.__version__
     except ImportError:
         ort_version = None
+    has_video = kind_spec(policy.kind).has_video
     manifest = {
         "format": FORMAT, "version": VERSION, "kind": policy.kind,
         "config": cfg.to_dict(),
@@ -192,9 +194,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, video_mode: str = "kv
                       "latent_shape": list(cfg.latent_shape),
                       "crops": {cam: list(box) for cam, box in policy.tokenizer.config.crops.items()}},
         "normalizers": norms,
-        "video_mode": video_mode if policy.kind == "idm" else None,
+        "video_mode": video_mode if has_video else None,
         "kv_cache": {"max_len": dims.kv_len, "tokens_per_frame": dims.T, "masked_bias": -1.0e4}
-        if policy.kind == "idm" and video_mode == "kv" else None,
+        if has_video and video_mode == "kv" else None,
         "stages": entries,
         "files": {},
         "source": {"checkpoint": str(checkpoint.resolve()), "tensors_sha256": meta.get("tensors_sha256")},

@@ -114,7 +114,7 @@ def rot6d_to_matrix(d6: np.ndarray) -> np.ndarray:
 
 
 def pose_to_state10(ee_pose: np.ndarray, gripper: float) -> np.ndarray:
-    """(7,) pose + width -> (10,) float32 x y z rot6d width (twin of `tokenizer.pose_to_state10`)."""
+    """(7,) pose + width -> (10,) float32 x y z rot6d width (twin of `model.rotation.pose_to_state10`)."""
     pose = np.asarray(ee_pose, F32)
     rot6d = matrix_to_rot6d(quat_to_matrix(pose[3:7]))
     return np.concatenate([pose[:3], rot6d, np.asarray([gripper], F32)]).astype(F32)

@@ -25,6 +25,7 @@ import numpy as np
 from avdp_ros.deploy import npops
 from avdp_ros.deploy.bundle import Bundle, Spec
 from avdp_ros.model.config import ACTION_DIM, PolicyConfig
+from avdp_ros.model.kinds import kind_spec
 from avdp_ros.validation import check_observation
 
 MASKED = -1.0e4  # = stages.MASKED (kept here so this module stays torch-free)
@@ -258,7 +259,7 @@ class StagedPolicy:
         instr = r.asarray(np.array([cfg.instruction_index(str(obs.get("instruction", "")))], np.int64))
         timings = {"tokenizer_ms": tok_ms, "video_ms": 0.0}
         pred = feats = None
-        if self.kind == "idm":
+        if kind_spec(self.kind).has_video:
             t0 = time.perf_counter()
             mean, std = self.meta.norms["video_state"]
             vstate = ((states - mean) / std).astype(np.float32)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avdp_ros.model.config import ACTION_DIM, STATE_DIM
+from avdp_ros.model.kinds import kind_spec
 from avdp_ros.model.layers import modulate, patchify
 from avdp_ros.model.policy import Policy
 
@@ -86,7 +87,7 @@ class Dims:
         C, h, w = cfg.latent_shape
         v, i = cfg.video, cfg.idm
         T = cfg.n_cameras * (h // v.patch_size) * (w // v.patch_size)
-        idm = kind == "idm"
+        idm = kind_spec(kind).has_video
         P = i.past_frames
         frames = P + (cfg.future_frames if idm else 0)
         Dv = i.video_feature_dim if idm else 0
@@ -106,11 +107,12 @@ def _i(name, *shape):
 
 
 def stage_specs(d: Dims, kind: str, video_mode: str = "kv") -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
-    """stage name -> (inputs, outputs) for a policy of `kind` ("idm" or "baseline")."""
+    """stage name -> (inputs, outputs) for a policy of `kind` (one of model.kinds.POLICY_KINDS)."""
     lat = (d.cams, d.C, d.h, d.w)
     kv = (d.n_layer, 1, d.n_head)
     specs = {"encoder": ([_f("images", d.cams, 3, d.S, d.S)], [_f("latents", *lat)])}
-    if kind == "idm":
+    has_video = kind_spec(kind).has_video
+    if has_video:
         specs["decoder"] = ([_f("latents", d.K * d.cams, d.C, d.h, d.w)], [_f("images", d.K * d.cams, 3, d.S, d.S)])
         if video_mode == "kv":
             specs["video_context"] = (
@@ -130,7 +132,7 @@ def stage_specs(d: Dims, kind: str, video_mode: str = "kv") -> dict[str, tuple[l
                 [_f("velocity", 1, n, *lat), _f("features", 1, n, d.D)])
         else:
             raise ValueError(f"video_mode '{video_mode}': expected one of {VIDEO_MODES}")
-    frames = d.P + (d.K if kind == "idm" else 0)
+    frames = d.P + (d.K if has_video else 0)
     # a state-free encoder (idm.use_state false) has no state input: ONNX prunes unused inputs
     enc_in = [_f("frames", 1, frames, *lat)] + ([_f("state", 1, STATE_DIM)] if d.state else []) + [_i("instr", 1)]
     if d.Dv:

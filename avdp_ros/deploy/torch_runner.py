@@ -18,6 +18,7 @@ import torch
 from avdp_ros.deploy.bundle import Spec, check_feeds
 from avdp_ros.deploy.runtime import PolicyMeta
 from avdp_ros.deploy.stages import build_stages
+from avdp_ros.model.kinds import kind_spec
 from avdp_ros.model.policy import Policy
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -63,7 +64,8 @@ def meta_from_policy(policy: Policy, video_mode: str = "kv") -> PolicyMeta:
         norms["video_state"] = norm(policy.video_state_norm)
     _, stages = build_stages(policy, video_mode)
     specs = {name: (_specs(ins), _specs(outs)) for name, (_, ins, outs) in stages.items()}
-    return PolicyMeta(policy.cfg, policy.kind, video_mode if policy.kind == "idm" else None, norms, specs)
+    has_video = kind_spec(policy.kind).has_video
+    return PolicyMeta(policy.cfg, policy.kind, video_mode if has_video else None, norms, specs)
 
 
 class TorchStageRunner(TorchArrays):

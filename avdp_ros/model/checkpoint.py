@@ -13,7 +13,6 @@ loader can refuse a mismatched file with a clear message instead of failing on k
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +22,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from avdp_ros.data.files import file_sha256
 
 FORMAT = "avdp-checkpoint"
 VERSION = 1
@@ -42,14 +43,6 @@ def git_revision(cwd: str | os.PathLike | None = None) -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, modules: dict[str, torch.nn.Module],

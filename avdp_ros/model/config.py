@@ -10,11 +10,33 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 STATE_DIM = 10   # proprio: ee position (3) + rot6d (6) + gripper width (1)
 ACTION_DIM = 10  # one action: target ee position (3) + rot6d (6) + gripper width (1)
+UNK = "<unk>"    # vocabulary entry 0: what an unknown or empty instruction reads as
+
+
+def tokenizer_downsample(levels: int) -> int:
+    """Side ratio image / latent of a tokenizer with `levels` blocks: AutoencoderKL halves the side
+    once per block after the first. Here (pure) so configs can check shapes without torch."""
+    return 2 ** (levels - 1)
+
+
+def tokenizer_latent_shape(image_size: int, latent_channels: int, levels: int) -> tuple[int, int, int]:
+    """(C, h, w) latents of one image (see `tokenizer_downsample`)."""
+    side = image_size // tokenizer_downsample(levels)
+    return (latent_channels, side, side)
+
+
+def instruction_index(vocab: Sequence[str], text: str | None) -> int:
+    """Vocabulary index of an instruction string; unknown or empty strings map to 0 (`UNK`)."""
+    try:
+        return list(vocab).index(text) if text else 0
+    except ValueError:
+        return 0
 
 
 def _check_positive(owner: str, **values: float) -> None:
@@ -94,7 +116,7 @@ class PolicyConfig:
     context_frames: int = 4          # Fc: past frames the video model conditions on
     future_frames: int = 4           # K: frames the video model predicts per policy step
     horizon: int = 8                 # H: actions per chunk (at obs_hz)
-    instructions: tuple[str, ...] = ("<unk>",)  # vocabulary; index 0 is "<unk>" for unknown strings
+    instructions: tuple[str, ...] = (UNK,)  # vocabulary; index 0 is UNK for unknown strings
     relative_actions: bool = False   # chunks relative to the state they were planned from
     #                                  (position offset + relative rotation; see rotation.actions_to_relative)
     video_steps: int = 2             # default Euler steps per predicted frame
@@ -122,8 +144,8 @@ class PolicyConfig:
                 raise ValueError(f"PolicyConfig.{owner}.patch_size {p} does not divide latent size {h}x{w}")
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"PolicyConfig.cameras = {self.cameras}: expected distinct camera names")
-        if not self.instructions or self.instructions[0] != "<unk>":
-            raise ValueError(f"PolicyConfig.instructions must start with '<unk>', got {self.instructions[:1]}")
+        if not self.instructions or self.instructions[0] != UNK:
+            raise ValueError(f"PolicyConfig.instructions must start with '{UNK}', got {self.instructions[:1]}")
         if len(set(self.instructions)) != len(self.instructions):
             raise ValueError("PolicyConfig.instructions has duplicate strings")
         _check_positive("PolicyConfig", obs_hz=self.obs_hz, context_frames=self.context_frames,
@@ -147,9 +169,8 @@ class PolicyConfig:
         tok = self.tokenizer
         if not {"image_size", "latent_channels", "block_out_channels"} <= tok.keys():
             return
-        down = 2 ** (len(tok["block_out_channels"]) - 1)  # AutoencoderKL halves once per extra block
-        side = int(tok["image_size"]) // down
-        expected = (int(tok["latent_channels"]), side, side)
+        expected = tokenizer_latent_shape(int(tok["image_size"]), int(tok["latent_channels"]),
+                                          len(tok["block_out_channels"]))
         if expected != self.latent_shape:
             raise ValueError(f"PolicyConfig.latent_shape {self.latent_shape} does not match the tokenizer "
                              f"config, which gives {expected}")
@@ -159,11 +180,8 @@ class PolicyConfig:
         return len(self.cameras)
 
     def instruction_index(self, text: str) -> int:
-        """Vocabulary index of an instruction string; unknown strings map to 0 (`<unk>`)."""
-        try:
-            return self.instructions.index(text)
-        except ValueError:
-            return 0
+        """Vocabulary index of an instruction string; unknown strings map to 0 (`UNK`)."""
+        return instruction_index(self.instructions, text)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data (tuples become lists)."""
@@ -188,7 +206,7 @@ class PolicyConfig:
 
 
 SIM_INSTRUCTIONS = (
-    "<unk>",
+    UNK,
     "push the red cube onto the green target region",
     "pick up the red cube and place it in the blue bin",
 )

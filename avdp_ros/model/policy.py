@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avdp_ros.model import idm as heads
 from avdp_ros.model.checkpoint import CheckpointError, load_checkpoint, load_into
-from avdp_ros.model.config import ACTION_DIM, PolicyConfig
-from avdp_ros.model.idm import ActionBatch, ActionOnlyPolicy, InverseDynamics, Normalizer
-from avdp_ros.model.rotation import pose7_to_pose9, pose9_to_pose7
-from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig, pose_to_state10
+from avdp_ros.model.config import ACTION_DIM, STATE_DIM, PolicyConfig
+from avdp_ros.model.idm import ActionBatch, InverseDynamics, Normalizer
+from avdp_ros.model.kinds import KINDS, POLICY_KINDS, kind_of_actor
+from avdp_ros.model.rotation import pose7_to_pose9, pose9_to_pose7, pose_to_state10
+from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig
 from avdp_ros.model.video import VideoModel
 from avdp_ros.validation import check_observation
-
-KINDS = ("idm", "baseline")  # checkpoint kinds a Policy can be built from
 
 
 class Policy:
@@ -75,29 +75,30 @@ class Policy:
 
     @property
     def kind(self) -> str:
-        return "idm" if self.video is not None else "baseline"
+        return kind_of_actor(type(self.actor).__name__)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
                         video_steps: int | None = None, action_steps: int | None = None) -> Policy:
         """Rebuild a policy from an `avdp-train-idm` or `avdp-train-baseline` checkpoint directory
         (the run's `latest/`, or the run folder itself)."""
-        path = Path(path)
-        if not (path / "checkpoint.json").exists() and (path / "latest" / "checkpoint.json").exists():
-            path = path / "latest"
+        from avdp_ros.deploy.backends import checkpoint_dir  # the one run / latest/ rule of every loader
+
+        path = checkpoint_dir(path) or Path(path)  # no checkpoint: load_checkpoint names what is missing
         states, meta = load_checkpoint(path)
         kind = meta.get("kind")
-        if kind not in KINDS:
-            raise CheckpointError(f"checkpoint {path} holds a '{kind}' model; a policy needs one of {KINDS} "
-                                  "(train one with avdp-train-idm or avdp-train-baseline)")
+        if kind not in POLICY_KINDS:
+            raise CheckpointError(f"checkpoint {path} holds a '{kind}' model; a policy needs one of "
+                                  f"{POLICY_KINDS} (train one with avdp-train-idm or avdp-train-baseline)")
+        spec = KINDS[kind]
         cfg = PolicyConfig.from_dict(meta["config"])
         tok = Tokenizer(TokenizerConfig.from_dict(cfg.tokenizer))
         load_into(tok, states["tokenizer"], f"{path}: tokenizer")
-        actor = InverseDynamics(cfg) if kind == "idm" else ActionOnlyPolicy(cfg)
+        actor = getattr(heads, spec.actor)(cfg)
         load_into(actor, states[kind], f"{path}: {kind}")
         video = vnorm = None
-        if kind == "idm":
-            video, vnorm = VideoModel(cfg), Normalizer(10)
+        if spec.has_video:
+            video, vnorm = VideoModel(cfg), Normalizer(STATE_DIM)
             load_into(video, states["video"], f"{path}: video")
             load_into(vnorm, states["video_state_norm"], f"{path}: video_state_norm")
             video, vnorm = video.to(device), vnorm.to(device)

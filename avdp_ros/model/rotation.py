@@ -8,6 +8,7 @@ the same sign convention as `avdp_ros.geometry`. Also pose helpers between the 7
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -102,3 +103,12 @@ def actions_from_relative(rel: Tensor, state: Tensor) -> Tensor:
     s = state[..., None, :]
     r_abs = rot6d_to_matrix(s[..., 3:9]) @ rot6d_to_matrix(rel[..., 3:9])
     return torch.cat([rel[..., :3] + s[..., :3], matrix_to_rot6d(r_abs), rel[..., 9:10]], dim=-1)
+
+
+def pose_to_state10(ee_pose: np.ndarray, gripper: np.ndarray) -> np.ndarray:
+    """(N, 7) pose x y z qx qy qz qw + (N,) width -> (N, 10) x y z rot6d width float32: the state
+    (and absolute action) layout of config.STATE_DIM / ACTION_DIM."""
+    pose = torch.from_numpy(np.array(ee_pose, dtype=np.float32))  # copy: mmap is read-only
+    rot6d = quat_to_rot6d(pose[:, 3:7])  # (N, 6)
+    width = torch.from_numpy(np.array(gripper, dtype=np.float32)).reshape(-1, 1)
+    return torch.cat([pose[:, :3], rot6d, width], dim=1).numpy().astype(np.float32)

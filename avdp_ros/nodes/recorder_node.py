@@ -31,7 +31,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from avdp_ros.data.bag_io import EpisodeBagWriter
+from avdp_ros.data.bag_writer import EpisodeBagWriter
 from avdp_ros.nodes.spin import run_node
 
 DEFAULT_TOPICS = [

@@ -1,4 +1,4 @@
-"""MuJoCo Panda that impersonates the robot on the real robot's topics (DESIGN.md section 4).
+"""MuJoCo Panda that impersonates the robot on the real robot's topics (README, "ROS interface").
 
 Subscribes: target_frame (PoseStamped, tracked by the in-sim Cartesian impedance controller),
 /gripper/command (Float64 width, m). Publishes: both cameras + camera_info (rgb8, 30 Hz),
@@ -97,7 +97,9 @@ class SimBridgeNode(Node):
 
         self.create_subscription(PoseStamped, topics.TARGET_FRAME, self._on_target, topics.COMMAND_QOS)
         self.create_subscription(Float64, topics.GRIPPER_COMMAND, self._on_gripper, topics.COMMAND_QOS)
-        # The reset service blocks until the loop thread has reset: keep it off other callbacks.
+        # The reset service blocks until the loop thread has reset. Its own group keeps it off the
+        # other callbacks only under a multi-threaded executor (threads > 1); with the default one
+        # thread, commands wait for the reset to finish.
         self.create_service(Trigger, topics.SIM_RESET, self._on_reset,
                             callback_group=MutuallyExclusiveCallbackGroup())
 

@@ -18,7 +18,8 @@ def run_node(node_cls, args=None, threads: int = 1) -> None:
     closed (threads joined, files closed) while the context is still alive.
     One executor thread by default: rclpy's multi-threaded executor costs far more CPU and GIL
     time than it saves for nodes whose callbacks are all short (ours; slow work has its own
-    thread inside the node).
+    thread inside the node). With one thread, callback groups change nothing: every callback
+    of every node waits for the one before it.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()

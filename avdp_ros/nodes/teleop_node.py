@@ -18,10 +18,10 @@ from sensor_msgs.msg import Joy
 from std_msgs.msg import Float64
 from std_srvs.srv import Trigger
 
+from avdp_ros.control.teleop import KEY_HELP, TeleopConfig, TeleopMapper
 from avdp_ros.nodes import topics
 from avdp_ros.nodes.msgs import pose_from_msg, pose_to_msg
 from avdp_ros.nodes.spin import run_node
-from avdp_ros.teleop import KEY_HELP, TeleopConfig, TeleopMapper
 
 
 class TeleopNode(Node):

@@ -1,4 +1,4 @@
-"""Default topic and service names (DESIGN.md section 4). Every name is remappable with
+"""Default topic and service names (README, "ROS interface"). Every name is remappable with
 `--ros-args -r old:=new` (or `remappings` in the launch file / runner YAML)."""
 
 CAMERA_IMAGE = "/camera/camera/color/image_raw"
@@ -20,7 +20,7 @@ JOY = "/joy"
 
 BASE_FRAME = "panda_link0"
 
-# QoS chosen explicitly (DESIGN.md section 4): sensor data best effort depth 1, commands
+# QoS chosen explicitly: sensor data best effort depth 1, commands
 # reliable depth 3, state reliable, episode info latched for late joiners.
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Operational-space (Cartesian impedance) controller for the Panda, pure numpy + mujoco.
 
-Per physics step (500 Hz at dt = 0.002 s):
+Per physics step (1 kHz at the default physics_dt = 0.001 s):
 
     tau = J^T Lambda (Kp e_pose - Kd v)  +  N^T M (kp_null (q_home - q) - kd_null dq)  +  qfrc_bias
 

@@ -1,7 +1,7 @@
 """DAgger in process (no ROS): a policy drives MuJoCo episodes exactly as `avdp-eval` runs them,
 while the scripted expert, label-only and leashed as the expert node is with `command: false`,
 labels every observation with what it would command from the state the policy reached. The
-episodes are written in the converter's dataset format (`data.convert.write_episode`), so the
+episodes are written in the converter's dataset format (`data.dataset.write_episode`), so the
 training CLIs take them like converted bags (`--include-failed`: most DAgger episodes that teach
 something are ones the policy failed).
 
@@ -22,7 +22,7 @@ from avdp_ros.sim.expert import make_expert
 
 
 class ExpertLabeller:
-    """`evaluate.Monitor` that records an episode and the expert's labels for it.
+    """`evaluation.sim_eval.Monitor` that records an episode and the expert's labels for it.
 
     Label of observation k = the expert's (re-synced, leashed) target and gripper width from its
     tick at the observation's time, as the converter takes the zero-order hold of the
@@ -118,15 +118,16 @@ class ExpertLabeller:
 
 def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, horizon: int = 8,
             overwrite: bool = False, progress: bool = True) -> dict:
-    """Run `cfg.episodes` policy-driven episodes (`evaluate.EvalConfig`), label them with the
+    """Run `cfg.episodes` policy-driven episodes (`sim_eval.EvalConfig`), label them with the
     expert and write them as a dataset at `out` (manifest rewritten after every episode, so an
     interrupted run keeps what it finished). `horizon` > 1 also stores the expert's own chunk per
-    observation (`action_chunk.npy`, see `ExpertLabeller`). Returns `evaluate.evaluate`'s summary
+    observation (`action_chunk.npy`, see `ExpertLabeller`). Returns `sim_eval.evaluate`'s summary
     plus the label lead percentiles."""
     from tqdm import tqdm
 
-    from avdp_ros.data.convert import ConvertConfig, prepare_output, write_episode, write_manifest
-    from avdp_ros.evaluate import run_episode, summarize
+    from avdp_ros.data.convert import ConvertConfig
+    from avdp_ros.data.dataset import prepare_output, write_episode, write_manifest
+    from avdp_ros.evaluation.sim_eval import run_episode, summarize
     from avdp_ros.sim.env import PandaSim, SimConfig
 
     out = prepare_output(out, overwrite)

@@ -14,7 +14,7 @@ Changes made to the stock model, and why:
 - The stock joint damping (100 / 10) is meant for stiff position servos; under torque control it
   would eat most of the torque budget, so it is reduced to a small realistic value.
 - Visual meshes (136k faces) are swapped for the collision meshes (~2.5k faces), and shadows and
-  reflections are disabled, so two cameras can render at 30 Hz on a CPU (DESIGN.md section 5).
+  reflections are disabled, so two cameras can render at 30 Hz on a CPU (docs/benchmarks.md).
 """
 
 from __future__ import annotations

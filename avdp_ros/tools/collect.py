@@ -1,6 +1,10 @@
-"""The main job for now: the simulated Panda, the scripted expert doing the task through the
-robot's topics, and the recorder writing one rosbag2 MCAP per episode; then a summary, a video
+"""avdp-collect, the recording job: the simulated Panda, the scripted expert doing the task through
+the robot's topics, and the recorder writing one rosbag2 MCAP per episode; then a summary, a video
 of the first episode from the bag, and the bags converted into a training dataset.
+
+Episodes are driven by `nodes.episode_driver.EpisodeDriver` over the graph's services and topics:
+each one ends once success has held for `--settle` s, or `--time-limit` s after its reset, both
+on the bridge's clock (its header stamps).
 
     avdp-collect --task push --episodes 1 --out runs/collect
 
@@ -20,8 +24,6 @@ import json
 import os
 import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,105 +35,12 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _wait_future(future, timeout: float, what: str):
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    if not done.wait(timeout):
-        raise TimeoutError(f"{what}: no reply after {timeout:.0f} s")
-    return future.result()
-
-
-class EpisodeDriver:
-    """Runs episodes through the graph's services and topics only (reset, record start/stop,
-    /avdp/episode_info), exactly as a user's script would."""
-
-    def __init__(self, context=None, use_sim_time: bool = False):
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
-        from rclpy.parameter import Parameter
-        from std_msgs.msg import String
-        from std_srvs.srv import Trigger
-
-        from avdp_ros.nodes import topics
-        from avdp_ros.nodes.spin import spin_in_thread
-
-        self._Trigger = Trigger
-        # On sim time the episode's time limit and settle time count sim seconds (/clock), so a
-        # slow machine running the sim below real time still gets whole episodes.
-        self.node = Node("avdp_collect", context=context,
-                         parameter_overrides=[Parameter("use_sim_time", value=use_sim_time)])
-        self.info: dict = {}
-        self._info_cv = threading.Condition()
-        self.node.create_subscription(String, topics.EPISODE_INFO, self._on_info, topics.LATCHED_QOS)
-        self.reset = self.node.create_client(Trigger, topics.SIM_RESET)
-        self.start = self.node.create_client(Trigger, topics.RECORD_START)
-        self.stop = self.node.create_client(Trigger, topics.RECORD_STOP)
-        # Own executor thread: works the same whether the stack runs in this process or not.
-        self._executor = SingleThreadedExecutor(context=context)
-        self._executor.add_node(self.node)
-        self._thread = spin_in_thread(self._executor, "collect")
-
-    def _on_info(self, msg) -> None:
-        with self._info_cv:
-            self.info = json.loads(msg.data)
-            self._info_cv.notify_all()
-
-    def call(self, client, timeout: float = 15.0):
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError(f"service {client.srv_name} not available after {timeout:.0f} s")
-        res = _wait_future(client.call_async(self._Trigger.Request()), timeout, client.srv_name)
-        if not res.success:
-            raise RuntimeError(f"{client.srv_name} failed: {res.message}")
-        return res.message
-
-    def wait_info(self, predicate, timeout: float) -> bool:
-        with self._info_cv:
-            return self._info_cv.wait_for(lambda: bool(self.info) and predicate(self.info), timeout)
-
-    def now(self) -> float:
-        """Seconds on the graph's clock (sim time when the driver was made with use_sim_time)."""
-        return self.node.get_clock().now().nanoseconds * 1e-9
-
-    def run_episode(self, time_limit: float, settle: float, wall_limit: float | None = None) -> dict:
-        """Reset, record until success has held for `settle` s (or the time limit), stop.
-
-        Times are on the driver's clock; `wall_limit` (default 3x the time limit + 60 s) bounds
-        the episode in wall seconds in case that clock stalls."""
-        before = self.info.get("episode")
-        info = json.loads(self.call(self.reset))
-        if not self.wait_info(lambda i: i.get("episode") == info["episode"] and i.get("episode") != before, 10.0):
-            raise TimeoutError("no /avdp/episode_info for the new episode within 10 s")
-        started = self.call(self.start)
-        wall_end = time.monotonic() + (3.0 * time_limit + 60.0 if wall_limit is None else wall_limit)
-        while self.now() == 0.0 and time.monotonic() < wall_end:  # sim time: no /clock received yet
-            time.sleep(0.01)
-        t0 = self.now()
-        success_since = None
-        while self.now() - t0 < time_limit and time.monotonic() < wall_end:
-            self.wait_info(lambda i: True, 0.1)
-            if self.info.get("success"):
-                success_since = success_since or self.now()
-                if self.now() - success_since >= settle:
-                    break
-            else:
-                success_since = None
-        duration = self.now() - t0
-        stopped = self.call(self.stop)
-        return {"task": info["task"], "seed": info["seed"], "instruction": info["instruction"],
-                "success": bool(self.info.get("success")), "duration_s": round(duration, 2),
-                "start": started, "stop": stopped}
-
-    def close(self) -> None:
-        self._executor.shutdown(timeout_sec=2.0)
-        self._thread.join(timeout=2.0)  # before the caller may shut the context down under it
-        self.node.destroy_node()
-
-
 def _yaml_topics(config: Path) -> list[str]:
     """The recorder's `topics` in a parameter YAML (empty when the file leaves them out)."""
     import yaml
 
-    params = (yaml.safe_load(Path(config).read_text()) or {}).get("avdp_recorder", {}).get("ros__parameters", {})
+    data = yaml.safe_load(Path(config).read_text()) or {}
+    params = data.get("avdp_recorder", {}).get("ros__parameters", {})
     return list(params.get("topics") or [])
 
 
@@ -140,7 +49,7 @@ def _with_policy_params(config: Path, out: Path) -> Path:
     written to `out`: one parameter file for every node of the DAgger job, kept with the data."""
     import yaml
 
-    from avdp_ros.runner import default_config
+    from avdp_ros.nodes.runner import default_config
 
     params = yaml.safe_load(Path(config).read_text()) or {}
     if "avdp_policy" not in params:
@@ -176,10 +85,8 @@ def bag_video(bag: Path, out: Path, fps: float = 30.0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import rclpy
-
     from avdp_ros.nodes import topics
-    from avdp_ros.runner import ProcessStack, Stack, default_config, parse_sets, use_dds_profile
+    from avdp_ros.nodes.runner import ProcessStack, Stack, default_config, parse_sets, use_dds_profile
 
     ap = argparse.ArgumentParser(prog="avdp-collect", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -212,19 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     if a.policy is not None and a.perturb:
         ap.error("--perturb bumps the expert's executed target; with --policy the expert does not execute")
     if a.policy is not None and not a.policy.expanduser().is_dir():
-        ap.error(f"--policy {a.policy}: not a directory (expected a checkpoint dir, e.g. models/avdp_default)")
+        ap.error(f"--policy {a.policy}: not a directory (expected a checkpoint dir, "
+                 "e.g. models/avdp_default)")
 
     if not 0.0 < a.real_time_factor <= 1.0:
         ap.error(f"--real-time-factor {a.real_time_factor}: expected in (0, 1]")
 
     out = a.out.expanduser().resolve()
     overrides = parse_sets(a.set)
-    overrides.setdefault("avdp_sim_bridge", {}).update(task=a.task, seed=a.seed, real_time_factor=a.real_time_factor)
+    overrides.setdefault("avdp_sim_bridge", {}).update(task=a.task, seed=a.seed,
+                                                       real_time_factor=a.real_time_factor)
     sim_time = a.real_time_factor != 1.0
     overrides.setdefault("avdp_recorder", {}).update(output_dir=str(out / "bags"))
     roles, config = ["sim_bridge", "expert", "recorder"], a.config or default_config("record")
     if a.perturb:
-        overrides.setdefault("avdp_expert", {}).update(perturb_pos_m=a.perturb[0], perturb_yaw_rad=a.perturb[1])
+        overrides.setdefault("avdp_expert", {}).update(perturb_pos_m=a.perturb[0],
+                                                       perturb_yaw_rad=a.perturb[1])
     if a.policy is not None:
         roles.append("policy")
         overrides.setdefault("avdp_expert", {})["command"] = False
@@ -240,42 +150,40 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         overrides["avdp_recorder"]["topics"] = [*rec_topics, *missing]
     use_dds_profile()
-    from rclpy.signals import SignalHandlerOptions
-
     from avdp_ros.data.bag_io import bag_info
     from avdp_ros.data.convert import ConvertConfig, convert_directory, find_bags
+    from avdp_ros.nodes.episode_driver import EpisodeDriver, ros_session
 
     before = set(find_bags(out / "bags")) if (out / "bags").is_dir() else set()
+    results = []
     # No rclpy signal handler: Ctrl-C raises KeyboardInterrupt here, and the recording is stopped
     # and converted (rclpy's handler would invalidate the context under the driver instead).
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    # SIGTERM (kill, docker stop, a job scheduler) stops the same way; SIGINT is ignored in
-    # background jobs of non-interactive shells, so this is often the only signal that arrives.
-    signal.signal(signal.SIGTERM, _interrupt)
-    if a.in_process:
-        stack = Stack(roles, config, overrides, use_sim_time=sim_time)
-    else:  # one process per node, like ros2 launch: the sim's pacing never waits on another node's GIL
-        stack = ProcessStack(roles, config, overrides, use_sim_time=sim_time)
-    driver = EpisodeDriver(use_sim_time=sim_time)
-    results = []
-    try:
-        for k in range(a.episodes):
-            r = driver.run_episode(a.time_limit, a.settle,
-                                   wall_limit=3.0 * a.time_limit / a.real_time_factor + 60.0)
-            results.append(r)
-            print(f"episode {k + 1}/{a.episodes}: task {r['task']} seed {r['seed']} "
-                  f"{'SUCCESS' if r['success'] else 'failed'} in {r['duration_s']:.1f} s", flush=True)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted after {len(results)} episodes: the bags recorded so far are kept and converted",
-              flush=True)
+    with ros_session(handle_signals=False):
+        # SIGTERM (kill, docker stop, a job scheduler) stops the same way; SIGINT is ignored in
+        # background jobs of non-interactive shells, so this is often the only signal that arrives.
+        signal.signal(signal.SIGTERM, _interrupt)
+        if a.in_process:
+            stack = Stack(roles, config, overrides, use_sim_time=sim_time)
+        else:  # one process per node, like ros2 launch: the sim's pacing never waits on another node's GIL
+            stack = ProcessStack(roles, config, overrides, use_sim_time=sim_time)
+        driver = EpisodeDriver("avdp_collect", use_sim_time=sim_time)
         try:
-            driver.call(driver.stop, timeout=5.0)  # close the episode being recorded
-        except Exception:  # noqa: BLE001 - the recorder may have stopped with the same Ctrl-C
-            pass
-    finally:
-        driver.close()
-        stack.shutdown()
-        rclpy.try_shutdown()
+            for k in range(a.episodes):
+                r = driver.run_episode(a.time_limit, a.settle,
+                                       wall_limit=3.0 * a.time_limit / a.real_time_factor + 60.0)
+                results.append(r)
+                print(f"episode {k + 1}/{a.episodes}: task {r['task']} seed {r['seed']} "
+                      f"{'SUCCESS' if r['success'] else 'failed'} in {r['duration_s']:.1f} s", flush=True)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted after {len(results)} episodes: the bags recorded so far are kept and "
+                  "converted", flush=True)
+            try:
+                driver.stop_recording(timeout=5.0)  # close the episode being recorded
+            except Exception:  # noqa: BLE001 - the recorder may have stopped with the same Ctrl-C
+                pass
+        finally:
+            driver.close()
+            stack.shutdown()
 
     bags = sorted(set(find_bags(out / "bags")) - before) if (out / "bags").is_dir() else []
     summary = {"episodes": results, "bags": []}

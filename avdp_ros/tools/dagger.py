@@ -21,7 +21,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from avdp_ros.evaluate import EvalConfig, describe_failures
+    from avdp_ros.evaluation.sim_eval import EvalConfig, describe_failures
     from avdp_ros.tools.eval import add_policy_args, add_seeds_arg, load_cli_policy, write_result
 
     ap = argparse.ArgumentParser(prog="avdp-dagger", description=__doc__,
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also store the expert's own H-step chunk from every observation (a what-if rollout "
                          "in a copy of the physics; training prefers it to per-frame labels); default: the "
                          "policy's horizon; 0 = per-frame labels only")
-    ap.add_argument("--exec-steps", type=int, default=4, help="actions executed per chunk")
+    ap.add_argument("--execute-steps", "--exec-steps", type=int, default=EvalConfig.execute_steps,
+                    help="actions executed per chunk (the policy node's execute_steps)")
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
     ap.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT/dataset")
@@ -58,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--label-horizon {a.label_horizon}: expected >= 0")
     policy = load_cli_policy(a, seed=a.seed)
     horizon = a.label_horizon if a.label_horizon is not None else int(getattr(policy.cfg, "horizon", 8))
-    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds, exec_steps=a.exec_steps,
-                     time_limit=a.time_limit, videos=a.videos, obs_hz=policy.obs_hz)
+    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds,
+                     execute_steps=a.execute_steps, time_limit=a.time_limit, videos=a.videos,
+                     obs_hz=policy.obs_hz)
     try:
         result = collect(policy, cfg, a.out / "dataset", label_lead=a.label_lead, horizon=horizon,
                          overwrite=a.overwrite, progress=not a.no_progress)
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(err))
     result["action_temperature"] = policy.action_temperature
     frames = result.pop("frames")
-    print(f"{a.policy} drove {result['episodes']} {a.task} episodes: success {result['success_rate'] * 100:.0f}%; "
+    print(f"{a.policy} drove {result['episodes']} {a.task} episodes: "
+          f"success {result['success_rate'] * 100:.0f}%; "
           f"labels lead the TCP by {result['label_to_tcp_mm_p50']:.0f} mm (p50), "
           f"{result['label_to_tcp_mm_p90']:.0f} mm (p90); dataset: {a.out / 'dataset'}")
     print(describe_failures(result))

@@ -44,8 +44,9 @@ def report(root: Path) -> str:
     one of the real-time figures of those run through ROS (avdp-eval-ros), if any."""
     rows = ["| run | task | success | episodes | mean length (s) | infer p50 / p99 (ms) |",
             "| --- | --- | --- | --- | --- | --- |"]
-    ros = ["| run (through ROS) | fault | obs->chunk p50 / p95 / p99 (ms) | command period p50 / p99 / max (ms) | "
-           "chunk age p50 / p99 (ms) | within limits |", "| --- | --- | --- | --- | --- | --- |"]
+    ros = ["| run (through ROS) | fault | obs->chunk p50 / p95 / p99 (ms) | "
+           "command period p50 / p99 / max (ms) | chunk age p50 / p99 (ms) | within limits |",
+           "| --- | --- | --- | --- | --- | --- |"]
     for path in sorted(root.rglob("summary.json")):
         try:
             s = json.loads(path.read_text())
@@ -55,13 +56,15 @@ def report(root: Path) -> str:
             rows.append(f"| {path.parent.relative_to(root)} | {s['task']} | {s['success_rate'] * 100:.0f}% | "
                         f"{s['episodes']} | {s['mean_duration_s']:.1f} | {lat} |")
             if s.get("via") == "ros":
-                ros.append(f"| {path.parent.relative_to(root)} | {s['fault']['kind']} | {s['obs_to_chunk_ms_p50']:.0f}"
-                           f" / {s['obs_to_chunk_ms_p95']:.0f} / {s['obs_to_chunk_ms_p99']:.0f} | "
+                ros.append(f"| {path.parent.relative_to(root)} | {s['fault']['kind']} | "
+                           f"{s['obs_to_chunk_ms_p50']:.0f} / {s['obs_to_chunk_ms_p95']:.0f} / "
+                           f"{s['obs_to_chunk_ms_p99']:.0f} | "
                            f"{s['command_period_ms_p50']:.1f} / {s['command_period_ms_p99']:.1f} / "
                            f"{s['command_period_ms_max']:.1f} | {s['chunk_age_ms_p50']:.0f} / "
                            f"{s['chunk_age_ms_p99']:.0f} | {'yes' if s['within_limits'] else 'NO'} |")
         except (KeyError, TypeError, ValueError) as err:
-            rows.append(f"| {path.parent.relative_to(root)} | unreadable summary: {type(err).__name__}: {err} |")
+            rows.append(f"| {path.parent.relative_to(root)} | unreadable summary: "
+                        f"{type(err).__name__}: {err} |")
     return "\n".join(rows + ([""] + ros if len(ros) > 2 else []))
 
 
@@ -72,8 +75,9 @@ def add_policy_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--action-temperature", type=float, default=None,
                     help="scale of the action sampler's noise (default: the checkpoint's action_temperature)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="torch", help="torch (checkpoint dir) | onnxruntime | tensorrt (bundle "
-                                                       "dir from avdp-export); default %(default)s")
+    ap.add_argument("--backend", default="torch",
+                    help="torch (checkpoint dir) | onnxruntime | tensorrt (bundle dir from avdp-export); "
+                         "default %(default)s")
     ap.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
 
 
@@ -122,16 +126,18 @@ def write_result(out: Path, result: dict, frames: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from avdp_ros.evaluate import EvalConfig, describe_failures, evaluate
+    from avdp_ros.evaluation.sim_eval import EvalConfig, describe_failures, evaluate
 
     ap = argparse.ArgumentParser(prog="avdp-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", help="policy checkpoint directory, or 'expert'")
-    ap.add_argument("--report", type=Path, default=None, help="print a table of the evaluations below a folder")
+    ap.add_argument("--report", type=Path, default=None,
+                    help="print a table of the evaluations below a folder")
     ap.add_argument("--task", default="push")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--seed", type=int, default=100_000, help="first seed (held out from training seeds)")
-    ap.add_argument("--exec-steps", type=int, default=4, help="actions executed per chunk")
+    ap.add_argument("--execute-steps", "--exec-steps", type=int, default=EvalConfig.execute_steps,
+                    help="actions executed per chunk (the policy node's execute_steps)")
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
     ap.add_argument("--expert-start", type=float, default=0.0, metavar="SECONDS",
@@ -148,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     if not a.policy:
         ap.error("--policy is required (a checkpoint directory or 'expert'), or use --report FOLDER")
 
-    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds, exec_steps=a.exec_steps,
-                     time_limit=a.time_limit, videos=a.videos, expert_start=a.expert_start)
+    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds,
+                     execute_steps=a.execute_steps, time_limit=a.time_limit, videos=a.videos,
+                     expert_start=a.expert_start)
     if a.policy == "expert":
         result = _expert(cfg, not a.no_progress)
     else:

@@ -1,9 +1,10 @@
 """Live sensor streams -> one time-aligned policy observation (pure; no rclpy).
 
 The policy node converts stamps (``nodes.msgs.stamp_to_sec``) and hands over images (raw or
-compressed messages via ``add_image_msg``) and numbers; this core never reads a clock itself: every call takes ``now`` (seconds, the node's clock) so tests
-drive it with a fake clock. Alignment is on header stamps, never on arrival time (DESIGN.md 3),
-the same rule the bag converter uses for training data:
+compressed messages via ``add_image_msg``) and numbers; this core never reads a clock itself:
+every call takes ``now`` (seconds, the node's clock) so tests drive it with a fake clock.
+Alignment is on header stamps, never on arrival time, the same rule the bag converter uses for
+training data:
 
 - cameras: each keeps its last few frames, because two cameras publish at different phases and
   the newest frame of one usually has its partner one frame back in the other. The newest set
@@ -43,7 +44,7 @@ REJECTION_KINDS = ("no_stamp", "future", "backwards", "duplicate", "frame", "sha
 
 @dataclass
 class IngestConfig:
-    """What the policy node listens to and how strict it is (defaults: DESIGN.md sections 3, 4)."""
+    """What the policy node listens to and how strict it is (topic defaults as in nodes/topics.py)."""
 
     cameras: dict[str, str] = field(default_factory=lambda: {  # observation key -> image topic
         "camera": "/camera/camera/color/image_raw",
@@ -131,8 +132,8 @@ class _Stream:
 class ObservationAssembler:
     """Collects camera frames, ee poses and gripper widths; builds aligned observations.
 
-    Thread-safe: a MultiThreadedExecutor may run subscription callbacks while the inference
-    thread assembles.
+    Thread-safe (one lock), so inputs may be added from other threads than the one that
+    assembles; the policy node does both on its single executor thread.
 
     Attributes:
         rejected: Counter of rejected inputs per (stream, kind), kinds in ``REJECTION_KINDS``.

@@ -1,10 +1,8 @@
-"""Training-loop pieces shared by every CLI in `avdp_ros/tools/train.py`.
+"""The training loop every job runs: device and DDP set-up, AdamW with warmup + cosine, EMA,
+resumable checkpoints, a tqdm bar and the loss history.
 
-Device selection, seeding, DDP under `torchrun` (plain `python` launches run single-process with
-the same code), AdamW + warmup/cosine schedule, a resumable loop with a tqdm bar, loss history
-(JSON + PNG), image metrics (PSNR/SSIM), action metrics and the predicted-vs-real GIF.
-
-Run directory layout (`--out`)::
+Plain `python` launches run single-process with the same code; under `torchrun` the process
+group is joined and rank 0 logs and writes. Run directory layout (`--out`)::
 
     <out>/latest/           checkpoint (save_checkpoint) + optimizer.safetensors + trainer.json
                             (+ raw.safetensors: the optimised weights, when the checkpoint holds their EMA)
@@ -31,9 +29,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+from avdp_ros.train.plots import plot_history
 
 LATEST = "latest"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -41,7 +40,6 @@ TRAINER_FILE = "trainer.json"
 RAW_WEIGHTS = "raw.safetensors"
 HISTORY_FILE = "history.json"
 LOSS_PNG = "loss.png"
-NOT_PLOTTED = ("step", "lr", "samples_per_s", "grad_norm")
 
 
 @dataclass
@@ -267,134 +265,6 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def split_keys(keys: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded episode-level split -> (train, val); at least one val episode when val_fraction > 0."""
-    keys = sorted(keys)
-    rng = random.Random(seed)
-    rng.shuffle(keys)
-    n_val = 0 if val_fraction <= 0 else max(1, round(len(keys) * val_fraction))
-    n_val = min(n_val, max(len(keys) - 1, 0))
-    return sorted(keys[n_val:]), sorted(keys[:n_val])
-
-
-def label_subset(keys: list[str], fraction: float, seed: int) -> list[str]:
-    """Seeded subset of `fraction` of `keys` (at least one when fraction > 0)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"--label-fraction {fraction}: expected in (0, 1]")
-    keys = sorted(keys)
-    rng = random.Random(seed + 1)  # independent of the val split's shuffle
-    rng.shuffle(keys)
-    return sorted(keys[:max(1, round(len(keys) * fraction))])
-
-
-# -- metrics ---------------------------------------------------------------------------------
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of (B, 3, H, W) images in [0, 1] -> (B,)."""
-    mse = ((pred - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return 10.0 * torch.log10(1.0 / mse)
-
-
-def object_l1(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
-    """Mean L1 error (B,) over the coloured pixels far from their image's median colour (summed
-    |RGB - median| > threshold and chroma max(RGB) - min(RGB) > threshold): the small coloured
-    objects a task is about (cube, target), not the arm, walls or shadows, and what frame-wide
-    PSNR/SSIM hardly weigh. A small autoencoder loses them first: one that turned the green target
-    into table scored 28 dB. NaN for an image without such pixels."""
-    median = target.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1)
-    chroma = target.max(1).values - target.min(1).values  # (B, H, W)
-    mask = ((target - median).abs().sum(1) > threshold) & (chroma > threshold)  # (B, H, W)
-    err = (pred - target).abs().mean(1)  # (B, H, W)
-    n = mask.flatten(1).sum(1)
-    return torch.where(n > 0, (err * mask).flatten(1).sum(1) / n.clamp_min(1), torch.full_like(n, float("nan"),
-                                                                                            dtype=err.dtype))
-
-
-def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
-    """Per-image SSIM (Gaussian window, luminance over RGB channels averaged) -> (B,)."""
-    c1, c2 = 0.01**2, 0.03**2
-    window = min(window, pred.shape[-1], pred.shape[-2])
-    coords = torch.arange(window, dtype=pred.dtype, device=pred.device) - (window - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    kernel = (g[:, None] * g[None, :]).expand(pred.shape[1], 1, window, window)  # (3, 1, w, w)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, kernel, groups=x.shape[1])
-
-    mu_x, mu_y = blur(pred), blur(target)
-    sxx = blur(pred * pred) - mu_x**2
-    syy = blur(target * target) - mu_y**2
-    sxy = blur(pred * target) - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(1)
-
-
-def action_errors(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Mean errors of (..., 10) actions (x y z rot6d width, metres): position mm, rotation deg, gripper mm."""
-    from avdp_ros.model.rotation import rot6d_to_matrix
-
-    pos_mm = (pred[..., :3] - target[..., :3]).norm(dim=-1).mean() * 1000.0
-    r_pred, r_true = rot6d_to_matrix(pred[..., 3:9]), rot6d_to_matrix(target[..., 3:9])
-    rel = r_pred.transpose(-1, -2) @ r_true  # (..., 3, 3)
-    cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
-    rot_deg = torch.rad2deg(torch.acos(cos)).mean()
-    grip_mm = (pred[..., 9] - target[..., 9]).abs().mean() * 1000.0
-    return {"pos_mm": pos_mm.item(), "rot_deg": rot_deg.item(), "gripper_mm": grip_mm.item()}
-
-
-# -- artefacts -------------------------------------------------------------------------------
-
-
-def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Loss curves: every numeric train key (loss, components) and every val/ metric, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted({k for h in history for k, v in h.items()
-                   if k not in NOT_PLOTTED and isinstance(v, (int, float))})
-    train_keys = [k for k in keys if not k.startswith("val/")]
-    val_keys = [k for k in keys if k.startswith("val/")]
-    panels = [("train", train_keys), ("validation", val_keys)]
-    panels = [p for p in panels if p[1]]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6 * max(len(panels), 1), 4), squeeze=False)
-    for ax, (name, ks) in zip(axes[0], panels):
-        for k in ks:
-            pts = [(h["step"], h[k]) for h in history if k in h]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, marker="." if len(pts) < 30 else None)
-        if name == "train" and all(h.get(k, 1.0) > 0 for h in history for k in ks if k in h):
-            ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_title(f"{title} {name}".strip())
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def save_comparison_gif(real: torch.Tensor, pred: torch.Tensor, path: Path, fps: float = 4.0,
-                        scale: int = 2) -> None:
-    """GIF of real (top row) vs predicted (bottom row) frames.
-
-    Args:
-        real, pred: (T, N, 3, S, S) float in [0, 1]: T time steps, N images side by side (cameras).
-    """
-    import imageio.v2 as imageio
-
-    frames = []
-    for t in range(real.shape[0]):
-        rows = [torch.cat(list(x[t]), dim=-1) for x in (real, pred)]  # each (3, S, N*S)
-        img = torch.cat(rows, dim=-2)  # (3, 2S, N*S)
-        if scale > 1:
-            img = img.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
-        frames.append((img.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy())
-    imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)
-
-
 # -- the loop --------------------------------------------------------------------------------
 
 
@@ -411,7 +281,6 @@ class Run:
     save_fn: Callable[[nn.Module, Path, dict[str, Any]], None]  # (bare model, dir, extra) -> writes checkpoint
     validate_fn: Callable[[nn.Module, int], dict[str, float]] | None = None  # (bare model, step) -> metrics
     finalize_fn: Callable[[nn.Module], None] | None = None  # before the last checkpoint (e.g. latent scale)
-    collate_device: bool = True                 # move batches to the device
 
 
 class _LossModule(nn.Module):
@@ -505,8 +374,7 @@ def train(run: Run, info: Dist, device: torch.device, resume: bool = False) -> d
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(batches)
-        if run.collate_device:
-            batch = to_device(batch, device)
+        batch = to_device(batch, device)
         loss, logs = ddp_model(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

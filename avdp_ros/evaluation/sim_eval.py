@@ -1,11 +1,18 @@
-"""Closed-loop evaluation without ROS: the same MuJoCo task code the bridge uses, driven by a
-policy through the openpi-style boundary (`reset()`, `infer(obs) -> {"actions": (H, 8)}`).
+"""Closed-loop evaluation without ROS (avdp-eval, avdp-dagger): the same MuJoCo task code the
+bridge uses, driven by a policy through the openpi-style boundary (`reset()`,
+`infer(obs) -> {"actions": (H, 8)}`).
 
 Timing model (matches the recorded data): observations at `obs_hz` (the dataset rate); a chunk
-of H targets, one per 1/obs_hz; the first `exec_steps` are executed (receding horizon), each
+of H targets, one per 1/obs_hz; the first `execute_steps` are executed (receding horizon), each
 streamed to the controller at `stream_hz` with linear position / slerp rotation interpolation
 from the previous target, as a teleop stream would be. The sim waits while the policy thinks
 (latency is measured and reported, not simulated; the ROS path in the policy node handles it).
+
+Success rule: the task's success test runs after every executed action (every 1/obs_hz of sim
+time), and the episode ends, successful, the first time it passes; `duration` is the sim time
+then. Nothing has to hold. avdp-eval-ros (`tools/eval_ros.py`) runs the same seeds with the same
+time limit but ends an episode only once success has held for `--settle` s (0.5 by default) on
+the bridge's clock, so a success that is touched and lost counts here and not there.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ class EvalConfig:
     seed: int = 0  # episode i uses seed + i
     seeds: tuple[int, ...] = ()  # explicit episode seeds instead (then episodes = len(seeds))
     obs_hz: float = 10.0  # observation / action-chunk rate (the dataset's obs_hz)
-    exec_steps: int = 4  # actions executed per chunk before replanning
+    execute_steps: int = 4  # actions executed per chunk before replanning
     stream_hz: float = 50.0  # target interpolation rate inside one action period
     time_limit: float = 15.0  # sim seconds per episode
     image_size: tuple[int, int] = (128, 128)  # (H, W) rendered, as in the recorded dataset
@@ -53,12 +60,14 @@ class EvalConfig:
         if self.seeds:
             self.episodes = len(self.seeds)
         if not 0.0 <= self.expert_start < self.time_limit:
-            raise ValueError(f"expert_start {self.expert_start}: expected in [0, time_limit {self.time_limit})")
-        if self.exec_steps < 1:
-            raise ValueError(f"exec_steps {self.exec_steps}: expected >= 1")
+            raise ValueError(f"expert_start {self.expert_start}: expected in [0, time_limit "
+                             f"{self.time_limit})")
+        if self.execute_steps < 1:
+            raise ValueError(f"execute_steps {self.execute_steps}: expected >= 1")
         ratio = self.stream_hz / self.obs_hz
         if self.stream_hz < self.obs_hz or abs(ratio - round(ratio)) > 1e-9:
-            raise ValueError(f"stream_hz {self.stream_hz} must be an integer multiple of obs_hz {self.obs_hz}")
+            raise ValueError(f"stream_hz {self.stream_hz} must be an integer multiple of obs_hz "
+                             f"{self.obs_hz}")
 
     def episode_seeds(self) -> list[int]:
         """The seed of every episode, in order."""
@@ -96,7 +105,7 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
     """One seeded episode. Every 1/obs_hz the policy sees an observation: `infer` at the start of
     a chunk, `observe` (if the policy has it) in between, so its frame history is spaced as in
     training. Action i of a chunk is the target due i periods after the chunk's observation;
-    actions 1..exec_steps are executed, each approached by interpolation over its period.
+    actions 1..execute_steps are executed, each approached by interpolation over its period.
     `monitor`, if given, sees every observation and every stream tick (it must not act)."""
     info = sim.reset(seed)
     policy.reset()
@@ -109,8 +118,8 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
     steps_per_stream = max(1, int(round(1.0 / (cfg.stream_hz * sim.physics_dt))))
     target = sim.ee_pose()
     if cfg.expert_start > 0:
-        target = _expert_lead_in(sim, policy, info["instruction"], cfg, sub, steps_per_stream, res, keep_frames,
-                                 monitor)
+        target = _expert_lead_in(sim, policy, info["instruction"], cfg, sub, steps_per_stream, res,
+                                 keep_frames, monitor)
     chunk, i, k = None, 0, 0
     while sim.time < cfg.time_limit - 1e-6:  # float sums of physics_dt land just below it
         obs = observe(sim, info["instruction"])
@@ -121,16 +130,18 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
         cube = sim.object_poses()["cube"]
         res.cube_max_z = max(res.cube_max_z, float(cube[2]))
         res.closest_goal = min(res.closest_goal, float(np.linalg.norm(cube[:2] - goal_xy)))
-        if k % cfg.exec_steps == 0:
+        if k % cfg.execute_steps == 0:
             t0 = time.perf_counter()
             out = policy.infer(obs)
             res.infer_ms.append((time.perf_counter() - t0) * 1e3)
             chunk = np.asarray(out["actions"], dtype=np.float64)  # (H, 8) pose7 + gripper
-            if chunk.ndim != 2 or chunk.shape[1] != 8 or not np.all(np.isfinite(chunk)):
-                raise ValueError(f"policy returned actions {chunk.shape} (finite: {np.isfinite(chunk).all()}); "
+            finite = bool(np.all(np.isfinite(chunk)))
+            if chunk.ndim != 2 or chunk.shape[1] != 8 or not finite:
+                raise ValueError(f"policy returned actions {chunk.shape} (finite: {finite}); "
                                  "expected finite (H, 8) = pose7 + gripper width")
-            if chunk.shape[0] <= cfg.exec_steps:
-                raise ValueError(f"policy horizon {chunk.shape[0]} must exceed exec_steps {cfg.exec_steps}")
+            if chunk.shape[0] <= cfg.execute_steps:
+                raise ValueError(f"policy horizon {chunk.shape[0]} must exceed execute_steps "
+                                 f"{cfg.execute_steps}")
             i = 0
         elif hasattr(policy, "observe"):
             policy.observe(obs)
@@ -155,8 +166,9 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
     return res
 
 
-def _expert_lead_in(sim, policy: PolicyLike, instruction: str, cfg: EvalConfig, sub: int, steps_per_stream: int,
-                    res: EpisodeResult, keep_frames: bool, monitor: Monitor | None) -> np.ndarray:
+def _expert_lead_in(sim, policy: PolicyLike, instruction: str, cfg: EvalConfig, sub: int,
+                    steps_per_stream: int, res: EpisodeResult, keep_frames: bool,
+                    monitor: Monitor | None) -> np.ndarray:
     """The scripted expert (privileged object poses) drives until `cfg.expert_start`; the policy
     sees every observation meanwhile, so its frame history is full at the handover. Returns the
     last target, where the policy's first action is interpolated from."""
@@ -211,7 +223,8 @@ def summarize(results: list[EpisodeResult], cfg: EvalConfig) -> dict:
         "success_rate": float(np.mean(ok)) if ok else 0.0,
         "failed_seeds": [r.seed for r in results if not r.success],
         "per_episode": [{"seed": r.seed, "success": r.success, "duration_s": round(r.duration, 3),
-                         "goal_distance_m": round(r.goal_distance, 4), "closest_goal_m": round(r.closest_goal, 4),
+                         "goal_distance_m": round(r.goal_distance, 4),
+                         "closest_goal_m": round(r.closest_goal, 4),
                          "cube_moved_m": round(r.cube_moved, 4),
                          "cube_max_z_m": round(r.cube_max_z, 4)} for r in results],
         "mean_duration_s": float(np.mean([r.duration for r in results])) if results else 0.0,

@@ -30,7 +30,7 @@ from avdp_ros.stack import NODES, policy_roles, record_roles
 
 def config_file(filename: str) -> Path:
     """config/<filename> from the source tree, else from the installed share/ directory."""
-    here = Path(__file__).resolve().parent.parent / "config" / filename
+    here = Path(__file__).resolve().parents[2] / "config" / filename
     if here.exists():
         return here
     try:

@@ -1,0 +1,235 @@
+"""What a training job reads: dataset roots, the seeded episode split, in-memory image sets for
+the tokenizer, latent windows (and frozen video features) for the video model and action heads.
+
+The episode split depends only on `--seed` and `--val-fraction`, so video, IDM and baseline runs
+hold out the same episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avdp_ros.data.dataset import EpisodeDataset
+from avdp_ros.data.files import file_sha256
+from avdp_ros.data.latents import LatentDataset, build_vocabulary, cache_latents, list_episodes
+from avdp_ros.model.tokenizer import Tokenizer, resize_uint8
+from avdp_ros.train.engine import Dist
+from avdp_ros.train.sources import policy_config
+
+VAL_WINDOWS = 64      # validation windows per evaluation (video / idm / baseline)
+
+
+def split_keys(keys: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded episode-level split -> (train, val); at least one val episode when val_fraction > 0."""
+    keys = sorted(keys)
+    rng = random.Random(seed)
+    rng.shuffle(keys)
+    n_val = 0 if val_fraction <= 0 else max(1, round(len(keys) * val_fraction))
+    n_val = min(n_val, max(len(keys) - 1, 0))
+    return sorted(keys[n_val:]), sorted(keys[:n_val])
+
+
+def label_subset(keys: list[str], fraction: float, seed: int) -> list[str]:
+    """Seeded subset of `fraction` of `keys` (at least one when fraction > 0)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"--label-fraction {fraction}: expected in (0, 1]")
+    keys = sorted(keys)
+    rng = random.Random(seed + 1)  # independent of the val split's shuffle
+    rng.shuffle(keys)
+    return sorted(keys[:max(1, round(len(keys) * fraction))])
+
+
+def data_record(roots: Sequence[Path]) -> list[dict[str, Any]]:
+    return [{"root": str(r.resolve()), "manifest_sha256": file_sha256(r / "manifest.json")} for r in roots]
+
+
+def check_roots(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Dataset roots and their common camera list (all roots must have the same cameras)."""
+    roots = [Path(p).expanduser() for p in paths]
+    cams = None
+    for r in roots:
+        ds = EpisodeDataset(r, validate=False)
+        if cams is not None and ds.cameras != cams:
+            raise SystemExit(f"--data {r}: cameras {ds.cameras}, but {roots[0]} has {cams}")
+        cams = ds.cameras
+    return roots, list(cams or [])
+
+
+def split_episodes(roots: Sequence[Path], args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    keys = [ref.key for ref in list_episodes(roots)]
+    return split_keys(keys, args.val_fraction, args.seed)
+
+
+# -- tokenizer images -------------------------------------------------------------------------
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """Every frame of every camera of the given episodes, cropped (`crops`: camera -> fractions)
+    and resized once to (3, S, S) uint8 in memory."""
+
+    def __init__(self, roots: Sequence[Path], keys: set[str], size: int, stride: int = 1,
+                 crops: dict[str, Sequence[float]] | None = None) -> None:
+        chunks = []
+        datasets = {r: EpisodeDataset(r, validate=False) for r in roots}
+        for ref in list_episodes(roots):
+            if ref.key not in keys:
+                continue
+            ds = datasets[ref.root]
+            ep = ds[ref.name]
+            for cam in ds.cameras:
+                frames = np.asarray(ep[cam][::stride])
+                chunks.append(resize_uint8(frames, size, (crops or {}).get(cam)))  # (T', 3, S, S)
+        self.images = torch.cat(chunks) if chunks else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+# -- latent windows --------------------------------------------------------------------------
+
+
+@dataclass
+class LatentSetup:
+    roots: list[Path]
+    tokenizer: Tokenizer
+    cfg: Any                    # PolicyConfig
+    train: LatentDataset
+    val: LatentDataset
+    val_keys: list[str]
+
+
+def latent_setup(args: argparse.Namespace, info: Dist, tok: Tokenizer, cfg_from_ckpt: dict | None,
+                  require_actions: bool, label_fraction: float = 1.0) -> LatentSetup:
+    """Cache latents (rank 0), build the PolicyConfig and the train/val window datasets."""
+    from avdp_ros.model.config import PolicyConfig
+
+    roots, cameras = check_roots(args.data)
+    caches = []
+    for r in roots:
+        if info.is_main:
+            caches.append((r, cache_latents(r, tok, progress=not args.no_progress)))
+        info.barrier()
+        if not info.is_main:
+            caches.append((r, cache_latents(r, tok, progress=False)))  # present now: no encoding
+    cfg = PolicyConfig.from_dict(cfg_from_ckpt) if cfg_from_ckpt else policy_config(args, tok, cameras, roots)
+    unknown = sorted(set(build_vocabulary(roots)) - set(cfg.instructions))
+    if unknown:  # they would all read as <unk>: the model could not tell the new tasks apart
+        raise SystemExit(f"the data has instructions the checkpoint's vocabulary does not know: {unknown} "
+                         f"(it knows {list(cfg.instructions[1:])}); train a new model on all the data "
+                         "to add tasks")
+    if tuple(cfg.latent_shape) != tuple(tok.config.latent_shape):
+        raise SystemExit(f"tokenizer latents {tok.config.latent_shape} do not match the config's "
+                         f"latent_shape {cfg.latent_shape}")
+    train_keys, val_keys = split_episodes(roots, args)
+    if require_actions:
+        # Failed demonstrations (recorded success false) teach the failure; leave them to the
+        # video model unless asked. Unknown success (teleop without a verdict) counts as a demo.
+        refs = [ref for ref in list_episodes(roots) if ref.has_actions and ref.key in set(train_keys)]
+        labelled = [ref.key for ref in refs if ref.success is not False or getattr(args, "include_failed", False)]
+        if len(labelled) < len(refs) and info.is_main:
+            print(f"{len(refs) - len(labelled)} failed demonstrations left out of action training "
+                  "(--include-failed keeps them)", file=sys.stderr)
+        train_keys = label_subset(labelled, label_fraction, args.seed)
+    kw = dict(context_frames=cfg.context_frames, future_frames=cfg.future_frames, horizon=cfg.horizon,
+              vocab=cfg.instructions, cameras=cfg.cameras, require_actions=require_actions)
+    train = LatentDataset(caches, episodes=train_keys, **kw)
+    if len(train) == 0:  # before any statistics are fitted on nothing
+        raise ValueError(f"training set is empty: {len(train_keys)} training episodes"
+                         f"{' with action labels' if require_actions else ''} in {[str(r) for r in roots]}; "
+                         "check --data, --label-fraction, --val-fraction (and --include-failed)")
+    val = LatentDataset(caches, episodes=val_keys, **kw)
+    if info.is_main:
+        n_lab = sum(a is not None for a in train.actions)
+        print(f"{len(train.refs)} train episodes ({n_lab} with actions), {len(val.refs)} val episodes; "
+              f"{len(train)} train windows", file=sys.stderr)
+    return LatentSetup(roots, tok, cfg, train, val, val_keys)
+
+
+def val_indices(ds: LatentDataset, seed: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(len(ds), generator=gen)[:VAL_WINDOWS].tolist()
+
+
+def stack_windows(ds: LatentDataset, idx: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+    items = [ds[i] for i in idx]
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+
+
+def future_images(s: LatentSetup, idx: Sequence[int], k: int) -> torch.Tensor:
+    """Real frames t+1..t+k of validation windows as (N, k, cams, 3, S, S) float in [0, 1]."""
+    S = s.tokenizer.config.image_size
+    out = []
+    for i in idx:
+        e, t = s.val.index[i]
+        ref = s.val.refs[e]
+        ep = EpisodeDataset(ref.root, validate=False)[ref.name]
+        frames = np.clip(np.arange(t + 1, t + k + 1), 0, ref.length - 1)
+        cams = [resize_uint8(np.asarray(ep[c][frames]), S, s.tokenizer.config.crops.get(c))
+                for c in s.cfg.cameras]  # each (k, 3, S, S)
+        out.append(torch.stack(cams, dim=1).float() / 255.0)  # (k, cams, 3, S, S)
+    return torch.stack(out)
+
+
+def decode_frames(tok: Tokenizer, latents: torch.Tensor) -> torch.Tensor:
+    """(N, k, cams, C, h, w) -> (N, k, cams, 3, S, S)."""
+    flat = latents.flatten(0, 2)
+    img = torch.cat([tok.decode(flat[i:i + 256]) for i in range(0, len(flat), 256)])
+    return img.view(*latents.shape[:3], *img.shape[1:])
+
+
+class WithFeatures(torch.utils.data.Dataset):
+    """Windows of a LatentDataset plus `video_features` (Fc+K, D) of their true frames.
+
+    The video model is frozen while the IDM trains and its features of clean frames are
+    deterministic, so they are computed once (`video_feature_table`) instead of every step, which
+    would cost a video-model forward pass per batch (most of an IDM step on a CPU).
+    """
+
+    def __init__(self, windows: LatentDataset, features: torch.Tensor) -> None:
+        if len(features) != len(windows):
+            raise ValueError(f"{len(features)} feature rows for {len(windows)} windows")
+        self.windows, self.features = windows, features
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return dict(self.windows[i], video_features=self.features[i])
+
+
+@torch.no_grad()
+def video_feature_table(windows: LatentDataset, video, video_norm, context_frames: int, device: torch.device,
+                        batch_size: int = 128, progress: bool = True) -> torch.Tensor:
+    """Video-model features (N, Fc+K, D) of every window's context + true future frames (on CPU)."""
+    from tqdm import tqdm
+
+    rows = []
+    for start in tqdm(range(0, len(windows), batch_size), desc="video features", disable=not progress,
+                      unit="batch"):
+        b = stack_windows(windows, range(start, min(start + batch_size, len(windows))), device)
+        seq = torch.cat([b["context"], b["future"]], dim=1)  # (B, Fc+K, cams, C, h, w)
+        rows.append(video.features(seq, b["instr"], video_norm.normalize(b["states"][:, :context_frames])).cpu())
+    return torch.cat(rows) if rows else torch.zeros(0)
+
+
+def early_window_indices(windows: LatentDataset, early_frames: int, weight: int) -> list[int]:
+    """Window indices, those whose last observed frame is < `early_frames` repeated `weight` times.
+
+    Why: at an episode's start every pose is the same, so the first chunk must come from the
+    images alone (where the cube and the goal are), while later windows can lean on the state
+    and the visible motion. Those start windows are a few percent of the data and the ones a closed-loop
+    rollout cannot recover from, so they get more of the gradient.
+    """
+    return [i for i, (_, t) in enumerate(windows.index) for _ in range(weight if t < early_frames else 1)]

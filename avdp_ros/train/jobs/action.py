@@ -1,0 +1,211 @@
+"""avdp-train-idm and avdp-train-baseline: the action heads, trained on action-labelled episodes.
+
+`IDMJob`: inverse dynamics on the frozen video model's futures (and its features); the video
+model, its state statistics and the tokenizer come from `--video`. `BaselineJob`: the same
+backbone and head on past frames only. Both share data, schedule, normalisers, start weighting
+and validation (`ActionJob`), so a comparison between them differs only in the video model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avdp_ros.model import idm as heads
+from avdp_ros.model.checkpoint import load_checkpoint, load_into
+from avdp_ros.model.config import ACTION_DIM, STATE_DIM
+from avdp_ros.model.idm import ActionBatch, Normalizer
+from avdp_ros.model.video import VideoModel
+from avdp_ros.train import engine
+from avdp_ros.train.data import (
+    WithFeatures,
+    early_window_indices,
+    latent_setup,
+    stack_windows,
+    val_indices,
+    video_feature_table,
+)
+from avdp_ros.train.jobs.base import n_params
+from avdp_ros.train.jobs.latent import LatentJob
+from avdp_ros.train.metrics import action_errors
+from avdp_ros.train.sources import init_source, preset_with_overrides, resume_config, resume_states
+
+
+class ActionJob(LatentJob):
+    """What the IDM and the baseline share; subclasses say where their inputs come from."""
+
+    def add_source_args(self, p: argparse.ArgumentParser) -> None:
+        raise NotImplementedError
+
+    def source(self, args: argparse.Namespace) -> tuple[dict | None, dict[str, Any]]:
+        """(config, states) to start from when not resuming; (None, {}) = a fresh model from --preset."""
+        raise NotImplementedError
+
+    def setup_video(self, states: dict[str, Any]) -> None:
+        """Load whatever frozen model the head reads besides the latents (nothing by default)."""
+
+    def futures(self, b: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor | None]:
+        """Metric-name prefix -> the future the head is validated on (None: it sees none)."""
+        return {"": None}
+
+    def batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor | None = None) -> ActionBatch:
+        return ActionBatch(context=b["context"], state=m.state_norm.normalize(b["state"]), instr=b["instr"],
+                           future=None, actions=m.normalize_actions(b["actions"], b["state"]))
+
+    # -- the shared job ------------------------------------------------------------------------
+
+    def add_args(self, p: argparse.ArgumentParser) -> None:
+        self.add_source_args(p)
+        p.add_argument("--include-failed", action="store_true",
+                       help="also train actions on demonstrations recorded as failed (default: left out)")
+        p.add_argument("--label-fraction", type=float, default=1.0,
+                       help="fraction of action-labelled training episodes to use, seeded (default %(default)s)")
+        p.add_argument("--action-steps", type=int, default=None, help="Euler steps for validation samples")
+        p.add_argument("--early-weight", type=int, default=1,
+                       help="draw windows of an episode's first --early-frames frames this many times as often "
+                            "(default %(default)s = uniform); see early_window_indices")
+        p.add_argument("--early-frames", type=int, default=10,
+                       help="frames counted as the episode start (default %(default)s)")
+
+    def check_args(self, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+        if args.early_weight < 1 or args.early_frames < 0:
+            raise SystemExit(f"--early-weight {args.early_weight} (expected >= 1) / --early-frames "
+                             f"{args.early_frames} (expected >= 0)")
+
+    def build(self, args: argparse.Namespace) -> None:
+        out, kind = Path(args.out), self.kind
+        if args.resume:
+            states, meta = resume_states(out, kind)
+            src_cfg, src_states = resume_config(args, meta["config"]), states
+        else:
+            src_cfg, src_states = self.source(args)
+        tok = self.tokenizer(args, src_cfg, src_states)
+        s = self.setup = latent_setup(args, self.info, tok, src_cfg, require_actions=True,
+                                      label_fraction=args.label_fraction)
+        self.roots = s.roots
+        self.setup_video(src_states)
+        policy = self.model = getattr(heads, self.spec.actor)(s.cfg)
+        policy.state_norm.fit(torch.from_numpy(s.train.state_rows()))
+        chunks, starts = (torch.from_numpy(x) for x in s.train.action_chunks())
+        policy.action_norm.fit(policy.action_space(chunks, starts))
+        if args.resume:
+            load_into(policy, states[kind], f"{out / engine.LATEST} {kind}")
+        elif getattr(args, "init", None):
+            load_into(policy, src_states[kind], f"--init {args.init} {kind}")
+        self.log(f"{kind}: {n_params(policy)}, device {self.device}")
+        self.dataset = self.train_set(s.train)
+        if args.early_weight > 1:
+            idx = early_window_indices(s.train, args.early_frames, args.early_weight)
+            self.log(f"episode-start windows weighted x{args.early_weight}: {len(idx)} draws per epoch "
+                     f"for {len(s.train)} windows")
+            self.dataset = torch.utils.data.Subset(self.dataset, idx)
+        self.val_idx = val_indices(s.val, args.seed)
+
+    def train_set(self, windows) -> torch.utils.data.Dataset:
+        return windows
+
+    def loss(self, m, b: dict[str, torch.Tensor]):
+        loss, logs = m.loss(self.batch(m, b))
+        return loss, dict(logs, loss=loss.item())
+
+    def validate(self, m, step: int) -> dict[str, float]:
+        if not self.val_idx:
+            return {}
+        s, n = self.setup, len(self.val_idx)
+        b = stack_windows(s.val, self.val_idx, self.device)
+        gen = torch.Generator(device="cpu").manual_seed(self.args.seed)
+        noise = torch.randn((n, s.cfg.horizon, ACTION_DIM), generator=gen).to(self.device)
+        metrics: dict[str, float] = {}
+        for prefix, fut in self.futures(b, gen).items():
+            a = m.unnormalize_actions(m.sample(self.batch(m, b, fut), steps=self.args.action_steps, noise=noise),
+                                      b["state"])
+            metrics.update({prefix + k: v for k, v in action_errors(a, b["actions"]).items()})
+        return metrics
+
+    def modules(self, m) -> dict[str, torch.nn.Module]:
+        return {self.kind: m, "tokenizer": self.tok}
+
+    def extra(self) -> dict[str, Any]:
+        return dict(super().extra(), label_fraction=self.args.label_fraction,
+                    train_episodes=[r.key for r in self.setup.train.refs])
+
+
+class BaselineJob(ActionJob):
+    kind = "baseline"
+    description = "Train the action-only baseline (same backbone, no video model)."
+
+    def add_source_args(self, p: argparse.ArgumentParser) -> None:
+        self.add_tokenizer_and_init_args(p)
+
+    def source(self, args: argparse.Namespace) -> tuple[dict | None, dict[str, Any]]:
+        return init_source(args, self.kind) if args.init else (None, {})
+
+
+class IDMJob(ActionJob):
+    kind = "idm"
+    description = "Train the inverse dynamics policy on action-labelled episodes (video model frozen)."
+
+    def add_source_args(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--video", help="video checkpoint directory (gives the tokenizer, the config and the "
+                                       "frozen video model; required unless --resume)")
+
+    def source(self, args: argparse.Namespace) -> tuple[dict | None, dict[str, Any]]:
+        if not args.video:
+            raise SystemExit("--video is required (the video checkpoint directory)")
+        states, vmeta = load_checkpoint(args.video, expected_kind="video")
+        # the video side (tokenizer, latents, frames, vocabulary) comes from the video model; the
+        # action side (horizon, action space, IDM architecture, sampler steps) from --preset
+        a = preset_with_overrides(args)
+        cfg = dict(vmeta["config"], horizon=a.horizon, relative_actions=a.relative_actions,
+                   action_steps=a.action_steps, action_temperature=a.action_temperature,
+                   idm=dataclasses.asdict(a.idm))
+        return cfg, {"tokenizer": states["tokenizer"], "video": states["video"],
+                     "video_state_norm": states["state_norm"]}
+
+    @property
+    def use_features(self) -> bool:
+        return self.setup.cfg.idm.video_feature_dim > 0
+
+    def setup_video(self, states: dict[str, Any]) -> None:
+        video = VideoModel(self.setup.cfg)
+        load_into(video, states["video"], "video")
+        norm = Normalizer(STATE_DIM)
+        load_into(norm, states["video_state_norm"], "video_state_norm")
+        self.video = video.to(self.device).eval().requires_grad_(False)
+        self.video_norm = norm.to(self.device)
+
+    def train_set(self, windows) -> torch.utils.data.Dataset:
+        if not self.use_features:
+            return windows
+        table = video_feature_table(windows, self.video, self.video_norm, self.setup.cfg.context_frames,
+                                    self.device, progress=self.info.is_main and not self.args.no_progress)
+        return WithFeatures(windows, table)
+
+    def features(self, b: dict[str, torch.Tensor], future: torch.Tensor) -> torch.Tensor | None:
+        if not self.use_features:
+            return None
+        if "video_features" in b and future is b["future"]:
+            return b["video_features"]  # precomputed for the true future
+        with torch.no_grad():
+            seq = torch.cat([b["context"], future], dim=1)  # (B, Fc+K, cams, C, h, w)
+            state = self.video_norm.normalize(b["states"][:, :self.setup.cfg.context_frames])
+            return self.video.features(seq, b["instr"], state)  # (B, Fc+K, n_embd)
+
+    def batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor | None = None) -> ActionBatch:
+        future = b["future"] if future is None else future
+        return dataclasses.replace(super().batch(m, b), future=future, video_features=self.features(b, future))
+
+    def futures(self, b: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor | None]:
+        cfg = self.setup.cfg
+        vnoise = torch.randn((len(b["context"]), cfg.future_frames) + b["context"].shape[2:],
+                             generator=gen).to(self.device)
+        state = self.video_norm.normalize(b["states"][:, :cfg.context_frames])
+        pred, _ = self.video.rollout(b["context"], b["instr"], state, k=cfg.future_frames, noise=vnoise)
+        return {"": pred, "gt_future/": b["future"]}  # as at inference / teacher-forced
+
+    def modules(self, m) -> dict[str, torch.nn.Module]:
+        return dict(super().modules(m), video=self.video, video_state_norm=self.video_norm)

@@ -1,0 +1,105 @@
+"""Where a job's starting point comes from: `--resume` (this run's latest checkpoint), `--init`
+(another run's weights, optionally moved onto a new tokenizer), a `--preset` with `--override`
+edits, or a tokenizer checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avdp_ros.data.latents import build_vocabulary
+from avdp_ros.model.checkpoint import load_checkpoint, load_into
+from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig
+from avdp_ros.train.engine import LATEST
+
+
+def resume_states(out: Path, kind: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    path = out / LATEST
+    if not path.exists():
+        raise SystemExit(f"--resume: {path} does not exist; start without --resume")
+    return load_checkpoint(path, expected_kind=kind)
+
+
+# Fields an --override may change on --resume: how the trained model samples, not what it is.
+RESUME_OVERRIDABLE = ("action_temperature", "action_steps", "video_steps")
+
+
+def resume_config(args: argparse.Namespace, ckpt_cfg: dict) -> dict:
+    """The resumed checkpoint's config with the --override edits that only change sampling
+    (RESUME_OVERRIDABLE); any other edit would not fit the trained weights: an error, not ignored."""
+    d = json.loads(json.dumps(ckpt_cfg))
+    apply_overrides(d, getattr(args, "override", None) or [])
+    changed = sorted(k for k in set(d) | set(ckpt_cfg) if d.get(k) != ckpt_cfg.get(k))
+    bad = [k for k in changed if k not in RESUME_OVERRIDABLE]
+    if bad:
+        raise SystemExit(f"--override changes {bad} of the checkpoint being resumed; with --resume only "
+                         f"{list(RESUME_OVERRIDABLE)} may change (start a new run to change the model)")
+    return d
+
+
+def init_source(args: argparse.Namespace, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """--init CKPT [--tokenizer NEW]: the config and weights of a trained `kind` checkpoint to
+    fine-tune from (sampling-only --override edits allowed, as on --resume). With --tokenizer, the
+    model is carried over to that tokenizer's latents (a re-cropped or longer-trained one of the
+    same latent shape, checked when the data is set up)."""
+    states, meta = load_checkpoint(args.init, expected_kind=kind)
+    cfg = resume_config(args, meta["config"])
+    if args.tokenizer:
+        new_tok = Tokenizer.from_checkpoint(args.tokenizer)
+        cfg = dict(cfg, tokenizer=new_tok.config.to_dict())
+        states = dict(states, tokenizer=new_tok.state_dict())
+    return cfg, states
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> None:
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, _, name = key.rpartition(".")
+        target = d[section] if section else d
+        if not sep or not isinstance(target, dict) or name not in target:
+            raise SystemExit(f"--override {item!r}: expected FIELD=VALUE or SECTION.FIELD=VALUE with a field "
+                             f"of the config (e.g. idm.patch_size=2, horizon=8)")
+        try:
+            target[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            target[name] = raw  # a bare string
+
+
+def preset_with_overrides(args: argparse.Namespace):
+    """The --preset PolicyConfig with --override SECTION.FIELD=VALUE edits (validated by the config)."""
+    from avdp_ros.model.config import PolicyConfig, preset
+
+    d = preset(args.preset).to_dict()
+    apply_overrides(d, getattr(args, "override", None) or [])
+    try:
+        return PolicyConfig.from_dict(d)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--override: {err}") from err
+
+
+def policy_config(args: argparse.Namespace, tok: Tokenizer, cameras: list[str], roots: Sequence[Path]):
+    cfg = preset_with_overrides(args)
+    return dataclasses.replace(cfg, tokenizer=tok.config.to_dict(), latent_shape=tok.config.latent_shape,
+                               cameras=tuple(cameras), instructions=tuple(build_vocabulary(roots)))
+
+
+def frozen_tokenizer(config: dict[str, Any], state: dict[str, torch.Tensor], device: torch.device,
+                     what: str) -> Tokenizer:
+    """A tokenizer rebuilt from a checkpoint's config dict + state dict, frozen, on `device`."""
+    tok = Tokenizer(TokenizerConfig.from_dict(config))
+    load_into(tok, state, what)
+    return tok.to(device).eval().requires_grad_(False)
+
+
+def load_tokenizer(path: str, device: torch.device) -> Tokenizer:
+    tok = Tokenizer.from_checkpoint(path, map_location=device)
+    for prm in tok.parameters():
+        prm.requires_grad_(False)
+    return tok

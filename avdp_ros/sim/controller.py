@@ -92,7 +92,7 @@ class OperationalSpaceController:
         # Target: position (3,) and MuJoCo-order quaternion (w, x, y, z).
         self.target_pos = np.zeros(3)
         self.target_quat_mj = np.array([1.0, 0.0, 0.0, 0.0])
-        # Scratch buffers: allocated once, the loop runs at 500 Hz.
+        # Scratch buffers: allocated once, the loop runs every physics step (1 kHz by default).
         nv = model.nv
         self._jacp = np.zeros((3, nv))
         self._jacr = np.zeros((3, nv))

@@ -12,6 +12,7 @@ from avdp_ros.evaluation.faults import FaultSpec
 class EvalRosConfig:
     policy: str = "models/avdp_default"
     task: str = "push"
+    appearance: str = "nominal"  # scene look per episode (sim/appearance.py distribution)
     episodes: int = 10
     seed: int = 100_000  # episode i uses seed + i, as avdp-eval
     time_limit: float = 15.0  # s of bridge clock per episode, as avdp-eval's sim seconds
@@ -29,6 +30,9 @@ class EvalRosConfig:
     plot_episodes: int = 3
 
     def __post_init__(self) -> None:
+        from avdp_ros.sim.appearance import distribution
+
+        distribution(self.appearance)  # an unknown name is refused here, naming the known ones
         if self.episodes < 1:
             raise ValueError(f"episodes {self.episodes}: expected >= 1")
         if not (self.time_limit > 0 and self.settle >= 0):

@@ -52,6 +52,7 @@ class EvalConfig:
     time_limit: float = 15.0  # sim seconds per episode
     image_size: tuple[int, int] = (128, 128)  # (H, W) rendered, as in the recorded dataset
     videos: int = 2  # episodes whose frames are kept for a video
+    appearance: str = "nominal"  # scene look per episode (sim/appearance.py distribution)
     expert_start: float = 0.0  # diagnostic: the scripted expert drives the first seconds, then the
     #                            policy takes over (where does a policy fail: the start or later?)
 
@@ -62,6 +63,9 @@ class EvalConfig:
         if not 0.0 <= self.expert_start < self.time_limit:
             raise ValueError(f"expert_start {self.expert_start}: expected in [0, time_limit "
                              f"{self.time_limit})")
+        from avdp_ros.sim.appearance import distribution
+
+        distribution(self.appearance)  # an unknown name is refused here, naming the known ones
         if self.execute_steps < 1:
             raise ValueError(f"execute_steps {self.execute_steps}: expected >= 1")
         ratio = self.stream_hz / self.obs_hz
@@ -202,7 +206,7 @@ def evaluate(policy: PolicyLike, cfg: EvalConfig, progress: bool = True) -> dict
     from avdp_ros.sim.env import PandaSim, SimConfig
 
     sim = PandaSim(SimConfig(task=cfg.task, image_height=cfg.image_size[0], image_width=cfg.image_size[1],
-                             episode_time_limit=cfg.time_limit))
+                             episode_time_limit=cfg.time_limit, appearance=cfg.appearance))
     results: list[EpisodeResult] = []
     try:
         for i, seed in enumerate(tqdm(cfg.episode_seeds(), desc=f"eval {cfg.task}", disable=not progress)):

@@ -232,7 +232,7 @@ class RecorderNode(Node):
     # -- episodes -------------------------------------------------------------------------------
 
     def _info_fields(self, info: dict[str, Any]) -> dict[str, Any]:
-        out = {k: info[k] for k in ("task", "seed", "success", "object_names", "episode") if k in info}
+        out = {k: info[k] for k in ("task", "seed", "success", "object_names", "episode", "appearance") if k in info}
         instruction = self.get_parameter("instruction").value or info.get("instruction", "")
         out["instruction"] = instruction
         return out

@@ -63,6 +63,7 @@ class SimBridgeNode(Node):
         objects_hz = float(p("object_rate_hz", 50.0).value)
         rtf = float(p("real_time_factor", 1.0).value)
         physics_dt = float(p("physics_dt", SimConfig.physics_dt).value)
+        look = p("appearance", SimConfig.appearance).value
         self.base_frame = p("base_frame", topics.BASE_FRAME).value
         self.sim_time = bool(self.get_parameter("use_sim_time").value)
 
@@ -73,7 +74,7 @@ class SimBridgeNode(Node):
                 f"real_time_factor {rtf} needs use_sim_time:=true (stamps are sim time then); "
                 "expected 1.0 when stamping with wall time")
         self.sim = PandaSim(SimConfig(task=self.task, image_width=width, image_height=height,
-                                      physics_dt=physics_dt))
+                                      physics_dt=physics_dt, appearance=look))
         clock_start = 0.0 if self.sim_time else time.time()
         self.loop = SimLoop(self.sim, real_time_factor=rtf, clock_start=clock_start, wall_locked=not self.sim_time)
         # The pacing thread sleeps a few ms at a time; with Python's default 5 ms GIL switch

@@ -135,7 +135,7 @@ def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, horiz
     ccfg = ConvertConfig(obs_hz=cfg.obs_hz, action_hz=cfg.obs_hz, image_size=tuple(cfg.image_size))
     labeller = ExpertLabeller(cfg.task, label_lead, horizon, obs_hz=cfg.obs_hz, stream_hz=cfg.stream_hz)
     sim = PandaSim(SimConfig(task=cfg.task, image_height=cfg.image_size[0], image_width=cfg.image_size[1],
-                             episode_time_limit=cfg.time_limit))
+                             episode_time_limit=cfg.time_limit, appearance=cfg.appearance))
     results, entries, leads = [], [], []
     try:
         seeds = cfg.episode_seeds()
@@ -152,7 +152,8 @@ def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, horiz
                      "gripper_action_topic": "expert label (in process)",
                      "chunk_horizon": horizon if horizon > 1 else None}
             meta = {"task": cfg.task, "seed": seed, "instruction": labeller.instruction, "success": res.success,
-                    "driver": "policy", "labeller": "expert", "label_lead_m": label_lead, "duration_s": res.duration}
+                    "driver": "policy", "labeller": "expert", "label_lead_m": label_lead, "duration_s": res.duration,
+                    "appearance": {"name": cfg.appearance, "params": sim.appearance.to_dict()}}
             entries.append(write_episode(out / "episodes" / f"dagger_{cfg.task}_{seed:06d}", labeller.arrays(),
                                          entry, {"metadata": meta}))
             write_manifest(out, ccfg, entries, [], source=source)

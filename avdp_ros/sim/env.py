@@ -23,7 +23,7 @@ import mujoco
 import numpy as np
 
 from avdp_ros.geometry import quat_from_mj
-from avdp_ros.sim import scene
+from avdp_ros.sim import appearance, scene
 from avdp_ros.sim.controller import ControllerConfig, OperationalSpaceController
 from avdp_ros.sim.tasks import TASKS, make_task
 
@@ -52,6 +52,9 @@ class SimConfig:
     workspace_max: tuple[float, float, float] = (0.75, 0.40, 0.50)
     # Sim time (s) after which an episode is cut; the scripted experts need < 12 s.
     episode_time_limit: float = 15.0
+    # Scene look per episode: a distribution of sim/appearance.py ("nominal" = the one fixed look),
+    # drawn from the episode seed at each reset.
+    appearance: str = "nominal"
     # Controller acceleration gains (1/s^2), see controller.py.
     pos_stiffness: float = 400.0
     rot_stiffness: float = 400.0
@@ -74,6 +77,9 @@ class SimConfig:
             raise ValueError(f"SimConfig.cameras = {self.cameras}: expected a non-empty subset of {scene.CAMERAS}")
         if not (math.isfinite(self.episode_time_limit) and self.episode_time_limit > 0):
             raise ValueError(f"SimConfig.episode_time_limit = {self.episode_time_limit!r}: expected > 0 s")
+        if self.appearance not in appearance.DISTRIBUTIONS:
+            raise ValueError(f"SimConfig.appearance = {self.appearance!r}: expected one of "
+                             f"{', '.join(appearance.DISTRIBUTIONS)}")
         # Workspace and gains are validated by ControllerConfig (raises ValueError).
         self.controller_config()
 
@@ -112,6 +118,8 @@ class PandaSim:
         )
         self.data = mujoco.MjData(self.model)
         m = self.model
+        self._look = appearance.handles(m)
+        self.appearance = appearance.Appearance()
         self._controller = OperationalSpaceController(
             m, cfg.controller_config(), scene.EE_SITE, scene.ARM_JOINTS, scene.ARM_ACTUATORS, HOME_QPOS
         )
@@ -132,15 +140,20 @@ class PandaSim:
         self.reset(0)
 
     # -- episode --------------------------------------------------------------------------------
-    def reset(self, seed: int) -> dict:
-        """Start an episode: arm at home, target = home pose, objects placed from `seed`.
+    def reset(self, seed: int, look: appearance.Appearance | None = None) -> dict:
+        """Start an episode: arm at home, target = home pose, objects placed from `seed`, the scene
+        drawn from `cfg.appearance` by `seed` (or `look`: re-render a recorded episode exactly).
 
         Returns:
-            {"task", "seed", "instruction", "object_names"}.
+            {"task", "seed", "instruction", "object_names", "appearance": {"name", "params"}}.
         """
         seed = int(seed)
+        name = self.cfg.appearance if look is None else "given"
+        look = appearance.draw(self.cfg.appearance, seed) if look is None else look
         with self._lock:
             m, d = self.model, self.data
+            appearance.apply(m, self._look, look)
+            self.appearance = look
             mujoco.mj_resetData(m, d)
             d.qpos[self._arm_qadr] = HOME_QPOS
             width = self.task.initial_gripper
@@ -156,6 +169,7 @@ class PandaSim:
             "seed": seed,
             "instruction": self.task.instruction,
             "object_names": list(self.task.object_names),
+            "appearance": {"name": name, "params": look.to_dict()},
         }
 
     @property

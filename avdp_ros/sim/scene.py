@@ -169,6 +169,30 @@ def _add_environment(spec: mujoco.MjSpec) -> None:
         name="key", pos=[0.6, -0.6, 2.0], dir=[-0.2, 0.3, -1.0], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
         castshadow=0, diffuse=[0.6, 0.6, 0.6],
     )
+    # Off in the nominal scene; sim/appearance.py turns it on and colours it per episode.
+    world.add_light(
+        name="fill", pos=[0.6, 0.6, 2.0], dir=[-0.2, -0.3, -1.0], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
+        castshadow=0, diffuse=[0.0, 0.0, 0.0], active=0,
+    )
+    _add_table_materials(spec)
+
+
+def _add_table_materials(spec: mujoco.MjSpec) -> None:
+    """One material per textured table surface of sim/appearance.py ("flat" uses the geom colour).
+    Textures are grey-scale: the material colour set per episode tints them."""
+    builtin, mark = mujoco.mjtBuiltin, mujoco.mjtMark
+    surfaces = {
+        "checker": dict(builtin=builtin.mjBUILTIN_CHECKER, rgb1=[1, 1, 1], rgb2=[0.7, 0.7, 0.7]),
+        "gradient": dict(builtin=builtin.mjBUILTIN_GRADIENT, rgb1=[1, 1, 1], rgb2=[0.45, 0.45, 0.45]),
+        "noise": dict(builtin=builtin.mjBUILTIN_FLAT, rgb1=[1, 1, 1], rgb2=[1, 1, 1], mark=mark.mjMARK_RANDOM,
+                      random=0.25, markrgb=[0.55, 0.55, 0.55]),
+    }
+    for name, kw in surfaces.items():
+        spec.add_texture(name=f"table_{name}", type=mujoco.mjtTexture.mjTEXTURE_2D, width=128, height=128, **kw)
+        mat = spec.add_material(name=f"table_{name}", texrepeat=[4, 4] if name == "checker" else [1, 1])
+        textures = [""] * int(mujoco.mjtTextureRole.mjNTEXROLE)
+        textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = f"table_{name}"
+        mat.textures = textures
 
 
 def _add_cameras(spec: mujoco.MjSpec) -> None:

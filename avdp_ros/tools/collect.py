@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="avdp-collect", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="push", help="push | pick_place")
+    ap.add_argument("--appearance", default="nominal", metavar="NAME",
+                    help="scene look per episode, drawn from the seed (sim/appearance.py): nominal (default), "
+                         "train, heldout_table | heldout_light | heldout_camera")
     ap.add_argument("--episodes", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="seed of the first episode (then +1 per episode)")
     ap.add_argument("--out", type=Path, default=Path("runs/collect"), help="output folder")
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = a.out.expanduser().resolve()
     overrides = parse_sets(a.set)
-    overrides.setdefault("avdp_sim_bridge", {}).update(task=a.task, seed=a.seed,
+    overrides.setdefault("avdp_sim_bridge", {}).update(task=a.task, seed=a.seed, appearance=a.appearance,
                                                        real_time_factor=a.real_time_factor)
     sim_time = a.real_time_factor != 1.0
     overrides.setdefault("avdp_recorder", {}).update(output_dir=str(out / "bags"))

@@ -22,7 +22,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 def main(argv: list[str] | None = None) -> int:
     from avdp_ros.evaluation.sim_eval import EvalConfig, describe_failures
-    from avdp_ros.tools.eval import add_policy_args, add_seeds_arg, load_cli_policy, write_result
+    from avdp_ros.tools.eval import add_appearance_arg, add_policy_args, add_seeds_arg, load_cli_policy, write_result
 
     ap = argparse.ArgumentParser(prog="avdp-dagger", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
     ap.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT/dataset")
     add_seeds_arg(ap)
+    add_appearance_arg(ap)
     add_policy_args(ap)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     horizon = a.label_horizon if a.label_horizon is not None else int(getattr(policy.cfg, "horizon", 8))
     cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds,
                      execute_steps=a.execute_steps, time_limit=a.time_limit, videos=a.videos,
-                     obs_hz=policy.obs_hz)
+                     obs_hz=policy.obs_hz, appearance=a.appearance)
     try:
         result = collect(policy, cfg, a.out / "dataset", label_lead=a.label_lead, horizon=horizon,
                          overwrite=a.overwrite, progress=not a.no_progress)

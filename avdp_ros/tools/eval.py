@@ -26,7 +26,7 @@ def _expert(cfg, progress: bool) -> dict:
     from avdp_ros.sim.env import PandaSim, SimConfig
     from avdp_ros.sim.expert import make_expert, run_episode
 
-    sim = PandaSim(SimConfig(task=cfg.task, episode_time_limit=cfg.time_limit))
+    sim = PandaSim(SimConfig(task=cfg.task, episode_time_limit=cfg.time_limit, appearance=cfg.appearance))
     try:
         expert = make_expert(cfg.task)
         seeds = cfg.episode_seeds()
@@ -107,6 +107,12 @@ def load_cli_policy(a: argparse.Namespace, seed: int | None = None):
     return policy
 
 
+def add_appearance_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--appearance", default="nominal", metavar="NAME",
+                    help="scene look per episode, drawn from the seed (sim/appearance.py): nominal (default), "
+                         "train, or a held-out suite heldout_table | heldout_light | heldout_camera")
+
+
 def add_seeds_arg(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=(), metavar="SEED",
                     help="run exactly these seeds instead of --episodes from --seed (e.g. an evaluation's "
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="diagnostic: the scripted expert drives the first SECONDS, then the policy takes "
                          "over; shows whether a policy fails at the start or later (default 0: policy only)")
     add_seeds_arg(ap)
+    add_appearance_arg(ap)
     add_policy_args(ap)
     ap.add_argument("--out", type=Path, default=None, help="folder for summary.json and rollouts.mp4")
     ap.add_argument("--no-progress", action="store_true")
@@ -154,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     if not a.policy:
         ap.error("--policy is required (a checkpoint directory or 'expert'), or use --report FOLDER")
 
-    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds,
-                     execute_steps=a.execute_steps, time_limit=a.time_limit, videos=a.videos,
-                     expert_start=a.expert_start)
+    try:
+        cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds,
+                         execute_steps=a.execute_steps, time_limit=a.time_limit, videos=a.videos,
+                         expert_start=a.expert_start, appearance=a.appearance)
+    except ValueError as err:
+        ap.error(str(err))
     if a.policy == "expert":
         result = _expert(cfg, not a.no_progress)
     else:
@@ -165,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(policy, cfg, progress=not a.no_progress)
         result["action_temperature"] = policy.action_temperature
     frames = result.pop("frames")
-    print(f"{a.policy} on {a.task}: success {result['success_rate'] * 100:.0f}% over {result['episodes']} "
-          f"episodes, mean length {result['mean_duration_s']:.1f} s"
+    result["appearance"] = cfg.appearance
+    print(f"{a.policy} on {a.task} ({cfg.appearance} scenes): success {result['success_rate'] * 100:.0f}% "
+          f"over {result['episodes']} episodes, mean length {result['mean_duration_s']:.1f} s"
           + (f", infer p50 {result['infer_ms_p50']:.1f} ms p99 {result['infer_ms_p99']:.1f} ms"
              if "infer_ms_p50" in result else ""))
     if "per_episode" in result:

@@ -126,7 +126,7 @@ def run_evaluation(cfg: EvalRosConfig, context=None, progress: bool = True) -> d
     if unknown:
         raise ValueError(f"--set for node(s) {sorted(unknown)}: expected avdp_sim_bridge or avdp_policy")
     bridge = overrides.setdefault("avdp_sim_bridge", {})
-    bridge.update(task=cfg.task, seed=cfg.seed)
+    bridge.update(task=cfg.task, seed=cfg.seed, appearance=cfg.appearance)
     if cfg.real_time_factor != 1.0:
         bridge["real_time_factor"] = cfg.real_time_factor
     pol = overrides.setdefault("avdp_policy", {})
@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", default=c.policy, help="checkpoint directory")
     ap.add_argument("--task", default=c.task, help="push | pick_place")
+    ap.add_argument("--appearance", default=c.appearance, metavar="NAME",
+                    help="scene look per episode (sim/appearance.py): nominal, train, heldout_table | "
+                         "heldout_light | heldout_camera (default %(default)s)")
     ap.add_argument("--episodes", type=int, default=c.episodes)
     ap.add_argument("--seed", type=int, default=c.seed, help="first seed (episode i: seed + i, as avdp-eval)")
     ap.add_argument("--time-limit", type=float, default=c.time_limit, help="s per episode (bridge clock)")
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         cfg = EvalRosConfig(
-            policy=a.policy, task=a.task, episodes=a.episodes, seed=a.seed, time_limit=a.time_limit,
+            policy=a.policy, task=a.task, appearance=a.appearance, episodes=a.episodes, seed=a.seed,
+            time_limit=a.time_limit,
             settle=a.settle, videos=a.videos, threads=a.threads, use_sim_time=a.use_sim_time,
             real_time_factor=a.real_time_factor, in_process=a.in_process, config=a.config,
             overrides=parse_sets(a.set), fault=FaultSpec(a.fault, a.fault_start, a.fault_duration),

@@ -1,0 +1,283 @@
+"""Seeded scene appearance: table and floor colours and textures, lights, a bumped tripod, shades
+of the task objects.
+
+An `Appearance` is a small validated dataclass; a named `AppearanceDistribution` draws one from an
+episode seed (`draw(name, seed)`), independently of the task's layout (its own random stream), so
+the same seed gives the same layout in every suite. `PandaSim` applies it at each reset
+(`apply`, which writes model fields only: nothing is recompiled) and reports it in the reset
+info, so the bridge's episode_info, the bag's episode.json and the converted dataset carry it
+and any episode can be re-rendered exactly (`Appearance.from_dict`).
+
+Distributions (`DISTRIBUTIONS`):
+- `nominal`: the one fixed look the sim always had (every seed draws the same appearance).
+- `train`: what data collection randomises over.
+- `heldout_table`, `heldout_light`, `heldout_camera`: evaluation suites whose defining parameters
+  lie outside `train` by construction (disjoint texture kinds, hue / intensity / colour
+  temperature intervals, camera offsets); every other parameter is drawn as in `train`.
+  `test_appearance.py` checks that `train` can never draw one of them.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+RGB = tuple[float, float, float]
+TEXTURES = ("flat", "checker", "gradient", "noise")  # table surfaces (scene.py builds one material each)
+_STREAM = 0x61707065  # "appe": the appearance draw's own random stream, apart from the layout's
+
+
+def _rgb(owner: str, name: str, value) -> RGB:
+    v = tuple(float(x) for x in value)
+    if len(v) != 3 or not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in v):
+        raise ValueError(f"{owner}.{name} = {value!r}: expected 3 values in [0, 1]")
+    return v  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """One scene look. Defaults are the nominal scene (scene.py's compile-time values)."""
+
+    table_rgb: RGB = (0.55, 0.42, 0.3)
+    table_texture: str = "flat"          # one of TEXTURES
+    floor_rgb: RGB = (0.35, 0.37, 0.4)
+    light_dir: tuple[float, float, float] = (-0.2, 0.3, -1.0)  # key light direction (normalised here)
+    light_rgb: RGB = (0.6, 0.6, 0.6)     # key light diffuse
+    ambient_rgb: RGB = (0.4, 0.4, 0.4)   # headlight ambient
+    headlight_rgb: RGB = (0.5, 0.5, 0.5)  # headlight diffuse
+    fill_rgb: RGB = (0.0, 0.0, 0.0)      # second light, from the other side; all 0 = off (one light)
+    camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # scene camera position shift (m)
+    camera_rotation: tuple[float, float, float] = (0.0, 0.0, 0.0)  # yaw, pitch, roll about its view (deg)
+    fovy_offset: float = 0.0             # scene camera field-of-view change (deg)
+    cube_rgb: RGB = (0.85, 0.1, 0.1)     # shades within the named colours of the instructions
+    target_rgb: RGB = (0.1, 0.75, 0.2)
+    bin_rgb: RGB = (0.15, 0.3, 0.85)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_rgb"):
+                object.__setattr__(self, f.name, _rgb("Appearance", f.name, getattr(self, f.name)))
+        if self.table_texture not in TEXTURES:
+            raise ValueError(f"Appearance.table_texture = {self.table_texture!r}: expected one of {TEXTURES}")
+        d = np.asarray(self.light_dir, dtype=float)
+        if d.shape != (3,) or not np.all(np.isfinite(d)) or d[2] >= -0.1 * np.linalg.norm(d):
+            raise ValueError(f"Appearance.light_dir = {self.light_dir!r}: expected 3 finite values pointing "
+                             "down (z < 0): the light comes from above the table")
+        object.__setattr__(self, "light_dir", tuple(float(x) for x in d / np.linalg.norm(d)))
+        for name, limit, unit in (("camera_offset", 0.1, "m"), ("camera_rotation", 10.0, "deg")):
+            v = np.asarray(getattr(self, name), dtype=float)
+            if v.shape != (3,) or not np.all(np.isfinite(v)) or np.abs(v).max() > limit:
+                raise ValueError(f"Appearance.{name} = {getattr(self, name)!r}: expected 3 values within "
+                                 f"+-{limit} {unit} (a bumped tripod, not another viewpoint)")
+            object.__setattr__(self, name, tuple(float(x) for x in v))
+        if not (math.isfinite(self.fovy_offset) and abs(self.fovy_offset) <= 10.0):
+            raise ValueError(f"Appearance.fovy_offset = {self.fovy_offset!r}: expected within +-10 deg")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Appearance:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Appearance: unknown fields {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+Interval = tuple[float, float]
+
+
+def _inside(x: float, intervals: tuple[Interval, ...]) -> bool:
+    return any(lo <= x <= hi for lo, hi in intervals)
+
+
+@dataclass(frozen=True)
+class AppearanceDistribution:
+    """Ranges an appearance is drawn from. Each axis is a tuple of closed intervals (drawn uniformly
+    over their total length); `contains` says whether an appearance could come from here."""
+
+    name: str
+    textures: tuple[str, ...] = ("flat", "checker")
+    table_hue: tuple[Interval, ...] = ((15.0, 45.0), (190.0, 230.0))  # deg: woods, blue-greys
+    table_sat: tuple[Interval, ...] = ((0.1, 0.5),)
+    table_val: tuple[Interval, ...] = ((0.35, 0.75),)
+    floor_val: tuple[Interval, ...] = ((0.2, 0.55),)
+    light_intensity: tuple[Interval, ...] = ((0.75, 1.25),)  # x the nominal key, ambient and headlight
+    light_temperature: tuple[Interval, ...] = ((-0.25, 0.25),)  # -1 cool (blue) .. +1 warm (orange)
+    light_azimuth: tuple[Interval, ...] = ((90.0, 150.0),)  # deg, direction the key light comes from
+    light_elevation: tuple[Interval, ...] = ((55.0, 80.0),)
+    fill: tuple[Interval, ...] = ((0.0, 0.3),)  # fill light intensity; below 0.05 it is off
+    camera_shift: tuple[Interval, ...] = ((0.0, 0.02),)  # m, length of the camera offset
+    camera_turn: tuple[Interval, ...] = ((0.0, 2.0),)  # deg, per axis magnitude
+    fovy_change: tuple[Interval, ...] = ((0.0, 2.0),)  # deg, magnitude
+    object_hue: float = 8.0  # deg of hue jitter of the task objects around their named colour
+    fixed: Appearance | None = None  # every seed draws this (the nominal scene)
+
+    def draw(self, seed: int) -> Appearance:
+        if self.fixed is not None:
+            return self.fixed
+        rng = np.random.default_rng([_STREAM, int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF])
+
+        def u(intervals: tuple[Interval, ...]) -> float:
+            lengths = np.array([hi - lo for lo, hi in intervals])
+            k = rng.choice(len(intervals), p=lengths / lengths.sum()) if lengths.sum() > 0 else 0
+            lo, hi = intervals[k]
+            return float(rng.uniform(lo, hi))
+
+        def sign() -> float:
+            return 1.0 if rng.random() < 0.5 else -1.0
+
+        hue = u(self.table_hue) % 360.0
+        table = colorsys.hsv_to_rgb(hue / 360.0, u(self.table_sat), u(self.table_val))
+        floor_v = u(self.floor_val)
+        gain, temp = u(self.light_intensity), u(self.light_temperature)
+        tint = np.array([1.0 + 0.35 * temp, 1.0, 1.0 - 0.35 * temp])
+        az, el = math.radians(u(self.light_azimuth)), math.radians(u(self.light_elevation))
+        light_dir = (-math.cos(el) * math.cos(az), -math.cos(el) * math.sin(az), -math.sin(el))
+        fill = u(self.fill)
+        shift = u(self.camera_shift) * _unit(rng)
+        turn = tuple(sign() * u(self.camera_turn) for _ in range(3))
+
+        def light(level: float) -> RGB:
+            return tuple(float(x) for x in np.clip(level * gain * tint, 0.0, 1.0))  # type: ignore[return-value]
+
+        def shade(rgb: RGB) -> RGB:
+            h, s, v = colorsys.rgb_to_hsv(*rgb)
+            h = (h + rng.uniform(-self.object_hue, self.object_hue) / 360.0) % 1.0
+            s = float(np.clip(s * rng.uniform(0.85, 1.0), 0.0, 1.0))
+            v = float(np.clip(v * rng.uniform(0.85, 1.1), 0.0, 1.0))
+            return colorsys.hsv_to_rgb(h, s, v)
+
+        base = Appearance()
+        return Appearance(
+            table_rgb=table, table_texture=str(rng.choice(self.textures)),
+            floor_rgb=(floor_v * 0.95, floor_v, floor_v * 1.05 if floor_v < 0.95 else 1.0),
+            light_dir=light_dir, light_rgb=light(0.6), ambient_rgb=light(0.4), headlight_rgb=light(0.5),
+            fill_rgb=light(fill) if fill >= 0.05 else (0.0, 0.0, 0.0),
+            camera_offset=tuple(float(x) for x in shift), camera_rotation=turn,
+            fovy_offset=sign() * u(self.fovy_change),
+            cube_rgb=shade(base.cube_rgb), target_rgb=shade(base.target_rgb), bin_rgb=shade(base.bin_rgb),
+        )
+
+    def contains(self, a: Appearance) -> bool:
+        """Whether `a` lies inside every range here (to float tolerance)."""
+        if self.fixed is not None:
+            return a == self.fixed
+        h, s, v = colorsys.rgb_to_hsv(*a.table_rgb)
+        gain = max(a.ambient_rgb[1] / 0.4, 1e-9)  # the green channel carries no colour temperature
+        temp = (a.ambient_rgb[0] / 0.4 / gain - 1.0) / 0.35 if max(a.ambient_rgb) < 1.0 else 0.0
+        el = math.degrees(math.asin(-a.light_dir[2]))
+        az = math.degrees(math.atan2(-a.light_dir[1], -a.light_dir[0])) % 360.0
+        fill = a.fill_rgb[1] / gain
+        tol = 1e-6
+        widen = [tuple((lo - tol, hi + tol) for lo, hi in iv) for iv in (
+            self.table_hue, self.table_sat, self.table_val, self.light_intensity, self.light_temperature,
+            self.light_azimuth, self.light_elevation, self.camera_shift, self.camera_turn, self.fovy_change)]
+        th, ts, tv, li, lt, la, le, cs, ct, fc = widen
+        return (a.table_texture in self.textures and _inside(h * 360.0, th) and _inside(s, ts) and _inside(v, tv)
+                and _inside(gain, li) and _inside(temp, lt) and _inside(az, la) and _inside(el, le)
+                and (fill == 0.0 or _inside(fill, tuple((lo, hi + tol) for lo, hi in self.fill)))
+                and _inside(float(np.linalg.norm(a.camera_offset)), cs)
+                and all(_inside(abs(x), ct) for x in a.camera_rotation) and _inside(abs(a.fovy_offset), fc))
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.normal(size=3)
+    return v / max(np.linalg.norm(v), 1e-9)
+
+
+TRAIN = AppearanceDistribution("train")
+DISTRIBUTIONS: dict[str, AppearanceDistribution] = {
+    "nominal": AppearanceDistribution("nominal", fixed=Appearance()),
+    "train": TRAIN,
+    # Another table: surface kinds never trained on and hues between the training ones, away from
+    # the red / green / blue of the task objects (yellow-olive, violet). A lab's own table, a cloth.
+    "heldout_table": dataclasses.replace(TRAIN, name="heldout_table", textures=("gradient", "noise"),
+                                         table_hue=((52.0, 75.0), (255.0, 290.0))),
+    # Another light: dimmer or brighter than anything trained on and a warmer / cooler colour, as a
+    # lab's light changes through the day (daylight, warm bulbs, one lamp off).
+    "heldout_light": dataclasses.replace(TRAIN, name="heldout_light",
+                                         light_intensity=((0.4, 0.6), (1.45, 1.7)),
+                                         light_temperature=((-0.8, -0.45), (0.45, 0.8))),
+    # A bumped tripod: the scene camera moved 3-5 cm and turned 3-5 degrees, its zoom changed 3-5.
+    "heldout_camera": dataclasses.replace(TRAIN, name="heldout_camera", camera_shift=((0.03, 0.05),),
+                                          camera_turn=((3.0, 5.0),), fovy_change=((3.0, 5.0),)),
+}
+HELDOUT = tuple(name for name in DISTRIBUTIONS if name.startswith("heldout_"))
+
+
+def distribution(name: str) -> AppearanceDistribution:
+    if name not in DISTRIBUTIONS:
+        raise ValueError(f"appearance {name!r}: expected one of {', '.join(DISTRIBUTIONS)}")
+    return DISTRIBUTIONS[name]
+
+
+def draw(name: str, seed: int) -> Appearance:
+    """The appearance of episode `seed` under distribution `name`."""
+    return distribution(name).draw(seed)
+
+
+@dataclass
+class SceneHandles:
+    """Model indices `apply` writes to (looked up once per model)."""
+
+    table: int
+    floor: int
+    key_light: int
+    fill_light: int
+    camera: int
+    camera_pos: np.ndarray
+    camera_quat: np.ndarray
+    camera_fovy: float
+    materials: dict[str, int]
+    object_geoms: dict[str, list[int]] = field(default_factory=dict)  # cube / target / bin -> geoms
+
+
+def handles(model) -> SceneHandles:
+    from avdp_ros.sim import scene
+
+    cam = model.camera("camera").id
+    mats = {t: (model.mat(f"table_{t}").id if t != "flat" else -1) for t in TEXTURES}
+    objects: dict[str, list[int]] = {"cube": [], "target": [], "bin": []}
+    for g in range(model.ngeom):
+        name = model.geom(g).name
+        for key in objects:
+            if name.startswith(key):
+                objects[key].append(g)
+    return SceneHandles(model.geom(scene.TABLE_GEOM).id, model.geom("floor").id, model.light("key").id,
+                        model.light("fill").id, cam, model.cam_pos[cam].copy(), model.cam_quat[cam].copy(),
+                        float(model.cam_fovy[cam]), mats, objects)
+
+
+def apply(model, h: SceneHandles, a: Appearance) -> None:
+    """Write `a` into the model (call mj_forward after, for the camera and light poses)."""
+    import mujoco
+
+    model.geom_rgba[h.table, :3] = a.table_rgb
+    model.geom_matid[h.table] = h.materials[a.table_texture]
+    if a.table_texture != "flat":
+        model.mat_rgba[h.materials[a.table_texture], :3] = a.table_rgb
+    model.geom_rgba[h.floor, :3] = a.floor_rgb
+    model.light_dir[h.key_light] = a.light_dir
+    model.light_diffuse[h.key_light] = a.light_rgb
+    model.light_diffuse[h.fill_light] = a.fill_rgb
+    model.light_active[h.fill_light] = int(max(a.fill_rgb) > 0)
+    model.vis.headlight.ambient[:] = a.ambient_rgb
+    model.vis.headlight.diffuse[:] = a.headlight_rgb
+    for key, rgb in (("cube", a.cube_rgb), ("target", a.target_rgb), ("bin", a.bin_rgb)):
+        for g in h.object_geoms.get(key, []):
+            model.geom_rgba[g, :3] = rgb
+    model.cam_pos[h.camera] = h.camera_pos + np.asarray(a.camera_offset)
+    # yaw / pitch / roll about the camera's own axes (MuJoCo cameras look along their -z)
+    turn = np.zeros(4)
+    yaw, pitch, roll = (math.radians(x) for x in a.camera_rotation)
+    mujoco.mju_euler2Quat(turn, np.array([pitch, yaw, roll]), "xyz")
+    quat = np.zeros(4)
+    mujoco.mju_mulQuat(quat, h.camera_quat, turn)
+    model.cam_quat[h.camera] = quat
+    model.cam_fovy[h.camera] = h.camera_fovy + a.fovy_offset

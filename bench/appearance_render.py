@@ -1,0 +1,58 @@
+"""Render rate with appearance randomisation against the nominal scene (not a test).
+
+Both scenes are rendered in the same run, interleaved episode by episode (this machine is shared
+and noisy: a ratio measured in one run is what counts). Each episode resets to a new seed (a new
+appearance for the randomised distributions) and renders both cameras `--frames` times.
+
+    python bench/appearance_render.py --episodes 20 --frames 30 [--size 128x128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+from avdp_ros.sim.appearance import DISTRIBUTIONS  # noqa: E402
+from avdp_ros.sim.env import PandaSim, SimConfig  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--frames", type=int, default=30, help="renders of both cameras per episode")
+    ap.add_argument("--size", default="128x128", help="WIDTHxHEIGHT")
+    ap.add_argument("--appearances", nargs="+", default=list(DISTRIBUTIONS))
+    a = ap.parse_args(argv)
+    w, h = (int(v) for v in a.size.lower().split("x"))
+    sims = {name: PandaSim(SimConfig(image_width=w, image_height=h, appearance=name)) for name in a.appearances}
+    rates: dict[str, list[float]] = {name: [] for name in sims}
+    try:
+        for sim in sims.values():
+            sim.render("camera"), sim.render("wrist")  # renderers created outside the timing
+        for ep in range(a.episodes):
+            for name, sim in sims.items():
+                sim.reset(100_000 + ep)
+                t0 = time.perf_counter()
+                for _ in range(a.frames):
+                    sim.render("camera")
+                    sim.render("wrist")
+                rates[name].append(2 * a.frames / (time.perf_counter() - t0))
+    finally:
+        for sim in sims.values():
+            sim.close()
+    base = np.median(rates["nominal"]) if "nominal" in rates else None
+    print(f"| appearance | frames/s ({w}x{h}, both cameras), median over {a.episodes} episodes | vs nominal |")
+    print("| --- | --- | --- |")
+    for name, r in rates.items():
+        ratio = f"{np.median(r) / base:.2f}" if base else "-"
+        print(f"| {name} | {np.median(r):.0f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

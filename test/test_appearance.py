@@ -1,0 +1,119 @@
+"""Seeded scene appearance (sim/appearance.py): deterministic draws, held-out suites the training
+distribution can never draw, exact re-rendering from recorded metadata, refusal of bad values."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from avdp_ros.sim import appearance as ap  # noqa: E402
+
+SEEDS = range(400)
+
+
+def test_draw_is_deterministic_by_seed_and_nominal_is_fixed():
+    assert ap.draw("train", 7) == ap.draw("train", 7)
+    assert len({ap.draw("train", s) for s in range(20)}) == 20
+    assert all(ap.draw("nominal", s) == ap.Appearance() for s in range(5))
+    with pytest.raises(ValueError, match="appearance 'sunset': expected one of nominal, train, heldout_table"):
+        ap.draw("sunset", 0)
+
+
+@pytest.mark.parametrize("suite", ap.HELDOUT)
+def test_heldout_suites_lie_outside_the_training_distribution(suite):
+    train, held = ap.DISTRIBUTIONS["train"], ap.DISTRIBUTIONS[suite]
+    train_draws = [train.draw(s) for s in SEEDS]
+    held_draws = [held.draw(s) for s in SEEDS]
+    assert all(train.contains(a) for a in train_draws)  # `contains` recovers the drawn parameters
+    assert all(held.contains(a) for a in held_draws)
+    assert not any(held.contains(a) for a in train_draws), f"train drew a {suite} appearance"
+    assert not any(train.contains(a) for a in held_draws), f"{suite} drew a training appearance"
+
+
+def test_training_draws_vary_every_axis():
+    draws = [ap.draw("train", s) for s in range(200)]
+    assert {a.table_texture for a in draws} == set(ap.DISTRIBUTIONS["train"].textures)
+    assert np.ptp([a.light_rgb[1] for a in draws]) > 0.2
+    assert np.ptp([a.camera_offset[0] for a in draws]) > 0.01
+    assert sum(max(a.fill_rgb) > 0 for a in draws) > 20  # one or two lights
+    red = np.array([a.cube_rgb for a in draws])
+    assert (red[:, 0] > red[:, 1] + 0.4).all() and (red[:, 0] > red[:, 2] + 0.4).all()  # still a red cube
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"table_rgb": (1.2, 0.0, 0.0)}, "table_rgb"),
+    ({"floor_rgb": (0.1, float("nan"), 0.1)}, "floor_rgb"),
+    ({"table_texture": "marble"}, "table_texture"),
+    ({"light_dir": (0.0, 0.0, 1.0)}, "light_dir"),
+    ({"camera_offset": (0.3, 0.0, 0.0)}, "camera_offset"),
+    ({"camera_rotation": (0.0, 20.0, 0.0)}, "camera_rotation"),
+    ({"fovy_offset": 30.0}, "fovy_offset"),
+])
+def test_bad_appearance_values_are_refused_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"Appearance.{field}"):
+        ap.Appearance(**kwargs)
+
+
+def test_unknown_fields_and_names_are_refused():
+    from avdp_ros.evaluation.sim_eval import EvalConfig
+    from avdp_ros.sim.env import SimConfig
+
+    with pytest.raises(ValueError, match=r"unknown fields \['gloss'\]"):
+        ap.Appearance.from_dict({"gloss": 1.0})
+    with pytest.raises(ValueError, match="SimConfig.appearance = 'dusk'"):
+        SimConfig(appearance="dusk")
+    with pytest.raises(ValueError, match="appearance 'dusk'"):
+        EvalConfig(appearance="dusk")
+
+
+@pytest.fixture(scope="module")
+def sims():
+    from avdp_ros.sim.env import PandaSim, SimConfig
+
+    a, b = PandaSim(SimConfig(appearance="train")), PandaSim(SimConfig())
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_recorded_metadata_re_renders_the_same_frame(sims):
+    randomised, plain = sims
+    nominal_first = plain.render("camera")
+    info = randomised.reset(11)
+    assert info["appearance"]["name"] == "train"
+    frames = {cam: randomised.render(cam) for cam in ("camera", "wrist")}
+    recorded = json.loads(json.dumps(info["appearance"]["params"]))  # as in episode_info / episode.json
+    again = plain.reset(11, look=ap.Appearance.from_dict(recorded))
+    assert again["appearance"]["name"] == "given"
+    for cam, frame in frames.items():
+        np.testing.assert_array_equal(plain.render(cam), frame)
+    assert not np.array_equal(frames["camera"], nominal_first)  # the look did change
+    plain.reset(0)  # nominal again: the scene is exactly as compiled
+    plain_again = plain.render("camera")
+    randomised.reset(0, look=ap.Appearance())
+    np.testing.assert_array_equal(randomised.render("camera"), plain_again)
+
+
+def test_layout_does_not_depend_on_the_appearance(sims):
+    randomised, plain = sims
+    randomised.reset(5)
+    plain.reset(5)
+    for name, pose in plain.object_poses().items():
+        np.testing.assert_allclose(randomised.object_poses()[name], pose)
+
+
+def test_eval_cli_runs_a_heldout_suite(tmp_path):
+    from avdp_ros.tools.eval import main
+
+    out = tmp_path / "eval"
+    assert main(["--policy", "expert", "--task", "push", "--episodes", "1", "--appearance", "heldout_light",
+                 "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["appearance"] == "heldout_light" and summary["episodes"] == 1
+    with pytest.raises(SystemExit):
+        main(["--policy", "expert", "--appearance", "dusk", "--no-progress"])

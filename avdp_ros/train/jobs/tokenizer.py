@@ -15,6 +15,7 @@ from avdp_ros.images import check_crop
 from avdp_ros.model.checkpoint import load_checkpoint, load_into
 from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, calibrate_latent_scale
 from avdp_ros.train import engine
+from avdp_ros.train.augment import AUGMENT_PRESETS, augment
 from avdp_ros.train.data import ImageSet, check_roots, data_record, split_episodes
 from avdp_ros.train.jobs.base import Job, n_params
 from avdp_ros.train.metrics import object_l1, psnr, ssim
@@ -51,9 +52,15 @@ class TokenizerJob(Job):
                             "(e.g. camera=0.41,0.2,0.5,0.5); repeatable; stored in the tokenizer's config")
         p.add_argument("--init", metavar="CHECKPOINT",
                        help="start from this tokenizer's weights (fine-tuning, e.g. for a new --crop)")
+        p.add_argument("--augment", choices=sorted(AUGMENT_PRESETS), default="none",
+                       help="random colour jitter and shift of the training images (train/augment.py); "
+                            "validation and inference see the images unchanged (default %(default)s)")
 
     def check_args(self, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
         self.crops = parse_crops(p, args.crop)
+        self.augment = AUGMENT_PRESETS[args.augment]
+        # its own stream: the same --seed gives the same augmentations in a run from scratch
+        self.augment_gen = torch.Generator().manual_seed(args.seed + 104729)
 
     def build(self, args: argparse.Namespace) -> None:
         crops, out = self.crops, Path(args.out)
@@ -89,7 +96,7 @@ class TokenizerJob(Job):
                  f"{len(self.dataset)} train / {len(val_set)} val images; device {self.device}")
 
     def loss(self, model: Tokenizer, batch: torch.Tensor):
-        return model.loss(batch.float() / 255.0)
+        return model.loss(augment(batch.float() / 255.0, self.augment, self.augment_gen))
 
     def validate(self, model: Tokenizer, step: int) -> dict[str, float]:
         if len(self.val_images) == 0:
@@ -111,5 +118,6 @@ class TokenizerJob(Job):
 
     def save(self, model: Tokenizer, path: Path, extra: dict[str, Any]) -> None:
         # Tokenizer.save adds the weights' fingerprint, which names the latent caches
-        model.save(path, dict(extra, data=data_record(self.roots), val_episodes=self.val_keys),
+        model.save(path, dict(extra, data=data_record(self.roots), val_episodes=self.val_keys,
+                              augment=self.augment.to_dict()),
                    data_manifest=self.roots[0] / "manifest.json")

@@ -1,0 +1,92 @@
+"""Image augmentation for training: colour jitter and a random shift, seeded, off at inference.
+
+Colour jitter (brightness, contrast, saturation, hue) stands in for lights and surfaces the
+training scenes did not show; the shift (DrQ-style: pad by edge replication, crop back at a
+random offset) for a camera that moved a little. Only training code calls `augment`; the
+tokenizer, the policy and the exported graphs never do, so inference sees the images as they
+are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# RGB <-> YIQ: hue is a rotation of the (I, Q) chroma plane, saturation its scale
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random image changes; all 0 = off. Stored in the checkpoint of a run that uses it."""
+
+    brightness: float = 0.0  # image x U(1 - b, 1 + b)
+    contrast: float = 0.0    # (image - mean) x U(1 - c, 1 + c) + mean
+    saturation: float = 0.0  # chroma x U(1 - s, 1 + s)
+    hue: float = 0.0         # hue rotation up to +-hue of the colour wheel (0.5 = half a turn)
+    shift: int = 0           # translation up to +-shift pixels in x and y
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v < 1.0):
+                raise ValueError(f"AugmentConfig.{name} = {v!r}: expected in [0, 1)")
+        if not (isinstance(self.hue, (int, float)) and math.isfinite(self.hue) and 0.0 <= self.hue <= 0.5):
+            raise ValueError(f"AugmentConfig.hue = {self.hue!r}: expected in [0, 0.5] (a fraction of the wheel)")
+        if not (isinstance(self.shift, int) and 0 <= self.shift <= 32):
+            raise ValueError(f"AugmentConfig.shift = {self.shift!r}: expected an integer 0..32 (pixels)")
+
+    @property
+    def enabled(self) -> bool:
+        return any(dataclasses.astuple(self))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "none": AugmentConfig(),
+    # lights and tables a lab may have that the sim scenes lack; a 4-pixel shift at 64x64 is ~2 cm
+    "default": AugmentConfig(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, shift=4),
+}
+
+
+def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """(B, 3, H, W) float images in [0, 1] -> the same shape, each image changed independently.
+
+    The draws come from `generator` (on the CPU), so a run seeded the same way augments the same.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"augment: expected (B, 3, H, W) images, got {tuple(images.shape)}")
+    if not cfg.enabled:
+        return images
+    B, dev = images.shape[0], images.device
+
+    def u(r: float) -> torch.Tensor:  # (B, 1, 1, 1) factors in [1 - r, 1 + r]
+        return (1.0 + r * (2.0 * torch.rand(B, generator=generator) - 1.0)).view(B, 1, 1, 1).to(dev)
+
+    x = images * u(cfg.brightness)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * u(cfg.contrast) + mean
+    if cfg.saturation or cfg.hue:
+        yiq = torch.einsum("ij,bjhw->bihw", _RGB2YIQ.to(dev), x)  # (B, 3, H, W)
+        angle = (cfg.hue * 2.0 * math.pi * (2.0 * torch.rand(B, generator=generator) - 1.0)).to(dev)
+        scale = u(cfg.saturation).view(B)
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        i, q = yiq[:, 1], yiq[:, 2]
+        yiq = torch.stack([yiq[:, 0], cos[:, None, None] * i - sin[:, None, None] * q,
+                           sin[:, None, None] * i + cos[:, None, None] * q], dim=1)
+        x = torch.einsum("ij,bjhw->bihw", _YIQ2RGB.to(dev), yiq)
+    x = x.clamp(0.0, 1.0)
+    if cfg.shift:
+        s = cfg.shift
+        H, W = x.shape[-2:]
+        padded = F.pad(x, (s, s, s, s), mode="replicate")  # (B, 3, H + 2s, W + 2s)
+        dy, dx = (torch.randint(0, 2 * s + 1, (B,), generator=generator) for _ in range(2))
+        x = torch.stack([padded[b, :, dy[b]:dy[b] + H, dx[b]:dx[b] + W] for b in range(B)])
+    return x

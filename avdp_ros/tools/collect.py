@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avdp_ros.tools.eval import add_appearance_arg
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
@@ -91,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="avdp-collect", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="push", help="push | pick_place")
-    ap.add_argument("--appearance", default="nominal", metavar="NAME",
-                    help="scene look per episode, drawn from the seed (sim/appearance.py): nominal (default), "
-                         "train, heldout_table | heldout_light | heldout_camera")
+    add_appearance_arg(ap)
     ap.add_argument("--episodes", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="seed of the first episode (then +1 per episode)")
     ap.add_argument("--out", type=Path, default=Path("runs/collect"), help="output folder")

@@ -107,10 +107,13 @@ def load_cli_policy(a: argparse.Namespace, seed: int | None = None):
     return policy
 
 
-def add_appearance_arg(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--appearance", default="nominal", metavar="NAME",
-                    help="scene look per episode, drawn from the seed (sim/appearance.py): nominal (default), "
-                         "train, or a held-out suite heldout_table | heldout_light | heldout_camera")
+def add_appearance_arg(ap: argparse.ArgumentParser, default: str = "nominal") -> None:
+    """--appearance, shared by every tool that runs sim episodes (names from sim/appearance.py)."""
+    from avdp_ros.sim.appearance import DISTRIBUTIONS
+
+    ap.add_argument("--appearance", default=default, metavar="NAME",
+                    help="scene look per episode, drawn from the seed (docs/appearance.md): "
+                         f"{' | '.join(DISTRIBUTIONS)} (default %(default)s)")
 
 
 def add_seeds_arg(ap: argparse.ArgumentParser) -> None:

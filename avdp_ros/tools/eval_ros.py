@@ -61,6 +61,7 @@ from avdp_ros.evaluation.faults import FAULTS, RELAY_TOPIC, RELAYED, FaultSpec
 from avdp_ros.evaluation.report import report_markdown, write_outputs
 from avdp_ros.evaluation.ros_config import EvalRosConfig
 from avdp_ros.evaluation.ros_metrics import Episode, summarize
+from avdp_ros.tools.eval import add_appearance_arg
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -178,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", default=c.policy, help="checkpoint directory")
     ap.add_argument("--task", default=c.task, help="push | pick_place")
-    ap.add_argument("--appearance", default=c.appearance, metavar="NAME",
-                    help="scene look per episode (sim/appearance.py): nominal, train, heldout_table | "
-                         "heldout_light | heldout_camera (default %(default)s)")
+    add_appearance_arg(ap, c.appearance)
     ap.add_argument("--episodes", type=int, default=c.episodes)
     ap.add_argument("--seed", type=int, default=c.seed, help="first seed (episode i: seed + i, as avdp-eval)")
     ap.add_argument("--time-limit", type=float, default=c.time_limit, help="s per episode (bridge clock)")

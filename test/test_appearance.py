@@ -41,6 +41,10 @@ def test_training_draws_vary_every_axis():
     assert np.ptp([a.light_rgb[1] for a in draws]) > 0.2
     assert np.ptp([a.camera_offset[0] for a in draws]) > 0.01
     assert sum(max(a.fill_rgb) > 0 for a in draws) > 20  # one or two lights
+    assert {len(a.distractors) for a in draws} == set(range(ap.MAX_DISTRACTORS + 1))
+    items = [d for a in draws for d in a.distractors]
+    assert {d.shape for d in items} == set(ap.SHAPES) and {d.collide for d in items} == {True, False}
+    assert 60 < sum(max(a.backdrop_rgb) > 0 for a in draws) < 140  # a wall behind the robot, or the void
     red = np.array([a.cube_rgb for a in draws])
     assert (red[:, 0] > red[:, 1] + 0.4).all() and (red[:, 0] > red[:, 2] + 0.4).all()  # still a red cube
 
@@ -53,10 +57,22 @@ def test_training_draws_vary_every_axis():
     ({"camera_offset": (0.3, 0.0, 0.0)}, "camera_offset"),
     ({"camera_rotation": (0.0, 20.0, 0.0)}, "camera_rotation"),
     ({"fovy_offset": 30.0}, "fovy_offset"),
+    ({"distractors": (ap.Distractor("box", (0.5, 0.4)), ap.Distractor("sphere", (0.52, 0.42)))}, "distractors"),
 ])
 def test_bad_appearance_values_are_refused_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"Appearance.{field}"):
         ap.Appearance(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"shape": "cone", "xy": (0.5, 0.4)}, "shape"),
+    ({"shape": "box", "xy": (0.5, 0.1)}, "xy"),  # inside the workspace: the arm would have to go through it
+    ({"shape": "box", "xy": (0.5, float("nan"))}, "xy"),
+    ({"shape": "box", "xy": (0.5, 0.4), "rgb": (0.0, 2.0, 0.0)}, "rgb"),
+])
+def test_bad_distractors_are_refused_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"Distractor.{field}"):
+        ap.Distractor(**kwargs)
 
 
 def test_unknown_fields_and_names_are_refused():
@@ -65,6 +81,8 @@ def test_unknown_fields_and_names_are_refused():
 
     with pytest.raises(ValueError, match=r"unknown fields \['gloss'\]"):
         ap.Appearance.from_dict({"gloss": 1.0})
+    with pytest.raises(ValueError, match="Appearance.distractors: expected objects with fields"):
+        ap.Appearance.from_dict({"distractors": [{"shape": "box", "xy": [0.5, 0.4], "mass": 1.0}]})
     with pytest.raises(ValueError, match="SimConfig.appearance = 'dusk'"):
         SimConfig(appearance="dusk")
     with pytest.raises(ValueError, match="appearance 'dusk'"):
@@ -84,11 +102,14 @@ def sims():
 def test_recorded_metadata_re_renders_the_same_frame(sims):
     randomised, plain = sims
     nominal_first = plain.render("camera")
-    info = randomised.reset(11)
+    # a seed whose scene has a backdrop and a solid and a visual-only distractor
+    seed = next(s for s in range(100) if max(ap.draw("train", s).backdrop_rgb) > 0
+                and {d.collide for d in ap.draw("train", s).distractors} == {True, False})
+    info = randomised.reset(seed)
     assert info["appearance"]["name"] == "train"
     frames = {cam: randomised.render(cam) for cam in ("camera", "wrist")}
     recorded = json.loads(json.dumps(info["appearance"]["params"]))  # as in episode_info / episode.json
-    again = plain.reset(11, look=ap.Appearance.from_dict(recorded))
+    again = plain.reset(seed, look=ap.Appearance.from_dict(recorded))
     assert again["appearance"]["name"] == "given"
     for cam, frame in frames.items():
         np.testing.assert_array_equal(plain.render(cam), frame)
@@ -97,6 +118,41 @@ def test_recorded_metadata_re_renders_the_same_frame(sims):
     plain_again = plain.render("camera")
     randomised.reset(0, look=ap.Appearance())
     np.testing.assert_array_equal(randomised.render("camera"), plain_again)
+
+
+def test_distractors_are_shown_placed_and_solid_only_when_drawn(sims):
+    import mujoco
+
+    from avdp_ros.sim import scene
+
+    sim = sims[1]
+    look = ap.Appearance(distractors=(ap.Distractor("cylinder", (0.6, -0.45), collide=True),
+                                      ap.Distractor("sphere", (0.3, 0.4), rgb=(0.9, 0.9, 0.1))))
+    sim.reset(3, look=look)
+    m, d = sim.model, sim.data
+
+    def geom(k, shape):
+        return m.geom(scene.distractor_name(k, shape)).id
+
+    assert m.geom_group[geom(0, "cylinder")] == 0 and m.geom_contype[geom(0, "cylinder")] == 1
+    assert m.geom_group[geom(1, "sphere")] == 0 and m.geom_contype[geom(1, "sphere")] == 0
+    assert m.geom_group[geom(0, "box")] == 4 and m.geom_contype[geom(0, "box")] == 0  # other shapes hidden
+    assert all(m.geom_group[geom(2, s)] == 4 for s in ap.SHAPES)  # an unused slot
+    np.testing.assert_allclose(d.mocap_pos[m.body(scene.distractor_name(0)).mocapid[0]], [0.6, -0.45, 0.0])
+    np.testing.assert_allclose(m.geom_rgba[geom(1, "sphere"), :3], [0.9, 0.9, 0.1])
+    # the solid one is an obstacle: the cube set down inside each touches only the solid one
+    cube_adr = m.jnt_qposadr[m.body("cube").jntadr[0]]
+
+    def touches(k, shape, xy):
+        d.qpos[cube_adr:cube_adr + 3] = (*xy, 0.03)
+        mujoco.mj_forward(m, d)
+        g = geom(k, shape)
+        return any(g in (c.geom1, c.geom2) for c in d.contact[:d.ncon])
+
+    assert touches(0, "cylinder", (0.6, -0.45)) and not touches(1, "sphere", (0.3, 0.4))
+    sim.reset(3)  # nominal: every slot hidden and without contacts again
+    assert all(m.geom_group[geom(k, s)] == 4 and m.geom_contype[geom(k, s)] == 0
+               for k in range(ap.MAX_DISTRACTORS) for s in ap.SHAPES)
 
 
 def test_layout_does_not_depend_on_the_appearance(sims):

@@ -162,7 +162,7 @@ def test_dagger_cli_writes_a_dataset_training_reads(tmp_path: Path):
 
     cache = cache_latents(out / "dataset", Tokenizer.from_checkpoint(tok), progress=False)
     lds = LatentDataset([(out / "dataset", cache)], context_frames=1, future_frames=0, horizon=4, vocab=["<unk>"])
-    e0 = lds.index.index((0, 5))
+    e0 = lds.index.index((0, 5, 0))
     want = pose_to_state10(ep["action_chunk"][5, :, :7], ep["action_chunk"][5, :, 7])
     np.testing.assert_allclose(lds[e0]["actions"].numpy(), want, atol=1e-6)
     assert not np.allclose(want, pose_to_state10(ep["action"][5:9, :7], ep["action"][5:9, 7]), atol=1e-3)

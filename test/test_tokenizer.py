@@ -205,6 +205,46 @@ def test_cache_written_once_and_reused(dataset: Path, tok: Tokenizer, monkeypatc
     assert sum(calls) == 8
 
 
+def test_augmented_views_are_seeded_cached_once_and_served_per_view(dataset: Path, tok: Tokenizer, monkeypatch):
+    from avdp_ros.data.latents import cache_views
+    from avdp_ros.train.augment import AUGMENT_PRESETS, AugmentConfig
+
+    aug = AUGMENT_PRESETS["default"]
+    cache = cache_latents(dataset, tok, progress=False)
+    views = cache_views(dataset, tok, cache, aug, views=3, seed=5, progress=False)
+    assert views.parent == cache / "views"
+    lat = np.load(views / "ep00" / "camera.npy")
+    assert lat.shape == (2, 8, 4, 4, 4) and lat.dtype == np.float16
+    clean = np.load(cache / "ep00" / "camera.npy")
+    assert np.abs(lat.astype(np.float32) - clean).max() > 0.01 and np.abs(lat[0] - lat[1]).max() > 0.01
+    # reproducible by seed: recomputed from scratch it is the same; another seed is another cache
+    (views / "ep00" / "camera.npy").unlink()
+    calls = []
+    encode = tok.encode
+    monkeypatch.setattr(tok, "encode", lambda x: calls.append(len(x)) or encode(x))
+    cache_views(dataset, tok, cache, aug, views=3, seed=5, progress=False)
+    assert sum(calls) == 2 * 8 * 2  # only the missing episode, both views and cameras
+    np.testing.assert_array_equal(np.load(views / "ep00" / "camera.npy"), lat)
+    assert cache_views(dataset, tok, cache, aug, views=3, seed=6, progress=False) != views
+    with pytest.raises(ValueError, match="views >= 2"):
+        cache_views(dataset, tok, cache, AugmentConfig(), views=3)
+    # every window once per view, view 0 the clean latents; the same labels in every view
+    vocab = build_vocabulary([dataset])
+    plain = LatentDataset([(dataset, cache)], context_frames=1, future_frames=1, horizon=4, vocab=vocab)
+    ds = LatentDataset([(dataset, cache, views)], context_frames=1, future_frames=1, horizon=4, vocab=vocab)
+    assert ds.views == 3 and len(ds) == 3 * len(plain)
+    by_key = {k: i for i, k in enumerate(ds.index)}
+    a, b = ds[by_key[(0, 2, 0)]], ds[by_key[(0, 2, 1)]]
+    torch.testing.assert_close(a["context"], plain[plain.index.index((0, 2, 0))]["context"])
+    torch.testing.assert_close(b["context"][0, 0], torch.from_numpy(lat[0, 2].astype(np.float32)))
+    torch.testing.assert_close(a["actions"], b["actions"])
+    chunks, _ = ds.action_chunks()
+    assert len(chunks) == len(plain.action_chunks()[0])  # normaliser statistics do not count views twice
+    with pytest.raises(ValueError, match="some caches come with augmented views and some without"):
+        LatentDataset([(dataset, cache, views), (dataset, cache)], context_frames=1, future_frames=1, horizon=4,
+                      vocab=vocab)
+
+
 def test_windows_padding_and_actions(dataset: Path, tok: Tokenizer):
     cache = cache_latents(dataset, tok, progress=False)
     vocab = build_vocabulary([dataset])

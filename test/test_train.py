@@ -58,7 +58,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     assert main_baseline(["--data", *data, "--out", str(r["baseline"]), "--tokenizer", tok_ckpt,
                           "--steps", "10", "--batch-size", "8", "--val-every", "10", "--ckpt-every", "10",
                           "--early-weight", "3", "--early-frames", "2", "--override", "idm.use_state=false",
-                          *COMMON]) == 0
+                          "--augment", "default", "--views", "2", *COMMON]) == 0
     r["data"] = [Path(d) for d in data]
     torch.set_num_threads(before)
     return r
@@ -112,6 +112,8 @@ def test_idm_and_baseline_runs(runs):
     assert {"val/rot_deg", "val/gripper_mm", "val/gt_future/pos_mm"} <= val.keys()
     states, meta = load_checkpoint(runs["baseline"] / tu.LATEST, expected_kind="baseline")
     assert set(states) == {"baseline", "tokenizer"} and meta["extra"]["step"] == 10
+    assert meta["extra"]["augment"]["views"] == 2 and meta["extra"]["augment"]["hue"] > 0  # recorded
+    assert load_checkpoint(runs["idm"] / tu.LATEST)[1]["extra"]["augment"] is None
     assert meta["config"]["idm"]["use_state"] is False and not any("state_proj" in k for k in states["baseline"])
     # failed demonstrations never train actions (some of them are in the train split)
     assert runs["failed"] - set(meta["extra"]["val_episodes"])
@@ -147,12 +149,14 @@ def test_cached_video_features_equal_recomputed_ones(runs):
 
 
 def test_early_window_indices_repeat_episode_starts():
-    windows = SimpleNamespace(index=[(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 4)])
+    windows = SimpleNamespace(index=[(0, 0, 0), (0, 1, 0), (0, 2, 0), (0, 3, 0), (1, 0, 0), (1, 1, 1), (1, 4, 1)])
     assert early_window_indices(windows, early_frames=2, weight=3) == [0, 0, 0, 1, 1, 1, 2, 3, 4, 4, 4, 5, 5, 5, 6]
     assert early_window_indices(windows, early_frames=2, weight=1) == list(range(7))
     assert early_window_indices(windows, early_frames=0, weight=5) == list(range(7))
     with pytest.raises(SystemExit, match="early-weight 0"):
         main_baseline(["--data", "x", "--out", "y", "--tokenizer", "z", "--early-weight", "0"])
+    with pytest.raises(SystemExit, match="--views 1: expected >= 2 with --augment"):
+        main_baseline(["--data", "x", "--out", "y", "--tokenizer", "z", "--augment", "default", "--views", "1"])
 
 
 def test_label_fraction_is_seeded_subset(runs):

@@ -5,14 +5,24 @@ re-encode (MAR's `main_cache.py`). The cache lives under `<dataset>/latents/<tok
 so a new tokenizer gets a new cache and a stale one is never read by mistake. `LatentDataset`
 serves windows of cached latents, states and action chunks; `list_episodes` and
 `build_vocabulary` read the converted datasets' manifests.
+
+Augmented views (`cache_views`): a cached latent cannot be colour-jittered after the fact, so each
+episode is also encoded V-1 more times, each time through its own seeded augmentation
+(train/augment.py, one draw per episode view: one light, one bumped tripod for all its frames),
+under `<cache>/views/<hash of augmentation, V, seed>/`. `LatentDataset` then serves every window
+once per view; the training sampler's seed picks which, so a run is reproducible by its seed.
+Why not encode on the fly: it costs a tokenizer forward pass per window frame and step, several
+times the action head's own step on a CPU (docs/appearance.md has the measured ratio).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import threading
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +39,7 @@ from avdp_ros.model.rotation import pose_to_state10
 
 if TYPE_CHECKING:
     from avdp_ros.model.tokenizer import Tokenizer
+    from avdp_ros.train.augment import AugmentConfig
 
 CACHE_FORMAT = "avdp-latents"
 CACHE_VERSION = 1
@@ -110,6 +121,67 @@ def cache_latents(dataset_root: str | os.PathLike, tokenizer: Tokenizer, out_dir
     return out
 
 
+def views_key(augment: AugmentConfig, views: int, seed: int) -> str:
+    blob = json.dumps({"augment": augment.to_dict(), "views": int(views), "seed": int(seed)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def cache_views(dataset_root: str | os.PathLike, tokenizer: Tokenizer, cache: str | os.PathLike,
+                augment: AugmentConfig, views: int, seed: int = 0, batch_size: int = 64,
+                progress: bool = True) -> Path:
+    """Encode V-1 augmented copies of every episode next to its clean latents (module docstring);
+    return the views directory `<cache>/views/<key>/`, holding `<episode>/<camera>.npy`
+    (V-1, T, C, h, w) float16 and a manifest. View v of an episode is drawn from a generator seeded
+    by (`seed`, episode name, v), the same for every camera; existing files are kept (resumable)."""
+    from tqdm import tqdm
+
+    from avdp_ros.train.augment import augment as apply_augment
+
+    if views < 2 or not augment.enabled:
+        raise ValueError(f"cache_views: views = {views} with augmentation {augment}: expected views >= 2 and "
+                         "some augmentation (view 0 is the clean cache)")
+    ds = EpisodeDataset(dataset_root)
+    cache = Path(cache)
+    out = cache / "views" / views_key(augment, views, seed)
+    C, h, w = tokenizer.config.latent_shape
+    todo = [e for e in ds.episodes if not all(
+        (out / e["name"] / f"{cam}.npy").exists()
+        and np.load(out / e["name"] / f"{cam}.npy", mmap_mode="r").shape == (views - 1, int(e["length"]), C, h, w)
+        for cam in ds.cameras)]
+    if todo:
+        was = tokenizer.training
+        tokenizer.eval()
+        n_frames = sum(int(e["length"]) for e in todo) * (views - 1) * len(ds.cameras)
+        bar = tqdm(total=n_frames, desc=f"cache views {ds.root.name}", unit="img", disable=not progress)
+        for entry in todo:
+            ep = ds[entry["name"]]
+            per_cam: dict[str, list[torch.Tensor]] = {cam: [] for cam in ds.cameras}
+            for v in range(1, views):
+                for cam in ds.cameras:
+                    gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{entry['name']}/{v}".encode()))
+                    frames = tokenizer.camera_images(np.asarray(ep[cam]), cam)  # (T, 3, S, S)
+                    frames = apply_augment(frames, augment, gen, shared=True)
+                    per_cam[cam].append(torch.cat([tokenizer.encode(frames[s:s + batch_size]).cpu()
+                                                   for s in range(0, len(frames), batch_size)]))
+                    bar.update(len(frames))
+            d = out / entry["name"]
+            d.mkdir(parents=True, exist_ok=True)
+            for cam, chunks in per_cam.items():
+                _atomic_write_npy(d / f"{cam}.npy", torch.stack(chunks).to(torch.float16).numpy())
+        bar.close()
+        tokenizer.train(was)
+    manifest = {"format": CACHE_FORMAT + "-views", "version": CACHE_VERSION, "augment": augment.to_dict(),
+                "views": int(views), "seed": int(seed), "tokenizer_hash": tokenizer.fingerprint(),
+                "episodes": {e["name"]: int(e["length"]) for e in ds.episodes}}
+    if todo or not (out / "manifest.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f"manifest.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, out / "manifest.json")
+    return out
+
+
 def build_vocabulary(dataset_roots: Sequence[str | os.PathLike]) -> list[str]:
     """`<unk>` followed by the sorted instruction strings found in the datasets' manifests."""
     found = set()
@@ -162,18 +234,22 @@ class LatentDataset(Dataset):
       episodes of avdp-dagger) and it covers H rows, that chunk (see `sim.dagger.ExpertLabeller`)
     - `instr` () int64: index into `vocab`; `has_actions` () bool
 
+    With augmented views (a cache given as (root, cache_dir, views_dir), see `cache_views`) every
+    window is served once per view, view 0 being the clean latents: `index` holds (episode, t, view).
+
     Padding: before the episode start the first frame (and its state) is repeated; past the end
     the last frame / state / action row is repeated. Actions are taken at the observation rate:
     with `action_ratio` r the row k*r (the target being tracked at observation step k) is used
     and the r-1 rows in between are dropped.
 
     Args:
-        caches: (dataset_root, cache_dir) pairs, cache_dir as returned by `cache_latents`.
+        caches: (dataset_root, cache_dir) pairs, cache_dir as returned by `cache_latents`, or
+            (dataset_root, cache_dir, views_dir) triples (`cache_views`); all or none with views.
         episodes: keys (`EpisodeRef.key`) to keep; None keeps all.
         require_actions: keep only action-labelled episodes (IDM / baseline training).
     """
 
-    def __init__(self, caches: Sequence[tuple[str | os.PathLike, str | os.PathLike]], context_frames: int,
+    def __init__(self, caches: Sequence[tuple[str | os.PathLike, ...]], context_frames: int,
                  future_frames: int, horizon: int, vocab: Sequence[str], cameras: Sequence[str] | None = None,
                  episodes: Iterable[str] | None = None, require_actions: bool = False) -> None:
         if context_frames < 1 or future_frames < 0 or horizon < 1:
@@ -182,7 +258,7 @@ class LatentDataset(Dataset):
         self.Fc, self.K, self.H = context_frames, future_frames, horizon
         self.vocab = list(vocab)
         keep = set(episodes) if episodes is not None else None
-        self.latents: list[np.ndarray] = []  # per episode (T, cams, C, h, w) float16
+        self.latents: list[np.ndarray] = []  # per episode (V, T, cams, C, h, w) float16, V views (1 = clean only)
         self.states: list[np.ndarray] = []  # per episode (T, 10)
         self.actions: list[np.ndarray | None] = []  # per episode (T, 10) at obs rate, or None
         self.chunks: list[np.ndarray | None] = []  # per episode (T, H, 10) labelled chunks, or None
@@ -190,9 +266,13 @@ class LatentDataset(Dataset):
         self.refs: list[EpisodeRef] = []
         self.latent_shape: tuple[int, int, int] | None = None
         self.cameras: list[str] | None = list(cameras) if cameras is not None else None
-        for root, cache in caches:
+        n_views = {len(c) for c in caches}
+        if len(n_views) > 1:
+            raise ValueError("LatentDataset: some caches come with augmented views and some without")
+        for root, cache, *views_dir in caches:
             cache = Path(cache)
             m = json.loads((cache / "manifest.json").read_text())
+            vm = json.loads((Path(views_dir[0]) / "manifest.json").read_text()) if views_dir else None
             cams = self.cameras or list(m["cameras"])
             missing = [c for c in cams if c not in m["cameras"]]
             if missing:
@@ -210,7 +290,13 @@ class LatentDataset(Dataset):
                 if ref.name not in m["episodes"]:
                     raise ValueError(f"latent cache {cache}: episode {ref.name} missing; run cache_latents again")
                 ep = ds[ref.name]
-                lat = np.stack([np.load(cache / ref.name / f"{c}.npy") for c in cams], axis=1)  # (T,cams,C,h,w)
+                lat = np.stack([np.load(cache / ref.name / f"{c}.npy") for c in cams], axis=1)[None]  # (1,T,cams,..)
+                if vm is not None:
+                    if ref.name not in vm["episodes"]:
+                        raise ValueError(f"augmented views {views_dir[0]}: episode {ref.name} missing; run "
+                                         "cache_views again")
+                    aug = np.stack([np.load(Path(views_dir[0]) / ref.name / f"{c}.npy") for c in cams], axis=2)
+                    lat = np.concatenate([lat, aug])  # (V, T, cams, C, h, w)
                 self.latents.append(lat)
                 self.states.append(pose_to_state10(ep["ee_pose"], ep["gripper"]))
                 if ref.has_actions:
@@ -225,11 +311,13 @@ class LatentDataset(Dataset):
                     c = None
                 if c is not None:
                     c = np.asarray(c[:, :self.H]).reshape(-1, 8)
-                    c = pose_to_state10(c[:, :7], c[:, 7]).reshape(len(lat), self.H, ACTION_DIM)
+                    c = pose_to_state10(c[:, :7], c[:, 7]).reshape(lat.shape[1], self.H, ACTION_DIM)
                 self.chunks.append(c)
                 self.instr.append(instruction_index(self.vocab, ref.instruction))
                 self.refs.append(ref)
-        self.index = [(e, t) for e, lat in enumerate(self.latents) for t in range(max(len(lat) - 1, 1))]
+        self.views = self.latents[0].shape[0] if self.latents else 1
+        self.index = [(e, t, v) for e, lat in enumerate(self.latents) for v in range(lat.shape[0])
+                      for t in range(max(lat.shape[1] - 1, 1))]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -238,8 +326,8 @@ class LatentDataset(Dataset):
         """Every window's action chunk (N, H, 10) and the state it starts from (N, 10), action-labelled
         episodes only: what an action normaliser is fitted on (relative chunks depend on the state)."""
         chunks, starts = [np.zeros((0, self.H, ACTION_DIM), np.float32)], [np.zeros((0, STATE_DIM), np.float32)]
-        for e, t in self.index:
-            if self.actions[e] is not None:
+        for e, t, v in self.index:
+            if self.actions[e] is not None and v == 0:  # every view has the same labels
                 chunks.append(self._chunk(e, t)[None])
                 starts.append(self.states[e][t][None])
         return np.concatenate(chunks), np.concatenate(starts)
@@ -254,8 +342,8 @@ class LatentDataset(Dataset):
         return np.concatenate(self.states) if self.states else np.zeros((0, STATE_DIM), np.float32)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        e, t = self.index[i]
-        lat, states, actions = self.latents[e], self.states[e], self.actions[e]
+        e, t, v = self.index[i]
+        lat, states, actions = self.latents[e][v], self.states[e], self.actions[e]
         T = len(lat)
         frames = np.clip(np.arange(t - self.Fc + 1, t + self.K + 1), 0, T - 1)  # (Fc+K,) padded indices
         window = torch.from_numpy(lat[frames].astype(np.float32))  # (Fc+K, cams, C, h, w)

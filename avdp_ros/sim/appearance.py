@@ -1,5 +1,5 @@
-"""Seeded scene appearance: table and floor colours and textures, lights, a bumped tripod, shades
-of the task objects.
+"""Seeded scene appearance: table and floor colours and textures, a backdrop, lights, a bumped
+tripod, shades of the task objects, distractor objects.
 
 An `Appearance` is a small validated dataclass; a named `AppearanceDistribution` draws one from an
 episode seed (`draw(name, seed)`), independently of the task's layout (its own random stream), so
@@ -30,6 +30,41 @@ import numpy as np
 RGB = tuple[float, float, float]
 TEXTURES = ("flat", "checker", "gradient", "noise")  # table surfaces (scene.py builds one material each)
 _STREAM = 0x61707065  # "appe": the appearance draw's own random stream, apart from the layout's
+# Distractors: other shapes (scene.py builds one geom of each per slot, fixed sizes) on the table's
+# sides, outside every task's reach (cubes and bins stay within |y| < 0.33 m, the arm above them),
+# so a colliding one is an obstacle the arm never has to push through.
+SHAPES = ("box", "cylinder", "sphere", "capsule")
+MAX_DISTRACTORS = 3
+DISTRACTOR_X = (0.25, 0.80)  # m, table frame (robot base at the origin)
+DISTRACTOR_Y = (0.38, 0.52)  # m, |y|: either side of the workspace
+DISTRACTOR_GAP = 0.09  # m, least centre distance between two distractors
+
+
+@dataclass(frozen=True)
+class Distractor:
+    """An object of another shape and colour standing on the table, colliding or not."""
+
+    shape: str
+    xy: tuple[float, float]
+    yaw: float = 0.0  # deg
+    rgb: RGB = (0.8, 0.8, 0.2)
+    collide: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"Distractor.shape = {self.shape!r}: expected one of {SHAPES}")
+        xy = tuple(float(v) for v in self.xy)
+        if (len(xy) != 2 or not all(math.isfinite(v) for v in xy)
+                or not DISTRACTOR_X[0] <= xy[0] <= DISTRACTOR_X[1]
+                or not DISTRACTOR_Y[0] <= abs(xy[1]) <= DISTRACTOR_Y[1]):
+            raise ValueError(f"Distractor.xy = {self.xy!r}: expected x in {DISTRACTOR_X} m and |y| in "
+                             f"{DISTRACTOR_Y} m (the table's sides, out of the tasks' reach)")
+        object.__setattr__(self, "xy", xy)
+        if not math.isfinite(self.yaw):
+            raise ValueError(f"Distractor.yaw = {self.yaw!r}: expected a finite angle (deg)")
+        object.__setattr__(self, "yaw", float(self.yaw))
+        object.__setattr__(self, "rgb", _rgb("Distractor", "rgb", self.rgb))
+        object.__setattr__(self, "collide", bool(self.collide))
 
 
 def _rgb(owner: str, name: str, value) -> RGB:
@@ -46,6 +81,7 @@ class Appearance:
     table_rgb: RGB = (0.55, 0.42, 0.3)
     table_texture: str = "flat"          # one of TEXTURES
     floor_rgb: RGB = (0.35, 0.37, 0.4)
+    backdrop_rgb: RGB = (0.0, 0.0, 0.0)  # wall behind the robot; all 0 = none (the black void)
     light_dir: tuple[float, float, float] = (-0.2, 0.3, -1.0)  # key light direction (normalised here)
     light_rgb: RGB = (0.6, 0.6, 0.6)     # key light diffuse
     ambient_rgb: RGB = (0.4, 0.4, 0.4)   # headlight ambient
@@ -57,6 +93,7 @@ class Appearance:
     cube_rgb: RGB = (0.85, 0.1, 0.1)     # shades within the named colours of the instructions
     target_rgb: RGB = (0.1, 0.75, 0.2)
     bin_rgb: RGB = (0.15, 0.3, 0.85)
+    distractors: tuple[Distractor, ...] = ()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -77,16 +114,39 @@ class Appearance:
             object.__setattr__(self, name, tuple(float(x) for x in v))
         if not (math.isfinite(self.fovy_offset) and abs(self.fovy_offset) <= 10.0):
             raise ValueError(f"Appearance.fovy_offset = {self.fovy_offset!r}: expected within +-10 deg")
+        items = tuple(self.distractors)
+        if len(items) > MAX_DISTRACTORS or not all(isinstance(x, Distractor) for x in items):
+            raise ValueError(f"Appearance.distractors: expected at most {MAX_DISTRACTORS} Distractor, "
+                             f"got {self.distractors!r}")
+        for i, a in enumerate(items):
+            for b in items[i + 1:]:
+                if math.dist(a.xy, b.xy) < DISTRACTOR_GAP:
+                    raise ValueError(f"Appearance.distractors: {a.xy} and {b.xy} are closer than "
+                                     f"{DISTRACTOR_GAP} m (they would overlap)")
+        object.__setattr__(self, "distractors", items)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        def plain(v):
+            return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Appearance:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"Appearance: unknown fields {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if "distractors" in d:
+            known = {f.name for f in dataclasses.fields(Distractor)}
+            items = []
+            for x in d["distractors"]:
+                if not isinstance(x, dict) or set(x) - known:
+                    raise ValueError(f"Appearance.distractors: expected objects with fields {sorted(known)}, "
+                                     f"got {x!r}")
+                items.append(Distractor(**{k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}))
+            d["distractors"] = tuple(items)
+        return cls(**d)
 
 
 Interval = tuple[float, float]
@@ -116,6 +176,12 @@ class AppearanceDistribution:
     camera_turn: tuple[Interval, ...] = ((0.0, 2.0),)  # deg, per axis magnitude
     fovy_change: tuple[Interval, ...] = ((0.0, 2.0),)  # deg, magnitude
     object_hue: float = 8.0  # deg of hue jitter of the task objects around their named colour
+    backdrop: float = 0.5  # chance of a wall behind the robot (else the black void)
+    backdrop_val: tuple[Interval, ...] = ((0.25, 0.8),)
+    distractors: tuple[int, int] = (0, MAX_DISTRACTORS)  # how many, uniform over the closed range
+    # Distractor hues away from the task objects' red, green and blue: yellows, purples; or greys.
+    distractor_hue: tuple[Interval, ...] = ((35.0, 85.0), (265.0, 320.0))
+    distractor_collide: float = 0.5  # chance each one is solid (an obstacle) rather than visual only
     fixed: Appearance | None = None  # every seed draws this (the nominal scene)
 
     def draw(self, seed: int) -> Appearance:
@@ -154,14 +220,34 @@ class AppearanceDistribution:
             return colorsys.hsv_to_rgb(h, s, v)
 
         base = Appearance()
+        texture, fovy = str(rng.choice(self.textures)), sign() * u(self.fovy_change)
+        cube, target, bin_ = shade(base.cube_rgb), shade(base.target_rgb), shade(base.bin_rgb)
+        # Drawn after everything above, so adding them left the other parameters of each seed as they were.
+        backdrop = (0.0, 0.0, 0.0)
+        if rng.random() < self.backdrop:
+            backdrop = colorsys.hsv_to_rgb(rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.35), u(self.backdrop_val))
+        items: list[Distractor] = []
+        for _ in range(int(rng.integers(self.distractors[0], self.distractors[1] + 1))):
+            for _try in range(100):  # rejection sampling for the gap; nearly always a few draws
+                xy = (float(rng.uniform(*DISTRACTOR_X)), sign() * float(rng.uniform(*DISTRACTOR_Y)))
+                if all(math.dist(xy, o.xy) >= DISTRACTOR_GAP for o in items):
+                    break
+            else:
+                continue
+            grey = rng.random() < 0.25
+            rgb = colorsys.hsv_to_rgb(u(self.distractor_hue) / 360.0, 0.0 if grey else rng.uniform(0.4, 0.9),
+                                      rng.uniform(0.3, 0.95))
+            items.append(Distractor(shape=str(rng.choice(SHAPES)), xy=xy, yaw=float(rng.uniform(-90.0, 90.0)),
+                                    rgb=rgb, collide=bool(rng.random() < self.distractor_collide)))
         return Appearance(
-            table_rgb=table, table_texture=str(rng.choice(self.textures)),
+            table_rgb=table, table_texture=texture,
             floor_rgb=(floor_v * 0.95, floor_v, floor_v * 1.05 if floor_v < 0.95 else 1.0),
+            backdrop_rgb=backdrop, distractors=tuple(items),
             light_dir=light_dir, light_rgb=light(0.6), ambient_rgb=light(0.4), headlight_rgb=light(0.5),
             fill_rgb=light(fill) if fill >= 0.05 else (0.0, 0.0, 0.0),
             camera_offset=tuple(float(x) for x in shift), camera_rotation=turn,
-            fovy_offset=sign() * u(self.fovy_change),
-            cube_rgb=shade(base.cube_rgb), target_rgb=shade(base.target_rgb), bin_rgb=shade(base.bin_rgb),
+            fovy_offset=fovy,
+            cube_rgb=cube, target_rgb=target, bin_rgb=bin_,
         )
 
     def contains(self, a: Appearance) -> bool:
@@ -179,7 +265,8 @@ class AppearanceDistribution:
             self.table_hue, self.table_sat, self.table_val, self.light_intensity, self.light_temperature,
             self.light_azimuth, self.light_elevation, self.camera_shift, self.camera_turn, self.fovy_change)]
         th, ts, tv, li, lt, la, le, cs, ct, fc = widen
-        return (a.table_texture in self.textures and _inside(h * 360.0, th) and _inside(s, ts) and _inside(v, tv)
+        return (self.distractors[0] <= len(a.distractors) <= self.distractors[1]
+                and a.table_texture in self.textures and _inside(h * 360.0, th) and _inside(s, ts) and _inside(v, tv)
                 and _inside(gain, li) and _inside(temp, lt) and _inside(az, la) and _inside(el, le)
                 and (fill == 0.0 or _inside(fill, tuple((lo, hi + tol) for lo, hi in self.fill)))
                 and _inside(float(np.linalg.norm(a.camera_offset)), cs)
@@ -228,6 +315,7 @@ class SceneHandles:
 
     table: int
     floor: int
+    backdrop: int
     key_light: int
     fill_light: int
     camera: int
@@ -236,6 +324,8 @@ class SceneHandles:
     camera_fovy: float
     materials: dict[str, int]
     object_geoms: dict[str, list[int]] = field(default_factory=dict)  # cube / target / bin -> geoms
+    distractor_bodies: list[int] = field(default_factory=list)  # one per slot
+    distractor_geoms: list[dict[str, int]] = field(default_factory=list)  # per slot: shape -> geom
 
 
 def handles(model) -> SceneHandles:
@@ -249,13 +339,23 @@ def handles(model) -> SceneHandles:
         for key in objects:
             if name.startswith(key):
                 objects[key].append(g)
-    return SceneHandles(model.geom(scene.TABLE_GEOM).id, model.geom("floor").id, model.light("key").id,
-                        model.light("fill").id, cam, model.cam_pos[cam].copy(), model.cam_quat[cam].copy(),
-                        float(model.cam_fovy[cam]), mats, objects)
+    slots = range(MAX_DISTRACTORS)
+    return SceneHandles(model.geom(scene.TABLE_GEOM).id, model.geom("floor").id, model.geom(scene.BACKDROP_GEOM).id,
+                        model.light("key").id, model.light("fill").id, cam, model.cam_pos[cam].copy(),
+                        model.cam_quat[cam].copy(), float(model.cam_fovy[cam]), mats, objects,
+                        [model.body(scene.distractor_name(k)).id for k in slots],
+                        [{shape: model.geom(scene.distractor_name(k, shape)).id for shape in SHAPES} for k in slots])
+
+
+def _show(model, geom: int, visible: bool, collide: bool = False) -> None:
+    # Hidden = a geom group the renderer does not draw (like the TCP site) and no contacts.
+    model.geom_group[geom] = 0 if visible else 4
+    model.geom_contype[geom] = model.geom_conaffinity[geom] = int(visible and collide)
 
 
 def apply(model, h: SceneHandles, a: Appearance) -> None:
-    """Write `a` into the model (call mj_forward after, for the camera and light poses)."""
+    """Write `a` into the model; then mj_resetData (it moves the distractors from body_pos into
+    mocap_pos) and mj_forward (camera and light poses), as `PandaSim.reset` does."""
     import mujoco
 
     model.geom_rgba[h.table, :3] = a.table_rgb
@@ -263,6 +363,20 @@ def apply(model, h: SceneHandles, a: Appearance) -> None:
     if a.table_texture != "flat":
         model.mat_rgba[h.materials[a.table_texture], :3] = a.table_rgb
     model.geom_rgba[h.floor, :3] = a.floor_rgb
+    _show(model, h.backdrop, max(a.backdrop_rgb) > 0)
+    model.geom_rgba[h.backdrop, :3] = a.backdrop_rgb
+    for k, (body, geoms) in enumerate(zip(h.distractor_bodies, h.distractor_geoms)):
+        item = a.distractors[k] if k < len(a.distractors) else None
+        for shape, g in geoms.items():
+            _show(model, g, item is not None and item.shape == shape, item is not None and item.collide)
+        # MuJoCo prunes body pairs by the OR of their geoms' contact bits, computed at compile time
+        model.body_contype[body] = model.body_conaffinity[body] = int(item is not None and item.collide)
+        if item is not None:
+            model.geom_rgba[geoms[item.shape], :3] = item.rgb
+            # Mocap bodies: mj_resetData copies body_pos / body_quat into data.mocap_pos / mocap_quat.
+            model.body_pos[body] = (*item.xy, 0.0)
+            yaw = math.radians(item.yaw)
+            model.body_quat[body] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
     model.light_dir[h.key_light] = a.light_dir
     model.light_diffuse[h.key_light] = a.light_rgb
     model.light_diffuse[h.fill_light] = a.fill_rgb

@@ -37,6 +37,16 @@ ARM_ACTUATORS = tuple(f"panda0_joint{i}" for i in range(1, 8))
 FINGER_ACTUATORS = ("r_gripper_finger_joint", "l_gripper_finger_joint")
 CAMERAS = ("camera", "wrist")
 TABLE_GEOM = "table"
+BACKDROP_GEOM = "backdrop"
+# Distractor slots (sim/appearance.py places, shows and colours them per episode): one geom per
+# shape, half-height first so each stands on the table. MuJoCo geom sizes.
+DISTRACTOR_SIZES = {"box": (0.025, 0.018, 0.03), "cylinder": (0.022, 0.035), "sphere": (0.025,),
+                    "capsule": (0.015, 0.03)}
+_DISTRACTOR_HALF_HEIGHT = {"box": 0.03, "cylinder": 0.035, "sphere": 0.025, "capsule": 0.045}
+
+
+def distractor_name(slot: int, shape: str | None = None) -> str:
+    return f"distractor{slot}" + (f"_{shape}" if shape else "")
 
 # Franka limits: joints 1-4 87 Nm, 5-7 12 Nm.
 ARM_TORQUE_LIMITS = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])
@@ -169,12 +179,34 @@ def _add_environment(spec: mujoco.MjSpec) -> None:
         name="key", pos=[0.6, -0.6, 2.0], dir=[-0.2, 0.3, -1.0], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
         castshadow=0, diffuse=[0.6, 0.6, 0.6],
     )
+    # A wall behind the robot; hidden (geom group 4, not rendered) in the nominal scene, shown and
+    # coloured per episode by sim/appearance.py. Visual only.
+    world.add_geom(
+        name=BACKDROP_GEOM, type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.01, 8.0, 3.0], pos=[-0.6, 0.0, 0.5],
+        rgba=[0.0, 0.0, 0.0, 1], contype=0, conaffinity=0, group=4,
+    )
+    _add_distractor_slots(spec)
     # Off in the nominal scene; sim/appearance.py turns it on and colours it per episode.
     world.add_light(
         name="fill", pos=[0.6, 0.6, 2.0], dir=[-0.2, -0.3, -1.0], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
         castshadow=0, diffuse=[0.0, 0.0, 0.0], active=0,
     )
     _add_table_materials(spec)
+
+
+def _add_distractor_slots(spec: mujoco.MjSpec) -> None:
+    """Mocap bodies (immovable: a solid one is an obstacle, never pushed) parked under the table,
+    every geom hidden and without contacts until sim/appearance.py shows one."""
+    from avdp_ros.sim.appearance import MAX_DISTRACTORS, SHAPES
+
+    types = {"box": mujoco.mjtGeom.mjGEOM_BOX, "cylinder": mujoco.mjtGeom.mjGEOM_CYLINDER,
+             "sphere": mujoco.mjtGeom.mjGEOM_SPHERE, "capsule": mujoco.mjtGeom.mjGEOM_CAPSULE}
+    for k in range(MAX_DISTRACTORS):
+        body = spec.worldbody.add_body(name=distractor_name(k), mocap=True, pos=[0.3, 0.0, -0.3])
+        for shape in SHAPES:
+            body.add_geom(name=distractor_name(k, shape), type=types[shape], size=[*DISTRACTOR_SIZES[shape], 0, 0][:3],
+                          pos=[0, 0, _DISTRACTOR_HALF_HEIGHT[shape]], rgba=[0.8, 0.8, 0.2, 1], contype=0,
+                          conaffinity=0, group=4, friction=[0.6, 0.005, 0.0001])
 
 
 def _add_table_materials(spec: mujoco.MjSpec) -> None:

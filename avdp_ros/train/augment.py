@@ -56,8 +56,9 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
 }
 
 
-def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """(B, 3, H, W) float images in [0, 1] -> the same shape, each image changed independently.
+def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, shared: bool = False) -> torch.Tensor:
+    """(B, 3, H, W) float images in [0, 1] -> the same shape, each image changed independently, or
+    with `shared` all by the same draw (the frames of one episode: one light, one bumped tripod).
 
     The draws come from `generator` (on the CPU), so a run seeded the same way augments the same.
     """
@@ -66,16 +67,20 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
     if not cfg.enabled:
         return images
     B, dev = images.shape[0], images.device
+    n = 1 if shared else B  # draws
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(n, *shape, generator=generator).expand(B, *shape)
 
     def u(r: float) -> torch.Tensor:  # (B, 1, 1, 1) factors in [1 - r, 1 + r]
-        return (1.0 + r * (2.0 * torch.rand(B, generator=generator) - 1.0)).view(B, 1, 1, 1).to(dev)
+        return (1.0 + r * (2.0 * rand() - 1.0)).view(B, 1, 1, 1).to(dev)
 
     x = images * u(cfg.brightness)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * u(cfg.contrast) + mean
     if cfg.saturation or cfg.hue:
         yiq = torch.einsum("ij,bjhw->bihw", _RGB2YIQ.to(dev), x)  # (B, 3, H, W)
-        angle = (cfg.hue * 2.0 * math.pi * (2.0 * torch.rand(B, generator=generator) - 1.0)).to(dev)
+        angle = (cfg.hue * 2.0 * math.pi * (2.0 * rand() - 1.0)).to(dev)
         scale = u(cfg.saturation).view(B)
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
         i, q = yiq[:, 1], yiq[:, 2]
@@ -87,6 +92,6 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
         s = cfg.shift
         H, W = x.shape[-2:]
         padded = F.pad(x, (s, s, s, s), mode="replicate")  # (B, 3, H + 2s, W + 2s)
-        dy, dx = (torch.randint(0, 2 * s + 1, (B,), generator=generator) for _ in range(2))
+        dy, dx = (torch.randint(0, 2 * s + 1, (n,), generator=generator).expand(B) for _ in range(2))
         x = torch.stack([padded[b, :, dy[b]:dy[b] + H, dx[b]:dx[b] + W] for b in range(B)])
     return x

@@ -20,7 +20,7 @@ import torch
 
 from avdp_ros.data.dataset import EpisodeDataset
 from avdp_ros.data.files import file_sha256
-from avdp_ros.data.latents import LatentDataset, build_vocabulary, cache_latents, list_episodes
+from avdp_ros.data.latents import LatentDataset, build_vocabulary, cache_latents, cache_views, list_episodes
 from avdp_ros.model.tokenizer import Tokenizer, resize_uint8
 from avdp_ros.train.engine import Dist
 from avdp_ros.train.sources import policy_config
@@ -114,15 +114,23 @@ def latent_setup(args: argparse.Namespace, info: Dist, tok: Tokenizer, cfg_from_
                   require_actions: bool, label_fraction: float = 1.0) -> LatentSetup:
     """Cache latents (rank 0), build the PolicyConfig and the train/val window datasets."""
     from avdp_ros.model.config import PolicyConfig
+    from avdp_ros.train.augment import AUGMENT_PRESETS
 
     roots, cameras = check_roots(args.data)
-    caches = []
+    aug = AUGMENT_PRESETS[getattr(args, "augment", "none")]
+
+    def cached(r: Path, progress: bool) -> tuple[Path, ...]:
+        c = cache_latents(r, tok, progress=progress)
+        return (r, c, cache_views(r, tok, c, aug, args.views, args.seed, progress=progress)) if aug.enabled else (r, c)
+
+    train_caches = []
     for r in roots:
         if info.is_main:
-            caches.append((r, cache_latents(r, tok, progress=not args.no_progress)))
+            train_caches.append(cached(r, not args.no_progress))
         info.barrier()
         if not info.is_main:
-            caches.append((r, cache_latents(r, tok, progress=False)))  # present now: no encoding
+            train_caches.append(cached(r, False))  # present now: no encoding
+    caches = [c[:2] for c in train_caches]
     cfg = PolicyConfig.from_dict(cfg_from_ckpt) if cfg_from_ckpt else policy_config(args, tok, cameras, roots)
     unknown = sorted(set(build_vocabulary(roots)) - set(cfg.instructions))
     if unknown:  # they would all read as <unk>: the model could not tell the new tasks apart
@@ -144,7 +152,7 @@ def latent_setup(args: argparse.Namespace, info: Dist, tok: Tokenizer, cfg_from_
         train_keys = label_subset(labelled, label_fraction, args.seed)
     kw = dict(context_frames=cfg.context_frames, future_frames=cfg.future_frames, horizon=cfg.horizon,
               vocab=cfg.instructions, cameras=cfg.cameras, require_actions=require_actions)
-    train = LatentDataset(caches, episodes=train_keys, **kw)
+    train = LatentDataset(train_caches, episodes=train_keys, **kw)  # augmented views (if any): training only
     if len(train) == 0:  # before any statistics are fitted on nothing
         raise ValueError(f"training set is empty: {len(train_keys)} training episodes"
                          f"{' with action labels' if require_actions else ''} in {[str(r) for r in roots]}; "
@@ -152,8 +160,9 @@ def latent_setup(args: argparse.Namespace, info: Dist, tok: Tokenizer, cfg_from_
     val = LatentDataset(caches, episodes=val_keys, **kw)
     if info.is_main:
         n_lab = sum(a is not None for a in train.actions)
+        views = f" ({train.views} views each)" if train.views > 1 else ""
         print(f"{len(train.refs)} train episodes ({n_lab} with actions), {len(val.refs)} val episodes; "
-              f"{len(train)} train windows", file=sys.stderr)
+              f"{len(train)} train windows{views}", file=sys.stderr)
     return LatentSetup(roots, tok, cfg, train, val, val_keys)
 
 
@@ -172,7 +181,7 @@ def future_images(s: LatentSetup, idx: Sequence[int], k: int) -> torch.Tensor:
     S = s.tokenizer.config.image_size
     out = []
     for i in idx:
-        e, t = s.val.index[i]
+        e, t, _ = s.val.index[i]
         ref = s.val.refs[e]
         ep = EpisodeDataset(ref.root, validate=False)[ref.name]
         frames = np.clip(np.arange(t + 1, t + k + 1), 0, ref.length - 1)
@@ -232,4 +241,4 @@ def early_window_indices(windows: LatentDataset, early_frames: int, weight: int)
     and the visible motion. Those start windows are a few percent of the data and the ones a closed-loop
     rollout cannot recover from, so they get more of the gradient.
     """
-    return [i for i, (_, t) in enumerate(windows.index) for _ in range(weight if t < early_frames else 1)]
+    return [i for i, (_, t, _) in enumerate(windows.index) for _ in range(weight if t < early_frames else 1)]

@@ -60,6 +60,7 @@ class ActionJob(LatentJob):
 
     def add_args(self, p: argparse.ArgumentParser) -> None:
         self.add_source_args(p)
+        self.add_augment_args(p)
         p.add_argument("--include-failed", action="store_true",
                        help="also train actions on demonstrations recorded as failed (default: left out)")
         p.add_argument("--label-fraction", type=float, default=1.0,
@@ -72,6 +73,7 @@ class ActionJob(LatentJob):
                        help="frames counted as the episode start (default %(default)s)")
 
     def check_args(self, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+        self.check_augment_args(args)
         if args.early_weight < 1 or args.early_frames < 0:
             raise SystemExit(f"--early-weight {args.early_weight} (expected >= 1) / --early-frames "
                              f"{args.early_frames} (expected >= 0)")

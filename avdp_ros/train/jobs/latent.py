@@ -9,6 +9,7 @@ import torch
 
 from avdp_ros.model.tokenizer import Tokenizer
 from avdp_ros.train import engine
+from avdp_ros.train.augment import AUGMENT_PRESETS
 from avdp_ros.train.data import LatentSetup, data_record
 from avdp_ros.train.jobs.base import Job
 from avdp_ros.train.sources import frozen_tokenizer, load_tokenizer
@@ -36,11 +37,26 @@ class LatentJob(Job):
                        help=f"start from this {self.kind} checkpoint's weights and config (a fine-tune with a new "
                             "schedule); with --tokenizer, on that tokenizer's latents (same latent shape)")
 
+    def add_augment_args(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--augment", choices=sorted(AUGMENT_PRESETS), default="none",
+                       help="train on --views augmented copies of every episode's latents as well as the clean ones "
+                            "(train/augment.py, encoded once into the latent cache; validation stays clean; "
+                            "default %(default)s)")
+        p.add_argument("--views", type=int, default=4, metavar="V",
+                       help="with --augment: latent views per frame, the clean one included (default %(default)s)")
+
+    def check_augment_args(self, args: argparse.Namespace) -> None:
+        if args.augment != "none" and args.views < 2:
+            raise SystemExit(f"--views {args.views}: expected >= 2 with --augment (view 0 is the clean frame)")
+
     def config(self) -> dict[str, Any]:
         return self.setup.cfg.to_dict()
 
     def extra(self) -> dict[str, Any]:
-        return {"data": data_record(self.setup.roots), "val_episodes": self.setup.val_keys}
+        a = self.args
+        aug = ({"preset": a.augment, "views": a.views, **AUGMENT_PRESETS[a.augment].to_dict()}
+               if a is not None and getattr(a, "augment", "none") != "none" else None)
+        return {"data": data_record(self.setup.roots), "val_episodes": self.setup.val_keys, "augment": aug}
 
     @property
     def tok(self) -> torch.nn.Module:

@@ -51,7 +51,8 @@ class TokenizerJob(Job):
                        help="region of interest of a camera, fractions of its frame, cut out before the resize "
                             "(e.g. camera=0.41,0.2,0.5,0.5); repeatable; stored in the tokenizer's config")
         p.add_argument("--init", metavar="CHECKPOINT",
-                       help="start from this tokenizer's weights (fine-tuning, e.g. for a new --crop)")
+                       help="start from this tokenizer's weights (fine-tuning, e.g. for a new --crop), or from the "
+                            "tokenizer inside a policy checkpoint (e.g. models/avdp_default)")
         p.add_argument("--augment", choices=sorted(AUGMENT_PRESETS), default="none",
                        help="random colour jitter and shift of the training images (train/augment.py); "
                             "validation and inference see the images unchanged (default %(default)s)")
@@ -75,8 +76,13 @@ class TokenizerJob(Job):
                 raise SystemExit("--resume continues the run as it was: --crop / --init do not apply")
         else:
             if args.init:
-                init_states, init_meta = load_checkpoint(args.init, expected_kind="tokenizer")
-                tcfg = TokenizerConfig.from_dict(init_meta["config"])
+                init_states, init_meta = load_checkpoint(args.init)
+                # a tokenizer checkpoint, or a policy's (every latent kind stores the tokenizer it reads)
+                tcfg_dict = init_meta["config"] if init_meta["kind"] == "tokenizer" else init_meta["config"].get(
+                    "tokenizer")
+                if tcfg_dict is None or "tokenizer" not in init_states:
+                    raise SystemExit(f"--init {args.init}: a {init_meta['kind']} checkpoint without a tokenizer")
+                tcfg = TokenizerConfig.from_dict(tcfg_dict)
             else:
                 tcfg = dataclasses.replace(TOKENIZER_PRESETS[args.preset])
             if args.kl_weight is not None:

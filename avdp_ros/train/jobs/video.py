@@ -29,9 +29,11 @@ class VideoJob(LatentJob):
 
     def add_args(self, p: argparse.ArgumentParser) -> None:
         self.add_tokenizer_and_init_args(p)
+        self.add_augment_args(p)
         p.add_argument("--rollout-steps", type=int, default=None, help="Euler steps per frame in validation")
 
     def check_args(self, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+        self.check_augment_args(args)
         if args.resume and args.init:
             raise SystemExit("--resume continues the run as it was: --init does not apply")
 

@@ -5,11 +5,17 @@ and noisy: a ratio measured in one run is what counts). Each episode resets to a
 appearance for the randomised distributions) and renders both cameras `--frames` times.
 
     python bench/appearance_render.py --episodes 20 --frames 30 [--size 128x128]
+    python bench/appearance_render.py --extras --episodes 40 --frames 20   # what each extra costs
+
+`--extras`: one sim, and per seed the `train` look rendered in full, without its backdrop, without
+its distractors and without either, interleaved with the nominal look (the same renderer and
+context for all, so only the scene content differs).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -17,7 +23,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from avdp_ros.sim.appearance import DISTRIBUTIONS  # noqa: E402
+from avdp_ros.sim.appearance import DISTRIBUTIONS, Appearance, draw  # noqa: E402
 from avdp_ros.sim.env import PandaSim, SimConfig  # noqa: E402
 
 
@@ -27,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=30, help="renders of both cameras per episode")
     ap.add_argument("--size", default="128x128", help="WIDTHxHEIGHT")
     ap.add_argument("--appearances", nargs="+", default=list(DISTRIBUTIONS))
+    ap.add_argument("--extras", action="store_true", help="the cost of the backdrop and the distractors")
     a = ap.parse_args(argv)
     w, h = (int(v) for v in a.size.lower().split("x"))
+    if a.extras:
+        return extras(a, w, h)
     sims = {name: PandaSim(SimConfig(image_width=w, image_height=h, appearance=name)) for name in a.appearances}
     rates: dict[str, list[float]] = {name: [] for name in sims}
     try:
@@ -51,6 +60,37 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in rates.items():
         ratio = f"{np.median(r) / base:.2f}" if base else "-"
         print(f"| {name} | {np.median(r):.0f} | {ratio} |")
+    return 0
+
+
+def extras(a: argparse.Namespace, w: int, h: int) -> int:
+    variants = {
+        "nominal": lambda x: Appearance(),
+        "train look": lambda x: x,
+        "without backdrop": lambda x: dataclasses.replace(x, backdrop_rgb=(0.0, 0.0, 0.0)),
+        "without distractors": lambda x: dataclasses.replace(x, distractors=()),
+        "without either": lambda x: dataclasses.replace(x, backdrop_rgb=(0.0, 0.0, 0.0), distractors=()),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    sim = PandaSim(SimConfig(image_width=w, image_height=h))
+    try:
+        sim.render("camera"), sim.render("wrist")
+        for ep in range(a.episodes):
+            look = draw("train", ep)
+            for name, f in variants.items():
+                sim.reset(ep, look=f(look))
+                t0 = time.perf_counter()
+                for _ in range(a.frames):
+                    sim.render("camera")
+                    sim.render("wrist")
+                rates[name].append(2 * a.frames / (time.perf_counter() - t0))
+    finally:
+        sim.close()
+    base = np.median(rates["nominal"])
+    print(f"| train seeds 0-{a.episodes - 1} | frames/s ({w}x{h}, both cameras) | vs nominal |")
+    print("| --- | --- | --- |")
+    for name, r in rates.items():
+        print(f"| {name} | {np.median(r):.0f} | {np.median(r) / base:.2f} |")
     return 0
 
 

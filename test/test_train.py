@@ -78,6 +78,19 @@ def test_tokenizer_run(runs):
     assert (runs["tok"] / tu.LOSS_PNG).stat().st_size > 0
 
 
+def test_tokenizer_fine_tunes_from_a_policy_checkpoint(runs, tmp_path):
+    """--init takes the tokenizer a policy checkpoint carries (how a shipped policy's tokenizer is
+    adapted to new scenes)."""
+    src = runs["baseline"] / tu.LATEST
+    out = tmp_path / "tok"
+    assert main_tokenizer(["--data", *map(str, runs["data"]), "--out", str(out), "--init", str(src), "--steps", "2",
+                           "--batch-size", "8", "--augment", "default", *COMMON]) == 0
+    policy_tok = Tokenizer.from_checkpoint(runs["tok"] / tu.LATEST)  # what the baseline was trained on
+    tuned = Tokenizer.from_checkpoint(out / tu.LATEST)
+    assert tuned.config.latent_shape == policy_tok.config.latent_shape
+    assert tuned.fingerprint() != policy_tok.fingerprint()  # it trained
+
+
 def test_video_run(runs):
     first, last = early_late(runs["video"])
     assert last < first

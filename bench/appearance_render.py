@@ -27,6 +27,15 @@ from avdp_ros.sim.appearance import DISTRIBUTIONS, Appearance, draw  # noqa: E40
 from avdp_ros.sim.env import PandaSim, SimConfig  # noqa: E402
 
 
+def render_rate(sim: PandaSim, frames: int) -> float:
+    """Frames per second rendering both cameras `frames` times."""
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        sim.render("camera")
+        sim.render("wrist")
+    return 2 * frames / (time.perf_counter() - t0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=20)
@@ -46,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         for ep in range(a.episodes):
             for name, sim in sims.items():
                 sim.reset(100_000 + ep)
-                t0 = time.perf_counter()
-                for _ in range(a.frames):
-                    sim.render("camera")
-                    sim.render("wrist")
-                rates[name].append(2 * a.frames / (time.perf_counter() - t0))
+                rates[name].append(render_rate(sim, a.frames))
     finally:
         for sim in sims.values():
             sim.close()
@@ -79,11 +84,7 @@ def extras(a: argparse.Namespace, w: int, h: int) -> int:
             look = draw("train", ep)
             for name, f in variants.items():
                 sim.reset(ep, look=f(look))
-                t0 = time.perf_counter()
-                for _ in range(a.frames):
-                    sim.render("camera")
-                    sim.render("wrist")
-                rates[name].append(2 * a.frames / (time.perf_counter() - t0))
+                rates[name].append(render_rate(sim, a.frames))
     finally:
         sim.close()
     base = np.median(rates["nominal"])

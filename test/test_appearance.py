@@ -173,3 +173,24 @@ def test_eval_cli_runs_a_heldout_suite(tmp_path):
     assert summary["appearance"] == "heldout_light" and summary["episodes"] == 1
     with pytest.raises(SystemExit):
         main(["--policy", "expert", "--appearance", "dusk", "--no-progress"])
+
+
+def test_nominal_scene_renders_both_cameras_as_the_default_was_trained():
+    """Seed 100000 of push, nominal: both cameras pixel for pixel as test/data's PNGs (rendered
+    before appearances existed). Guards what the scene adds for other looks: the backdrop wall once
+    raised the model's extent, hence the near clip plane, and cut the fingers out of the wrist view."""
+    from pathlib import Path
+
+    import imageio.v2 as imageio
+
+    from avdp_ros.sim.env import PandaSim, SimConfig
+
+    sim = PandaSim(SimConfig(task="push"))
+    try:
+        sim.reset(100000)
+        for cam in ("camera", "wrist"):
+            want = imageio.imread(Path(__file__).parent / "data" / f"golden_{cam}.png")[..., :3]
+            diff = np.abs(sim.render(cam).astype(int) - want)
+            assert diff.max() == 0, f"{cam}: {int((diff > 0).any(-1).sum())} pixels differ"
+    finally:
+        sim.close()

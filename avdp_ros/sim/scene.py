@@ -161,6 +161,12 @@ def load_panda_spec() -> mujoco.MjSpec:
     return spec
 
 
+# The extent and centre MuJoCo computed for the scene without the backdrop and distractor slots
+# (build_model pins them: they scale the cameras' clip planes).
+SCENE_EXTENT = 2.2899509219535163
+SCENE_CENTER = (0.35, 0.0, 0.09497546)
+
+
 def _add_environment(spec: mujoco.MjSpec) -> None:
     """Table (top at z = 0, robot base at the origin), floor, lights."""
     spec.visual.quality.shadowsize = 0  # no shadow maps: the main cost of rendering
@@ -273,4 +279,10 @@ def build_model(
     _add_environment(spec)
     _add_cameras(spec)
     add_objects(spec)
+    # Pin the model's spatial extent to the scene's own (robot, table, floor, objects), as compiled
+    # before the backdrop and the distractor slots existed. MuJoCo scales every camera's near clip
+    # plane by it (znear 0.01 x extent): the 16 m backdrop wall would raise it from 2.29 to 17 m and
+    # put the near plane 17 cm from the lens, cutting the fingers out of the wrist camera.
+    spec.stat.extent = SCENE_EXTENT
+    spec.stat.center = SCENE_CENTER
     return spec.compile()

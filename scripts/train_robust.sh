@@ -1,57 +1,56 @@
 #!/usr/bin/env bash
 # Appearance-robust fine-tune of a policy checkpoint (issue 16; BASE, default models/avdp_default):
-#   1. record expert episodes of both tasks through ROS in randomised training scenes
-#      (avdp-collect --appearance train): EPISODES clean ones (seeds 1000+) and PERTURBED_EPISODES
-#      with DART-style bumps (seeds 2000+), labelled with the expert's intended target
-#   2. a DAgger round in the same scenes (avdp-dagger --appearance train, DAGGER_EPISODES per task,
-#      seeds 20000+): BASE drives, the expert labels (BASE has never seen these scenes: this is
-#      where it goes wrong)
-#   3. fine-tune BASE's tokenizer on the new frames with colour jitter and shift (--augment default,
-#      STEPS_TOK), so the objects survive reconstruction on any table
-#   4. move BASE onto the new tokenizer's latents (--init BASE --tokenizer ...) on everything, with
+#   1. expert demonstrations of both tasks in process (avdp-dagger --policy expert: the expert drives
+#      itself, labels are its intended targets, the same episodes avdp-collect records through ROS
+#      at a fraction of the cost): EPISODES clean ones in randomised training scenes (seeds 1000+),
+#      PERTURBED_EPISODES with DART bumps (seeds 2000+, --perturb 0.04 0.2) in training scenes, and
+#      NOMINAL_EPISODES clean ones in the nominal scene (seeds 3000+), so the fine-tune keeps it
+#   2. fine-tune BASE's tokenizer on the new clean frames with colour jitter and shift
+#      (--augment default, STEPS_TOK), so the objects survive reconstruction on any table;
+#      STEPS_TOK=0 keeps BASE's tokenizer (BASE already fine-tuned this way, e.g. models/avdp_robust)
+#   3. move BASE onto the new tokenizer's latents (--init BASE --tokenizer ...) on everything, with
 #      VIEWS augmented latent views per frame (--augment default --views VIEWS), STEPS steps
-#   5. ROUNDS more DAgger rounds (seeds 20000 + 1000 r) by the latest policy, each followed by
-#      STEPS_DAGGER fine-tuning steps (--resume)
-#   6. evaluate on VAL_EPISODES validation seeds (13000+) per task: nominal and every held-out suite
+#   4. ROUNDS DAgger rounds in training scenes (DAGGER_EPISODES per task, seeds 20000 + 1000 r) by
+#      the latest policy, the expert labelling; each followed by STEPS_DAGGER fine-tuning steps
+#      (--resume) on everything so far
+#   5. evaluate on VAL_EPISODES validation seeds (13000+) per task: nominal and every held-out suite
+#      (scripts/eval_appearance.sh; VAL_EPISODES=0 skips it). The held-out test (seeds 100000+) is
+#      scripts/eval_appearance.sh POLICY OUT
 # Every stage skips what is already there and the trainers resume (--resume), so re-running the
-# script after an interruption continues where it stopped. THREADS: torch threads per process (2).
+# script after an interruption continues where it stopped. Two recordings / evaluations run at
+# once (one per core). THREADS: torch threads per training process (2).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 OUT="${OUT:-runs/robust}" BASE="${BASE:-models/avdp_default}" THREADS="${THREADS:-2}" VIEWS="${VIEWS:-4}"
-STEPS="${STEPS:-12000}" ROUNDS="${ROUNDS:-2}" DAGGER_EPISODES="${DAGGER_EPISODES:-60}"
+STEPS="${STEPS:-10000}" ROUNDS="${ROUNDS:-2}" DAGGER_EPISODES="${DAGGER_EPISODES:-80}"
 BIN="$VENV/bin"
 mkdir -p "$OUT"
+record() {  # record NAME TASK SEED EPISODES APPEARANCE [avdp-dagger options]: expert episodes, once
+  local d="$OUT/$1"
+  [ -f "$d/summary.json" ] || "$BIN/avdp-dagger" --policy expert --task "$2" --seed "$3" --episodes "$4" \
+    --appearance "$5" --out "$d" --time-limit 30 --no-progress --overwrite "${@:6}" > "$d.log" 2>&1
+}
+for task in push pick_place; do
+  record "expert_$task" "$task" 1000 "${EPISODES:-150}" train &
+  record "dart_$task" "$task" 2000 "${PERTURBED_EPISODES:-100}" train --perturb 0.04 0.2
+  wait
+  [ "${NOMINAL_EPISODES:-50}" -gt 0 ] && record "nominal_$task" "$task" 3000 "${NOMINAL_EPISODES:-50}" nominal
+done
 CLEAN=() ALL=()
 for task in push pick_place; do
-  if [ ! -f "$OUT/data_$task/dataset/manifest.json" ]; then
-    "$BIN/avdp-collect" --task "$task" --episodes "${EPISODES:-120}" --seed 1000 --appearance train \
-      --out "$OUT/data_$task" --no-video --time-limit 30 || true  # exit 1 = some episode failed
-  fi
-  if [ ! -f "$OUT/data_${task}_dart/dataset/manifest.json" ]; then
-    "$BIN/avdp-collect" --task "$task" --episodes "${PERTURBED_EPISODES:-100}" --seed 2000 --perturb 0.04 0.2 \
-      --appearance train --out "$OUT/data_${task}_dart" --no-video --time-limit 30 || true
-  fi
-  CLEAN+=("$OUT/data_$task/dataset")
-  ALL+=("$OUT/data_$task/dataset" "$OUT/data_${task}_dart/dataset")
+  CLEAN+=("$OUT/expert_$task/dataset")
+  ALL+=("$OUT/expert_$task/dataset" "$OUT/dart_$task/dataset")
+  if [ "${NOMINAL_EPISODES:-50}" -gt 0 ]; then CLEAN+=("$OUT/nominal_$task/dataset"); ALL+=("$OUT/nominal_$task/dataset"); fi
 done
-dagger() {  # dagger POLICY ROUND: one round in training scenes, both tasks
-  for task in push pick_place; do
-    d="$OUT/dagger$2_$task"
-    if [ ! -f "$d/summary.json" ]; then
-      "$BIN/avdp-dagger" --policy "$1" --task "$task" --episodes "$DAGGER_EPISODES" --seed $((20000 + 1000 * $2)) \
-        --appearance train --out "$d" --threads "$THREADS" --no-progress --overwrite
-    fi
-    ALL+=("$d/dataset")
-  done
-}
-dagger "$BASE" 0
 opts=(--preset base --threads "$THREADS" --no-progress)
 act=(--early-weight 8 --early-frames 4 --override action_temperature=0 --include-failed
      --augment default --views "$VIEWS")
-tok="$OUT/tokenizer"
-if [ ! -f "$tok/done" ]; then
+tok="$OUT/tokenizer" tokarg=(--tokenizer "$OUT/tokenizer/latest")
+if [ "${STEPS_TOK:-1000}" = 0 ]; then
+  tokarg=()  # keep BASE's tokenizer (continuing from a policy that was already fine-tuned for these scenes)
+elif [ ! -f "$tok/done" ]; then
   resume=(--init "$BASE"); [ -d "$tok/latest" ] && resume=(--resume)
   "$BIN/avdp-train-tokenizer" --data "${CLEAN[@]}" "${opts[@]}" --out "$tok" --steps "${STEPS_TOK:-1000}" \
     --augment default --frame-stride 2 "${resume[@]}"
@@ -63,20 +62,22 @@ train() {  # train STEPS: the policy on everything so far, to STEPS total steps
     "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${opts[@]}" --out "$policy" --resume --steps "$1" "${act[@]}"
   else
     "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${opts[@]}" --out "$policy" --init "$BASE" \
-      --tokenizer "$tok/latest" --steps "$1" "${act[@]}"
+      "${tokarg[@]}" --steps "$1" "${act[@]}"
   fi
 }
 train "$steps"
 for round in $(seq 1 "$ROUNDS"); do
-  dagger "$policy/latest" "$round"
-  steps=$(( steps + ${STEPS_DAGGER:-8000} ))
+  for task in push pick_place; do  # one process per task, one torch thread each
+    d="$OUT/dagger${round}_$task"
+    [ -f "$d/summary.json" ] || "$BIN/avdp-dagger" --policy "$policy/latest" --task "$task" \
+      --episodes "$DAGGER_EPISODES" --seed $((20000 + 1000 * round)) --appearance train --out "$d" \
+      --threads 1 --no-progress --overwrite > "$d.log" 2>&1 &
+    ALL+=("$d/dataset")
+  done
+  wait
+  steps=$(( steps + ${STEPS_DAGGER:-6000} ))
   train "$steps"
 done
-for suite in nominal heldout_table heldout_light heldout_camera; do
-  for task in push pick_place; do
-    e="$OUT/val_${suite}_$task"
-    [ -f "$e/summary.json" ] || "$BIN/avdp-eval" --policy "$policy/latest" --task "$task" --appearance "$suite" \
-      --episodes "${VAL_EPISODES:-50}" --seed 13000 --threads 1 --out "$e" --no-progress
-  done
-done
-"$BIN/avdp-eval" --report "$OUT"
+if [ "${VAL_EPISODES:-50}" -gt 0 ]; then
+  scripts/eval_appearance.sh "$policy/latest" "$OUT/val" "${VAL_EPISODES:-50}" 13000
+fi

@@ -133,9 +133,10 @@ def test_report_tables_eval_summaries_only(tmp_path):
     (tmp_path / "eval_idm_push").mkdir()
     (tmp_path / "eval_idm_push" / "summary.json").write_text(json.dumps(
         {"task": "push", "episodes": 50, "success_rate": 0.92, "mean_duration_s": 5.31,
-         "infer_ms_p50": 101.2, "infer_ms_p99": 180.7}))
+         "infer_ms_p50": 101.2, "infer_ms_p99": 180.7, "appearance": "heldout_light"}))
     (tmp_path / "data_push").mkdir()  # avdp-collect writes a summary.json of another shape
     (tmp_path / "data_push" / "summary.json").write_text(json.dumps({"episodes": 3, "successes": 3}))
     lines = report(tmp_path).splitlines()
     assert len(lines) == 3
-    assert lines[2] == "| eval_idm_push | push | 92% | 50 | 5.3 | 101 / 181 |"
+    # the binomial standard error in points: sqrt(0.92 * 0.08 / 50) = 3.8
+    assert lines[2] == "| eval_idm_push | push | heldout_light | 92% (3.8) | 50 | 5.3 | 101 / 181 |"

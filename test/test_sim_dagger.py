@@ -167,3 +167,48 @@ def test_dagger_cli_writes_a_dataset_training_reads(tmp_path: Path):
     np.testing.assert_allclose(lds[e0]["actions"].numpy(), want, atol=1e-6)
     assert not np.allclose(want, pose_to_state10(ep["action"][5:9, :7], ep["action"][5:9, 7]), atol=1e-3)
     torch.set_num_threads(before)
+
+
+def test_expert_recording_in_process_matches_the_experts_own_run_and_dart_bumps_only_the_execution(tmp_path: Path):
+    """`avdp-dagger --policy expert`: the expert drives itself (no resync, no leash), so its episode
+    is the one `sim.expert.run_episode` drives; with --perturb the executed path moves off the
+    labels' path while every label stays the expert's intended target."""
+    from avdp_ros.sim.env import PandaSim, SimConfig
+    from avdp_ros.tools.dagger import main
+
+    runs = {}
+    for name, extra in (("clean", []), ("dart", ["--perturb", "0.04", "0.2"])):
+        out = tmp_path / name
+        assert main(["--policy", "expert", "--task", "push", "--episodes", "1", "--seed", "7", "--appearance", "train",
+                     "--time-limit", "20", "--videos", "0", "--out", str(out), "--no-progress", *extra]) == 0
+        ds = EpisodeDataset(out / "dataset", verify_hashes=True)
+        entry, ep = ds.episodes[0], ds[0]
+        assert entry["success"] and entry["length"] == len(ep["action"]) > 10 and ep.get("action_chunk") is None
+        meta = ep["meta"]["metadata"]
+        assert meta["driver"] == ("expert" if name == "clean" else "expert (DART)") and meta["label_lead_m"] == 0.0
+        assert meta["appearance"]["name"] == "train"
+        runs[name] = ep
+    # the clean episode is the expert's own drive of that seed (as sim.expert.run_episode drives it),
+    # sampled every observation period: nothing re-synced or leashed it
+    sim = PandaSim(SimConfig(task="push", appearance="train"))
+    try:
+        sim.reset(7)
+        expert, poses = make_expert("push"), []
+        steps = int(round(1.0 / (50.0 * sim.physics_dt)))
+        for tick in range(5 * len(runs["clean"]["ee_pose"])):
+            if tick % 5 == 0:
+                poses.append(sim.ee_pose())
+            pose, width = expert.act(sim.time, sim.ee_pose(), sim.gripper_width(), sim.object_poses())
+            sim.set_target(pose)
+            sim.set_gripper(width)
+            sim.step(steps)
+    finally:
+        sim.close()
+    np.testing.assert_allclose(np.array(poses), runs["clean"]["ee_pose"], atol=1e-5)
+    # DART: the first labels agree (start from home) and the executed path then departs from the clean one
+    clean, dart = runs["clean"], runs["dart"]
+    n = min(len(clean["ee_pose"]), len(dart["ee_pose"]))
+    gap = np.linalg.norm(clean["ee_pose"][:n, :3] - dart["ee_pose"][:n, :3], axis=1)
+    assert gap.max() > 0.01
+    with pytest.raises(SystemExit):  # --perturb without the expert driving is refused
+        main(["--policy", "some/ckpt", "--perturb", "0.04", "0.2", "--out", str(tmp_path / "x")])

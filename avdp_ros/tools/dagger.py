@@ -6,7 +6,14 @@ and the episodes become a dataset the training CLIs read like a converted one:
     avdp-train-baseline --data DATA... runs/dagger_push/dataset --include-failed --resume ...
 
 OUT/dataset holds the episodes, OUT/summary.json the policy's success on them (and the label-to-TCP
-lead), OUT/rollouts.mp4 the first episodes. For a real robot or the full ROS graph use
+lead), OUT/rollouts.mp4 the first episodes.
+
+`--policy expert` records demonstrations the same way: the expert drives itself, `--perturb` adds
+DART bumps to what it executes while the labels stay its intended targets (the episodes
+`avdp-collect --perturb` records through ROS, many times faster):
+
+    avdp-dagger --policy expert --task push --episodes 100 --seed 2000 --perturb 0.04 0.2 --out runs/dart_push
+ For a real robot or the full ROS graph use
 `avdp-collect --policy` instead (same labelling, through the expert node's `command: false` mode).
 """
 
@@ -26,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="avdp-dagger", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", required=True, help="policy checkpoint directory (or bundle, with --backend)")
+    ap.add_argument("--policy", required=True,
+                    help="policy checkpoint directory (or bundle, with --backend), or 'expert' (it drives itself)")
     ap.add_argument("--task", default="push")
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--seed", type=int, default=6000,
@@ -42,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--execute-steps", "--exec-steps", type=int, default=EvalConfig.execute_steps,
                     help="actions executed per chunk (the policy node's execute_steps)")
     ap.add_argument("--time-limit", type=float, default=15.0)
+    ap.add_argument("--perturb", type=float, nargs=2, default=None, metavar=("POS_M", "YAW_RAD"),
+                    help="with --policy expert: DART-style bumps of the expert's executed target (e.g. 0.04 0.2)")
+    ap.add_argument("--obs-hz", type=float, default=10.0,
+                    help="with --policy expert: observation rate of the dataset (a policy's own otherwise)")
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
     ap.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT/dataset")
     add_seeds_arg(ap)
@@ -55,25 +67,36 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--episodes {a.episodes}: expected >= 1")
 
     from avdp_ros.sim.dagger import collect
+    from avdp_ros.sim.expert import PerturbConfig
 
     if a.label_horizon is not None and a.label_horizon < 0:
         ap.error(f"--label-horizon {a.label_horizon}: expected >= 0")
-    policy = load_cli_policy(a, seed=a.seed)
-    horizon = a.label_horizon if a.label_horizon is not None else int(getattr(policy.cfg, "horizon", 8))
-    cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds,
-                     execute_steps=a.execute_steps, time_limit=a.time_limit, videos=a.videos,
-                     obs_hz=policy.obs_hz, appearance=a.appearance)
+    expert = a.policy == "expert"
+    if a.perturb and not expert:
+        ap.error("--perturb bumps the expert's executed target; it needs --policy expert")
     try:
+        perturb = PerturbConfig(*a.perturb) if a.perturb else None
+    except ValueError as err:
+        ap.error(f"--perturb: {err}")
+    policy = None if expert else load_cli_policy(a, seed=a.seed)
+    horizon = 0 if expert else (a.label_horizon if a.label_horizon is not None
+                                else int(getattr(policy.cfg, "horizon", 8)))
+    try:
+        cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds,
+                         execute_steps=a.execute_steps, time_limit=a.time_limit, videos=a.videos,
+                         obs_hz=a.obs_hz if expert else policy.obs_hz, appearance=a.appearance)
         result = collect(policy, cfg, a.out / "dataset", label_lead=a.label_lead, horizon=horizon,
-                         overwrite=a.overwrite, progress=not a.no_progress)
-    except FileExistsError as err:
+                         overwrite=a.overwrite, progress=not a.no_progress, perturb=perturb)
+    except (FileExistsError, ValueError) as err:
         ap.error(str(err))
-    result["action_temperature"] = policy.action_temperature
+    if not expert:
+        result["action_temperature"] = policy.action_temperature
+    result["appearance"] = a.appearance
     frames = result.pop("frames")
-    print(f"{a.policy} drove {result['episodes']} {a.task} episodes: "
-          f"success {result['success_rate'] * 100:.0f}%; "
-          f"labels lead the TCP by {result['label_to_tcp_mm_p50']:.0f} mm (p50), "
-          f"{result['label_to_tcp_mm_p90']:.0f} mm (p90); dataset: {a.out / 'dataset'}")
+    lead = ("" if expert else f"; labels lead the TCP by {result['label_to_tcp_mm_p50']:.0f} mm (p50), "
+            f"{result['label_to_tcp_mm_p90']:.0f} mm (p90)")
+    print(f"{a.policy} drove {result['episodes']} {a.task} episodes ({a.appearance} scenes): "
+          f"success {result['success_rate'] * 100:.0f}%{lead}; dataset: {a.out / 'dataset'}")
     print(describe_failures(result))
     write_result(a.out, result, frames)
     return 0

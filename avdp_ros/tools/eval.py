@@ -42,8 +42,8 @@ def _expert(cfg, progress: bool) -> dict:
 def report(root: Path) -> str:
     """A Markdown table of every `summary.json` below `root` (one row per evaluation folder), then
     one of the real-time figures of those run through ROS (avdp-eval-ros), if any."""
-    rows = ["| run | task | success | episodes | mean length (s) | infer p50 / p99 (ms) |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| run | task | scenes | success (s.e.) | episodes | mean length (s) | infer p50 / p99 (ms) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     ros = ["| run (through ROS) | fault | obs->chunk p50 / p95 / p99 (ms) | "
            "command period p50 / p99 / max (ms) | chunk age p50 / p99 (ms) | within limits |",
            "| --- | --- | --- | --- | --- | --- |"]
@@ -53,8 +53,10 @@ def report(root: Path) -> str:
             if not isinstance(s, dict) or "success_rate" not in s:
                 continue  # another tool's summary (e.g. avdp-collect's)
             lat = (f"{s['infer_ms_p50']:.0f} / {s['infer_ms_p99']:.0f}" if "infer_ms_p50" in s else "-")
-            rows.append(f"| {path.parent.relative_to(root)} | {s['task']} | {s['success_rate'] * 100:.0f}% | "
-                        f"{s['episodes']} | {s['mean_duration_s']:.1f} | {lat} |")
+            p, n = s["success_rate"], s["episodes"]
+            se = 100 * (p * (1 - p) / n) ** 0.5 if n else float("nan")  # binomial standard error
+            rows.append(f"| {path.parent.relative_to(root)} | {s['task']} | {s.get('appearance', '-')} | "
+                        f"{p * 100:.0f}% ({se:.1f}) | {n} | {s['mean_duration_s']:.1f} | {lat} |")
             if s.get("via") == "ros":
                 ros.append(f"| {path.parent.relative_to(root)} | {s['fault']['kind']} | "
                            f"{s['obs_to_chunk_ms_p50']:.0f} / {s['obs_to_chunk_ms_p95']:.0f} / "

@@ -77,7 +77,7 @@ class ExpertLabeller:
         self.instruction = obs["instruction"]
 
     def on_stream(self, sim) -> tuple[np.ndarray, float]:
-        """One expert tick; returns its (target (7,), gripper width): what `record_expert` executes."""
+        """One expert tick; returns its (target (7,), gripper width): what `run_expert_episode` executes."""
         ee, width, objects = sim.ee_pose(), sim.gripper_width(), sim.object_poses()
         if self.follow:
             self.expert.resync(sim.time, ee, width, objects)  # the phase the policy's state is in

@@ -13,8 +13,9 @@ DART bumps to what it executes while the labels stay its intended targets (the e
 `avdp-collect --perturb` records through ROS, many times faster):
 
     avdp-dagger --policy expert --task push --episodes 100 --seed 2000 --perturb 0.04 0.2 --out runs/dart_push
- For a real robot or the full ROS graph use
-`avdp-collect --policy` instead (same labelling, through the expert node's `command: false` mode).
+
+For a real robot or the full ROS graph use `avdp-collect --policy` instead (same labelling, through
+the expert node's `command: false` mode).
 """
 
 from __future__ import annotations

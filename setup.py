@@ -28,6 +28,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/config/controllers", glob("config/controllers/*.yaml")),
         *tree("models", f"share/{PACKAGE}/models"),
     ],
     # ROS packages (rclpy, *_msgs) come from the ROS install or the PyPI wheels in
@@ -47,6 +48,7 @@ setup(
             "teleop = avdp_ros.nodes.teleop_node:main",
             "recorder = avdp_ros.nodes.recorder_node:main",
             "policy = avdp_ros.nodes.policy_node:main",
+            "realsense_camera = avdp_ros.nodes.realsense_camera_node:main",
             # tools
             "avdp-run = avdp_ros.nodes.runner:main",
             "avdp-collect = avdp_ros.tools.collect:main",

@@ -10,8 +10,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${AVDP_VENV:-$ROOT/.venv}"
 
-# --- apt: EGL/OSMesa for offscreen rendering ------------------------------------------------
-APT_PKGS=(libegl1 libegl-mesa0 libgl1 libglx-mesa0 libosmesa6)
+# --- apt: EGL/OSMesa for offscreen rendering, libusb for pyrealsense2 ---------------------------
+APT_PKGS=(libegl1 libegl-mesa0 libgl1 libglx-mesa0 libosmesa6 libusb-1.0-0)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,7 +20,7 @@ if ((${#missing[@]})); then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null; then SUDO="sudo"; else
-      echo "bootstrap: need apt packages ${missing[*]} (offscreen rendering) but am not root and have no sudo" >&2
+      echo "bootstrap: need apt packages ${missing[*]} (offscreen rendering, RealSense USB) but am not root and have no sudo" >&2
       exit 1
     fi
   fi
@@ -45,7 +45,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 # --- pip ---------------------------------------------------------------------------------
-files=("$ROOT/requirements.txt" "$ROOT/setup.py")
+files=("$ROOT/requirements.txt" "$ROOT/requirements-runtime.txt" "$ROOT/setup.py")
 [ "${AVDP_DEV:-0}" = "1" ] && files+=("$ROOT/requirements-dev.txt")
 stamp="$(cat "${files[@]}" | sha256sum | cut -c1-16)"
 if [ "$(cat "$VENV/.avdp-stamp" 2>/dev/null)" != "$stamp" ]; then

@@ -41,15 +41,17 @@ def pose_from_msg(pose: Pose) -> np.ndarray:
     return np.array([p.x, p.y, p.z, o.x, o.y, o.z, o.w], dtype=np.float64)
 
 
-def image_to_msg(rgb: np.ndarray, frame_id: str, t: float) -> Image:
-    """(H, W, 3) uint8 RGB array -> sensor_msgs/Image rgb8."""
+def image_to_msg(rgb: np.ndarray, frame_id: str, t: float, encoding: str = "rgb8") -> Image:
+    """(H, W, 3) uint8 array -> sensor_msgs/Image in `encoding` (rgb8, or bgr8 for BGR pixels)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"image array {rgb.dtype} {rgb.shape}: expected uint8 (H, W, 3) rgb")
+    if encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"image encoding {encoding!r}: expected rgb8 or bgr8")
     msg = Image()
     msg.header.frame_id = frame_id
     msg.header.stamp = stamp_from_sec(t)
     msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
-    msg.encoding = "rgb8"
+    msg.encoding = encoding
     msg.is_bigendian = 0
     msg.step = msg.width * 3
     msg.data = np.ascontiguousarray(rgb).tobytes()
@@ -57,14 +59,15 @@ def image_to_msg(rgb: np.ndarray, frame_id: str, t: float) -> Image:
 
 
 def camera_info_msg(width: int, height: int, fx: float, fy: float, cx: float, cy: float,
-                    frame_id: str, t: float) -> CameraInfo:
-    """Pinhole CameraInfo for an undistorted (simulated) camera, realsense-ros style."""
+                    frame_id: str, t: float, distortion_model: str = "plumb_bob",
+                    d: list[float] | None = None) -> CameraInfo:
+    """Pinhole CameraInfo, realsense-ros style; `d` None = undistorted (the simulated cameras)."""
     msg = CameraInfo()
     msg.header.frame_id = frame_id
     msg.header.stamp = stamp_from_sec(t)
     msg.width, msg.height = int(width), int(height)
-    msg.distortion_model = "plumb_bob"
-    msg.d = [0.0] * 5
+    msg.distortion_model = distortion_model
+    msg.d = [float(v) for v in d] if d is not None else [0.0] * 5
     msg.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     msg.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]

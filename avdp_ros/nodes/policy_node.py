@@ -178,7 +178,7 @@ class PolicyNode(LifecycleNode):
             self._subs.append(sub(Image, topic, lambda m, n=name: self._on_image(n, m), sensor))
             self._subs.append(sub(CameraInfo, info_topic(topic), lambda m, n=name: self._on_info(n, m),
                                   sensor))
-        self._subs += [sub(PoseStamped, topics.CURRENT_POSE, self._on_pose, state),
+        self._subs += [sub(PoseStamped, topics.CURRENT_POSE, self._on_pose, topics.FEEDBACK_QOS),
                        sub(JointState, topics.GRIPPER_STATE, self._on_gripper, state),
                        sub(String, topics.EPISODE_INFO, self._on_episode_info, topics.LATCHED_QOS)]
         # All of these run on the one executor thread (nodes/spin.py); only inference has its own.

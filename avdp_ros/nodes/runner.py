@@ -4,7 +4,10 @@ installs without `ros2 launch` (pip-only ROS 2 wheels).
     avdp-run record --robot sim --operator expert [--config config/record.yaml]
                     [--set avdp_sim_bridge.task=pick_place ...] [--use-sim-time] [--processes]
     avdp-run policy --robot sim [--model DIR] [--backend torch] [--config config/policy.yaml]
-                    [--set avdp_policy.execute_steps=4 ...] [--use-sim-time] [--processes]
+                    [--controller NAME] [--set avdp_policy.execute_steps=4 ...] [--use-sim-time] [--processes]
+
+`--controller NAME` applies config/controllers/NAME.yaml (avdp_ros.controllers): the robot topics
+remapped to that controller's for every node of the job, and its base_frame.
 
 By default all nodes share one process and one multi-threaded executor (cheapest on small
 machines); `--processes` starts one process per node exactly like `ros2 launch` does, which
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from avdp_ros.controllers import load_controller
 from avdp_ros.stack import NODES, policy_roles, record_roles
 
 
@@ -89,11 +93,12 @@ class Stack:
         roles: keys of `avdp_ros.stack.NODES`.
         config: parameter YAML (ROS `ros__parameters` format).
         overrides: {node name: {param: value}} applied after the YAML.
+        remaps: {topic: new topic} for every node (a controller config's).
         context: rclpy context (tests pass their own); None = the default one, initialised here.
     """
 
     def __init__(self, roles: list[str], config: Path, overrides: dict | None = None,
-                 use_sim_time: bool = False, context=None, threads: int = 1):
+                 use_sim_time: bool = False, context=None, threads: int = 1, remaps: dict | None = None):
         use_dds_profile()
         import rclpy
         from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
@@ -118,7 +123,7 @@ class Stack:
                 spec = NODES[role]
                 module, cls = spec.cls.split(":")
                 node_cls = getattr(importlib.import_module(module), cls)
-                args = ros_args(config, overrides.get(spec.name), use_sim_time)
+                args = ros_args(config, overrides.get(spec.name), use_sim_time, remaps)
                 node = node_cls(cli_args=args, context=context)
                 self.nodes[role] = node
                 self.executor.add_node(node)
@@ -147,14 +152,14 @@ class ProcessStack:
     """The same nodes, one process each, like `ros2 launch` (no shared GIL between nodes)."""
 
     def __init__(self, roles: list[str], config: Path, overrides: dict | None = None,
-                 use_sim_time: bool = False):
+                 use_sim_time: bool = False, remaps: dict | None = None):
         overrides = overrides or {}
         use_dds_profile()
         self.procs: dict[str, subprocess.Popen] = {}
         for role in roles:
             spec = NODES[role]
             module = spec.cls.split(":")[0]
-            cmd = [sys.executable, "-m", module, *ros_args(config, overrides.get(spec.name), use_sim_time)]
+            cmd = [sys.executable, "-m", module, *ros_args(config, overrides.get(spec.name), use_sim_time, remaps)]
             self.procs[role] = subprocess.Popen(cmd)
 
     def alive(self) -> bool:
@@ -175,12 +180,13 @@ class ProcessStack:
         return max((abs(c) for c in codes), default=0)
 
 
-def run_processes(roles: list[str], config: Path, overrides: dict, use_sim_time: bool) -> int:
+def run_processes(roles: list[str], config: Path, overrides: dict, use_sim_time: bool,
+                  remaps: dict | None = None) -> int:
     """Run a ProcessStack until Ctrl-C/SIGTERM (or a node dies); forward both as SIGINT."""
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stack = ProcessStack(roles, config, overrides, use_sim_time)
+    stack = ProcessStack(roles, config, overrides, use_sim_time, remaps)
     while not stop.is_set() and stack.alive():
         stop.wait(0.2)
     return stack.shutdown()
@@ -195,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="policy: checkpoint directory (= --set avdp_policy.model=DIR)")
     ap.add_argument("--backend", default=None, help="policy: inference backend (= --set avdp_policy.backend=...)")
     ap.add_argument("--config", type=Path, default=None, help="parameter YAML (default config/<job>.yaml)")
+    ap.add_argument("--controller", default=None, metavar="NAME",
+                    help="policy: controller config config/controllers/NAME.yaml (its topics and base_frame)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                     help="override a parameter, e.g. avdp_sim_bridge.task=pick_place")
     ap.add_argument("--use-sim-time", action="store_true", help="stamp with sim time published on /clock")
@@ -202,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.job == "record":
-            if a.model is not None or a.backend is not None:
-                raise ValueError("--model / --backend belong to the policy job")
+            if a.model is not None or a.backend is not None or a.controller is not None:
+                raise ValueError("--model / --backend / --controller belong to the policy job")
             roles = record_roles(a.robot, a.operator or "expert")
         else:
             if a.operator is not None:
@@ -212,18 +220,25 @@ def main(argv: list[str] | None = None) -> int:
         config = a.config or default_config(a.job)
         if not config.exists():
             raise FileNotFoundError(f"config file {config} does not exist")
-        overrides = parse_sets(a.set)
+        # later wins: the YAML, then the controller's base_frame, then --set / --model / --backend
+        controller = load_controller(a.controller, config_file("controllers")) if a.controller else None
+        overrides = controller.overrides(NODES[r].name for r in roles) if controller else {}
+        for node, params in parse_sets(a.set).items():
+            overrides.setdefault(node, {}).update(params)
         for param, value in (("model", a.model), ("backend", a.backend)):
             if value is not None:
                 overrides.setdefault(NODES["policy"].name, {})[param] = value
     except (ValueError, FileNotFoundError) as exc:
         ap.error(str(exc))
+    remaps = controller.remappings if controller else {}
+    if controller and controller.warning:
+        print(f"avdp-run: WARNING, controller {controller.name}: {controller.warning}", file=sys.stderr, flush=True)
     os.environ.setdefault("MUJOCO_GL", "egl")
     if a.processes:
-        return run_processes(roles, config, overrides, a.use_sim_time)
+        return run_processes(roles, config, overrides, a.use_sim_time, remaps)
 
     try:
-        stack = Stack(roles, config, overrides, use_sim_time=a.use_sim_time)
+        stack = Stack(roles, config, overrides, use_sim_time=a.use_sim_time, remaps=remaps)
     except ValueError as exc:  # a node refused its parameters (or its model): say why, no traceback
         print(f"avdp-run: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 import rclpy
@@ -16,6 +17,8 @@ def run_node(node_cls, args=None, threads: int = 1) -> None:
     rclpy's own signal handler would shut the context down first, so the node's `close()`
     could no longer log or publish; instead both signals only set a flag, and the node is
     closed (threads joined, files closed) while the context is still alive.
+    A ValueError while constructing the node is a configuration error it has explained: printed
+    without a traceback, exit status 1.
     One executor thread by default: rclpy's multi-threaded executor costs far more CPU and GIL
     time than it saves for nodes whose callbacks are all short (ours; slow work has its own
     thread inside the node). With one thread, callback groups change nothing: every callback
@@ -28,7 +31,11 @@ def run_node(node_cls, args=None, threads: int = 1) -> None:
     node = None
     executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
     try:
-        node = node_cls()
+        try:
+            node = node_cls()
+        except ValueError as exc:  # a configuration error the node explained: the message, no traceback
+            print(f"[ERROR] {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)

@@ -19,10 +19,13 @@ NODES = {
     "teleop": NodeSpec("teleop", "avdp_teleop", "avdp_ros.nodes.teleop_node:TeleopNode"),
     "recorder": NodeSpec("recorder", "avdp_recorder", "avdp_ros.nodes.recorder_node:RecorderNode"),
     "policy": NodeSpec("policy", "avdp_policy", "avdp_ros.nodes.policy_node:PolicyNode"),
+    "realsense": NodeSpec("realsense_camera", "avdp_realsense_camera",
+                          "avdp_ros.nodes.realsense_camera_node:RealSenseCameraNode"),
 }
 
 ROBOTS = ("sim", "real")
 OPERATORS = ("expert", "teleop", "none")
+CAMERAS = ("none", "realsense")  # "none": the sim's cameras, or drivers you start yourself
 
 
 def record_roles(robot: str = "sim", operator: str = "expert") -> list[str]:
@@ -47,14 +50,20 @@ def record_roles(robot: str = "sim", operator: str = "expert") -> list[str]:
     return roles
 
 
-def policy_roles(robot: str = "sim") -> list[str]:
+def policy_roles(robot: str = "sim", cameras: str = "none") -> list[str]:
     """Nodes of the policy job (the learned policy commands the robot).
 
     Args:
-        robot: "sim" starts the MuJoCo bridge on the robot's topics; "real" expects the real
-            camera drivers and controller to be running already (and no other node publishing
-            targets: the policy node must be the only commander).
+        robot: "sim" starts the MuJoCo bridge on the robot's topics; "real" expects the
+            controller to be running already (and no other node publishing targets: the policy
+            node must be the only commander).
+        cameras: "realsense" also starts the realsense_camera node (real robot only; its
+            serial numbers in the YAML); "none" expects the sim's or your own camera drivers.
     """
     if robot not in ROBOTS:
         raise ValueError(f"robot '{robot}': expected one of {ROBOTS}")
-    return (["sim_bridge"] if robot == "sim" else []) + ["policy"]
+    if cameras not in CAMERAS:
+        raise ValueError(f"cameras '{cameras}': expected one of {CAMERAS}")
+    if cameras != "none" and robot == "sim":
+        raise ValueError(f"cameras '{cameras}' needs robot 'real': the sim bridge renders its own cameras")
+    return (["sim_bridge"] if robot == "sim" else []) + (["realsense"] if cameras == "realsense" else []) + ["policy"]

@@ -3,6 +3,7 @@
     ros2 launch avdp_ros policy.launch.py robot:=sim model:=/path/to/run/latest
     ros2 launch avdp_ros policy.launch.py robot:=real backend:=torch config:=/path/policy.yaml
     ros2 launch avdp_ros policy.launch.py robot:=real model:=DIR controller:=crisp_cartesian_impedance
+    ros2 launch avdp_ros policy.launch.py robot:=real cameras:=realsense config:=my_policy.yaml
 
 The node set comes from avdp_ros.stack.policy_roles, the same table `avdp-run policy` uses, and
 the parameters from the same YAML, so launch and the in-process runner start the same graph.
@@ -31,7 +32,7 @@ def _nodes(context):
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() == "true"
     policy_overrides = {name: value for name in ("model", "backend")
                         if (value := LaunchConfiguration(name).perform(context))}
-    roles = policy_roles(robot)
+    roles = policy_roles(robot, LaunchConfiguration("cameras").perform(context))
     controller_name = LaunchConfiguration("controller").perform(context)
     controller = None
     if controller_name:  # an unknown name stops the launch with the list of known ones
@@ -70,6 +71,8 @@ def generate_launch_description():
                               description="checkpoint directory ('' = the YAML's, default models/avdp_default)"),
         DeclareLaunchArgument("backend", default_value="", description="inference backend ('' = the YAML's: torch)"),
         DeclareLaunchArgument("config", default_value=default_config, description="parameter YAML"),
+        DeclareLaunchArgument("cameras", default_value="none",
+                              description="none, or realsense: start realsense_camera (robot:=real)"),
         DeclareLaunchArgument("controller", default_value="",
                               description="controller config config/controllers/NAME.yaml ('' = default topics)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="stamp with /clock"),

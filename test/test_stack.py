@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from avdp_ros.nodes.runner import default_config, parse_sets, ros_args
 from avdp_ros.nodes.runner import main as runner_main
-from avdp_ros.nodes.runner import parse_sets, ros_args
 from avdp_ros.stack import NODES, policy_roles, record_roles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +29,16 @@ def test_policy_roles():
     assert policy_roles("real") == ["policy"]
     with pytest.raises(ValueError, match="expected one of"):
         policy_roles("gazebo")
+    assert policy_roles("real", "realsense") == ["realsense", "policy"]
+    with pytest.raises(ValueError, match="cameras 'realsense' needs robot 'real'"):
+        policy_roles("sim", "realsense")
+    with pytest.raises(ValueError, match="cameras 'usb': expected one of"):
+        policy_roles("real", "usb")
 
 
 @pytest.mark.parametrize("argv", [["policy", "--operator", "teleop"], ["record", "--model", "m"],
-                                  ["policy", "--robot", "gazebo"]])
+                                  ["policy", "--robot", "gazebo"], ["record", "--cameras", "realsense"],
+                                  ["policy", "--cameras", "realsense"]])
 def test_runner_refuses_arguments_of_the_other_job(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         runner_main(argv)
@@ -113,3 +119,21 @@ def test_rclpy_only_in_node_shells():
             if mods:
                 offenders.append(f"{rel}: {mods}")
     assert not offenders, offenders
+
+
+def test_runner_with_realsense_cameras_and_none_connected_says_so(capsys):
+    pytest.importorskip("pyrealsense2", reason="pyrealsense2 not installed")
+    import pyrealsense2 as rs
+
+    if len(rs.context().query_devices()):
+        pytest.skip("a RealSense is connected: this test is about a machine without one")
+    assert runner_main(["policy", "--robot", "real", "--cameras", "realsense"]) == 2
+    err = capsys.readouterr().err
+    assert "avdp-run: avdp_realsense_camera: RealSense (the only one connected): no RealSense connected" in err
+
+
+def test_config_documents_the_camera_parameters():
+    from avdp_ros.nodes.realsense_camera_node import PARAMETERS
+
+    params = yaml.safe_load(default_config("policy").read_text())["avdp_realsense_camera"]["ros__parameters"]
+    assert params == {name: default for name, (default, _) in PARAMETERS.items()}

@@ -4,7 +4,8 @@ installs without `ros2 launch` (pip-only ROS 2 wheels).
     avdp-run record --robot sim --operator expert [--config config/record.yaml]
                     [--set avdp_sim_bridge.task=pick_place ...] [--use-sim-time] [--processes]
     avdp-run policy --robot sim [--model DIR] [--backend torch] [--config config/policy.yaml]
-                    [--controller NAME] [--set avdp_policy.execute_steps=4 ...] [--use-sim-time] [--processes]
+                    [--cameras realsense] [--controller NAME] [--set avdp_policy.execute_steps=4 ...]
+                    [--use-sim-time] [--processes]
 
 `--controller NAME` applies config/controllers/NAME.yaml (avdp_ros.controllers): the robot topics
 remapped to that controller's for every node of the job, and its base_frame.
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="policy: checkpoint directory (= --set avdp_policy.model=DIR)")
     ap.add_argument("--backend", default=None, help="policy: inference backend (= --set avdp_policy.backend=...)")
     ap.add_argument("--config", type=Path, default=None, help="parameter YAML (default config/<job>.yaml)")
+    ap.add_argument("--cameras", default=None, help="policy: none (default) | realsense (starts realsense_camera, "
+                    "robot real)")
     ap.add_argument("--controller", default=None, metavar="NAME",
                     help="policy: controller config config/controllers/NAME.yaml (its topics and base_frame)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
@@ -210,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.job == "record":
-            if a.model is not None or a.backend is not None or a.controller is not None:
-                raise ValueError("--model / --backend / --controller belong to the policy job")
+            if any(v is not None for v in (a.model, a.backend, a.controller, a.cameras)):
+                raise ValueError("--model / --backend / --controller / --cameras belong to the policy job")
             roles = record_roles(a.robot, a.operator or "expert")
         else:
             if a.operator is not None:
                 raise ValueError("--operator belongs to the record job: the policy job's operator is the policy")
-            roles = policy_roles(a.robot)
+            roles = policy_roles(a.robot, a.cameras or "none")
         config = a.config or default_config(a.job)
         if not config.exists():
             raise FileNotFoundError(f"config file {config} does not exist")

@@ -48,7 +48,8 @@ class TeleopNode(Node):
 
         self.pub_target = self.create_publisher(PoseStamped, topics.TARGET_FRAME, topics.COMMAND_QOS)
         self.pub_gripper = self.create_publisher(Float64, topics.GRIPPER_COMMAND, topics.COMMAND_QOS)
-        self.create_subscription(PoseStamped, topics.CURRENT_POSE, self._on_pose, topics.STATE_QOS)
+        # best effort, as the policy reads it: matches reliable and best-effort controllers (topics.FEEDBACK_QOS)
+        self.create_subscription(PoseStamped, topics.CURRENT_POSE, self._on_pose, topics.FEEDBACK_QOS)
         self.create_subscription(Joy, topics.JOY, self._on_joy, topics.SENSOR_QOS)
         self.cli_start = self.create_client(Trigger, topics.RECORD_START)
         self.cli_stop = self.create_client(Trigger, topics.RECORD_STOP)

@@ -24,7 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 OUT="${OUT:-runs/robust}" BASE="${BASE:-models/avdp_default}" THREADS="${THREADS:-2}" VIEWS="${VIEWS:-4}"
-STEPS="${STEPS:-10000}" ROUNDS="${ROUNDS:-2}" DAGGER_EPISODES="${DAGGER_EPISODES:-80}"
+STEPS="${STEPS:-10000}" ROUNDS="${ROUNDS:-3}" DAGGER_EPISODES="${DAGGER_EPISODES:-80}"
 BIN="$VENV/bin"
 mkdir -p "$OUT"
 record() {  # record NAME TASK SEED EPISODES APPEARANCE [avdp-dagger options]: expert episodes, once

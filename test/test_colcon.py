@@ -101,7 +101,8 @@ def test_installed_runner_reads_the_installed_share(workspace, tmp_path):
     def active() -> bool:
         if proc.poll() is not None and not reader.is_alive():
             pytest.fail("avdp-run exited early:\n" + "".join(lines[-30:]))
-        return any("active:" in line for line in lines)
+        # "started" comes after avdp-run installed its SIGINT handler ("active:" comes before it)
+        return any("avdp-run: started" in line for line in lines)
 
     try:
         wait_until(active, 120.0, what="the installed policy node to activate")

@@ -10,7 +10,7 @@
 #      STEPS_TOK=0 keeps BASE's tokenizer (BASE already fine-tuned this way, e.g. models/avdp_robust)
 #   3. move BASE onto the new tokenizer's latents (--init BASE --tokenizer ...) on everything, with
 #      VIEWS augmented latent views per frame (--augment default --views VIEWS), STEPS steps
-#   4. ROUNDS DAgger rounds in training scenes (DAGGER_EPISODES per task, seeds 20000 + 1000 r) by
+#   4. ROUNDS (3) DAgger rounds in training scenes (DAGGER_EPISODES per task, seeds 20000 + 1000 r) by
 #      the latest policy, the expert labelling; each followed by STEPS_DAGGER fine-tuning steps
 #      (--resume) on everything so far
 #   5. evaluate on VAL_EPISODES validation seeds (13000+) per task: nominal and every held-out suite

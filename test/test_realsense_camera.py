@@ -187,7 +187,7 @@ def test_node_publishes_what_the_policy_ingest_takes(rclpy_context):
 
     for name, topic in (("camera", topics.CAMERA_IMAGE), ("wrist", topics.WRIST_IMAGE)):
         listener.create_subscription(Image, topic, lambda m, n=name: on_image(n, m), topics.SENSOR_QOS)
-        listener.create_subscription(CameraInfo, topic.rsplit("/", 1)[0] + "/camera_info",
+        listener.create_subscription(CameraInfo, topics.info_topic(topic),
                                      lambda m, n=name: infos.__setitem__(n, m), topics.SENSOR_QOS)
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(listener)

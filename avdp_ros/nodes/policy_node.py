@@ -39,11 +39,6 @@ CHUNK_TIMING = "/avdp/chunk_timing"  # one DiagnosticArray per inference: raw la
 MODEL_HINT = "the 'model' parameter (launch: model:=DIR, avdp-run: --set avdp_policy.model=DIR)"
 
 
-def info_topic(image_topic: str) -> str:
-    """realsense-ros style sibling: .../color/image_raw -> .../color/camera_info."""
-    return image_topic.rsplit("/", 1)[0] + "/camera_info" if "/" in image_topic else "camera_info"
-
-
 def _diagnostics(name: str, hardware_id: str, level: str, message: str, values, stamp: float):
     status = DiagnosticStatus(name=name, hardware_id=hardware_id, level=getattr(DiagnosticStatus, level),
                               message=message, values=[KeyValue(key=k, value=v) for k, v in values])
@@ -176,7 +171,7 @@ class PolicyNode(LifecycleNode):
         sub, sensor, state = self.create_subscription, topics.SENSOR_QOS, topics.STATE_QOS
         for name, topic in self.ingest_cfg.cameras.items():
             self._subs.append(sub(Image, topic, lambda m, n=name: self._on_image(n, m), sensor))
-            self._subs.append(sub(CameraInfo, info_topic(topic), lambda m, n=name: self._on_info(n, m),
+            self._subs.append(sub(CameraInfo, topics.info_topic(topic), lambda m, n=name: self._on_info(n, m),
                                   sensor))
         self._subs += [sub(PoseStamped, topics.CURRENT_POSE, self._on_pose, topics.FEEDBACK_QOS),
                        sub(JointState, topics.GRIPPER_STATE, self._on_gripper, state),

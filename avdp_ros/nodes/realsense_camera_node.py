@@ -84,7 +84,7 @@ class RealSenseCameraNode(Node):
         self._threads = []
         for cam, topic in zip(self.cameras, values["image_topics"]):
             pubs = (self.create_publisher(Image, topic, topics.SENSOR_QOS),
-                    self.create_publisher(CameraInfo, topic.rsplit("/", 1)[0] + "/camera_info", topics.SENSOR_QOS))
+                    self.create_publisher(CameraInfo, topics.info_topic(topic), topics.SENSOR_QOS))
             self._latency[cam.stats.serial] = collections.deque(maxlen=300)
             thread = threading.Thread(target=self._stream, args=(cam, *pubs), daemon=True,
                                       name=f"realsense-{cam.stats.serial}")

@@ -20,6 +20,11 @@ JOY = "/joy"
 
 BASE_FRAME = "panda_link0"
 
+
+def info_topic(image_topic: str) -> str:
+    """realsense-ros style sibling: .../color/image_raw -> .../color/camera_info."""
+    return image_topic.rsplit("/", 1)[0] + "/camera_info" if "/" in image_topic else "camera_info"
+
 # QoS chosen explicitly: sensor data best effort depth 1, commands
 # reliable depth 3, state reliable, episode info latched for late joiners.
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402

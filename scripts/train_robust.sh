@@ -11,8 +11,10 @@
 #   3. move BASE onto the new tokenizer's latents (--init BASE --tokenizer ...) on everything, with
 #      VIEWS augmented latent views per frame (--augment default --views VIEWS), STEPS steps
 #   4. ROUNDS (3) DAgger rounds in training scenes (DAGGER_EPISODES per task, seeds 20000 + 1000 r) by
-#      the latest policy, the expert labelling; each followed by STEPS_DAGGER fine-tuning steps
-#      (--resume) on everything so far
+#      the latest policy, the expert labelling, plus NOMINAL_DAGGER (20) per task in the nominal scene
+#      (seeds 20500 + 1000 r: the fine-tune must keep the look it ships for, and expert episodes alone
+#      did not keep it); each followed by STEPS_DAGGER fine-tuning steps (--resume) on everything so far.
+#      A round that finished without nominal rollouts (recorded before they existed) keeps its data
 #   5. evaluate on VAL_EPISODES validation seeds (13000+) per task: nominal and every held-out suite
 #      (scripts/eval_appearance.sh; VAL_EPISODES=0 skips it). The held-out test (seeds 100000+) is
 #      scripts/eval_appearance.sh POLICY OUT
@@ -66,13 +68,20 @@ train() {  # train STEPS: the policy on everything so far, to STEPS total steps
   fi
 }
 train "$steps"
+rollouts() {  # rollouts DIR TASK EPISODES SEED APPEARANCE: DAgger episodes by the latest policy, once
+  [ -f "$1/summary.json" ] || "$BIN/avdp-dagger" --policy "$policy/latest" --task "$2" --episodes "$3" \
+    --seed "$4" --appearance "$5" --out "$1" --threads 1 --no-progress --overwrite > "$1.log" 2>&1
+}
+NOMINAL_DAGGER="${NOMINAL_DAGGER:-20}"
 for round in $(seq 1 "$ROUNDS"); do
+  nominal="$NOMINAL_DAGGER"  # a round recorded before nominal rollouts existed stays as it was
+  [ -f "$OUT/dagger${round}_push/summary.json" ] && [ ! -d "$OUT/dagger${round}n_push" ] && nominal=0
   for task in push pick_place; do  # one process per task, one torch thread each
-    d="$OUT/dagger${round}_$task"
-    [ -f "$d/summary.json" ] || "$BIN/avdp-dagger" --policy "$policy/latest" --task "$task" \
-      --episodes "$DAGGER_EPISODES" --seed $((20000 + 1000 * round)) --appearance train --out "$d" \
-      --threads 1 --no-progress --overwrite > "$d.log" 2>&1 &
+    d="$OUT/dagger${round}_$task" n="$OUT/dagger${round}n_$task"
+    ( rollouts "$d" "$task" "$DAGGER_EPISODES" $((20000 + 1000 * round)) train
+      [ "$nominal" -gt 0 ] && rollouts "$n" "$task" "$nominal" $((20500 + 1000 * round)) nominal || true ) &
     ALL+=("$d/dataset")
+    [ "$nominal" -gt 0 ] && ALL+=("$n/dataset")
   done
   wait
   steps=$(( steps + ${STEPS_DAGGER:-6000} ))

@@ -6,6 +6,7 @@ model sees at run time exactly the pixels it was trained on: same colour handlin
 rclpy messages (``data`` an ``array.array`` or ``bytes``) both work.
 
 - ``to_rgb``: sensor_msgs/Image in ``rgb8, bgr8, rgba8, bgra8, mono8``; padded rows are cropped.
+  The same in two halves: ``raw_pixels`` (the checks, a view) and ``pixels_to_rgb`` (the work).
 - ``decode_compressed``: sensor_msgs/CompressedImage, jpeg or png, with ``format`` written the
   way image_transport / realsense-ros write it (``"jpeg"``, ``"rgb8; jpeg compressed bgr8"``).
 
@@ -46,6 +47,13 @@ def to_rgb(msg, size: tuple[int, int] | None = None, *,
         expect_size: when set, (height, width) the input must have (a strict deployment that
             wants to know when a camera is configured differently than in training).
     """
+    return pixels_to_rgb(raw_pixels(msg, expect_size=expect_size), msg.encoding, size)
+
+
+def raw_pixels(msg, *, expect_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Every check of ``to_rgb``, without its work: the (H, W, channels) pixels of a
+    sensor_msgs/Image as a view of ``msg.data`` (padding cut off, no copy). The policy node checks
+    each frame as it arrives and converts only the frames an observation uses (``pixels_to_rgb``)."""
     enc = msg.encoding
     if enc not in SUPPORTED_ENCODINGS:
         raise ImageError(f"image encoding {enc!r}: expected one of {', '.join(SUPPORTED_ENCODINGS)}")
@@ -62,10 +70,13 @@ def to_rgb(msg, size: tuple[int, int] | None = None, *,
     if buf.size < step * h:
         raise ImageError(f"image {w}x{h} {enc}: {buf.size} data bytes, truncated "
                          f"(expected >= step * height = {step} * {h} = {step * h})")
-    # (h, step) rows, padding cut off; a view until cvtColor / copy below
-    img = buf[: step * h].reshape(h, step)[:, :row].reshape(h, w, nchan)
-    code = _TO_RGB[enc]
-    img = cv2.cvtColor(img, code) if code is not None else img.copy()
+    return buf[: step * h].reshape(h, step)[:, :row].reshape(h, w, nchan)
+
+
+def pixels_to_rgb(pixels: np.ndarray, encoding: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """``raw_pixels``' view in ``encoding`` -> (H, W, 3) uint8 RGB, resized to `size`, a fresh array."""
+    code = _TO_RGB[encoding]
+    img = cv2.cvtColor(pixels, code) if code is not None else pixels.copy()
     return _resize(img, size)
 
 

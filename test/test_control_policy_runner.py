@@ -1,11 +1,14 @@
 """The policy node's control loop (avdp_ros.control.policy_runner) and its parameters
-(avdp_ros.control.params) with a fake clock and a fake policy: no rclpy, no model, no sleeps."""
+(avdp_ros.control.params) with a fake clock and a fake policy: no rclpy, no model, and no sleeps
+but in the tests of the threads."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -263,6 +266,66 @@ def test_the_inference_thread_runs_until_stopped():
 # ---- commander and e-stop ----
 
 
+def commander_thread(runner: PolicyRunner, clock: Clock, send, hz: float = 200.0) -> None:
+    """Start the runner's commander thread with `send`, then give it a pose to start from."""
+    runner._send = send
+    runner.start(thread=False, command_hz=hz)
+    feed(runner, clock.t)
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_the_commander_thread_sends_until_stopped(monkeypatch, allowed):
+    def sched_setscheduler(pid, policy, param):
+        assert pid == 0 and policy == os.SCHED_FIFO and param.sched_priority == 40  # this thread only
+        if not allowed:
+            raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", sched_setscheduler)
+    runner, _, clock, _, commands, warnings = make()
+    five = threading.Event()
+    runner._send = lambda pose, width, now: commands.append(now) or len(commands) >= 5 and five.set()
+    runner.start(thread=False, command_hz=200.0, command_priority=40)
+    feed(runner, clock.t)
+    try:
+        assert five.wait(10.0), "the commander thread sent fewer than 5 commands in 10 s"
+    finally:
+        runner.stop()
+    assert runner.commander is None and runner.worker is None
+    n = len(commands)
+    time.sleep(0.05)
+    assert len(commands) == n  # stopped means silent
+    assert all(now == clock.t for now in commands)  # `now` is the caller's clock
+    scheduling = dict(runner.diagnostics())["commander.scheduling"]
+    if allowed:
+        assert scheduling == "SCHED_FIFO 40" and not any("priority" in w for w in warnings)
+    else:
+        assert scheduling.startswith("normal (SCHED_FIFO 40 refused")
+        assert any("real-time priority 40 refused" in w and "rtprio" in w for w in warnings)
+
+
+def test_the_commander_thread_survives_a_failing_and_a_slow_step():
+    runner, _, clock, _, commands, _ = make()
+    errors, calls, ten = [], [], threading.Event()
+    runner._error = errors.append
+
+    def send(pose, width, now):
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("publisher gone")
+        if len(calls) == 2:
+            time.sleep(0.1)  # ten periods: skipped, not sent as a burst
+        if len(calls) >= 10:
+            ten.set()
+
+    commander_thread(runner, clock, send, hz=100.0)
+    try:
+        assert ten.wait(10.0), "the commander thread stopped after a failing step"
+    finally:
+        runner.stop()
+    assert runner.counters["command_errors"] == 1 and "publisher gone" in errors[0]
+    assert runner.counters["command_overruns"] >= 1
+
+
 def test_the_commander_starts_from_the_measured_pose_and_follows_the_plan():
     runner, _, clock, _, commands, warnings = make()
     assert runner.on_command_tick(clock.t) is None  # no pose yet
@@ -331,6 +394,7 @@ def test_the_parameter_defaults_are_valid():
     ({"backend": "onnx"}, "backend 'onnx': expected one of torch, onnxruntime, tensorrt"),
     ({"command_rate_hz": 5000.0}, r"command_rate_hz = 5000.0: expected a finite number in \[1.0, 1000.0\]"),
     ({"blend": "cubic"}, "parameter blend = 'cubic': expected one of none, linear"),
+    ({"commander": "process"}, "parameter commander = 'process': expected one of thread, timer"),
     ({"execute_steps": 2.5}, "parameter execute_steps = 2.5: expected an integer"),
     ({"max_linear_speed": 0}, r"parameter max_linear_speed = 0: expected a finite number > 0.0"),
     ({"publish_plan": 1}, "parameter publish_plan = 1: expected true or false"),

@@ -314,6 +314,31 @@ def test_image_messages_are_converted_to_model_size():
     assert np.array_equal(obs["camera"], to_rgb(raw, SIZE))
 
 
+def test_raw_images_are_converted_only_when_an_observation_uses_them(monkeypatch):
+    import avdp_ros.control.ingest as ingest
+
+    converted = []
+    real = ingest.pixels_to_rgb
+    monkeypatch.setattr(ingest, "pixels_to_rgb", lambda *a: converted.append(a[1]) or real(*a))
+    asm, robot = make()
+    robot.silent = {"camera", "wrist"}
+    robot.run(T0 + 0.5)
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (16, 24, 3), dtype=np.uint8) for _ in range(4)]
+    for k, rgb in enumerate(frames):  # 4 frames per camera, 1/30 s apart: only the newest pair is used
+        t = T0 + 0.38 + k / 30
+        for cam in ("camera", "wrist"):
+            raw = SimpleNamespace(height=16, width=24, encoding="rgb8", step=72, data=rgb.tobytes())
+            assert asm.add_image_msg(cam, t, raw, T0 + 0.5) is None
+    assert converted == []  # checked on arrival, not converted
+    for _ in range(2):  # the second observation reuses the converted pair
+        obs, reason = asm.assemble(T0 + 0.5)
+        assert reason is None
+    want = cv2.resize(frames[-1], (SIZE[1], SIZE[0]), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(obs["camera"], want) and np.array_equal(obs["wrist"], want)
+    assert converted == ["rgb8", "rgb8"]
+
+
 def test_expect_size_rejects_other_camera_sizes():
     asm = ObservationAssembler(IngestConfig(image_size=SIZE, expect_size=(16, 24)))
     small = SimpleNamespace(height=8, width=8, encoding="rgb8", step=24, data=bytes(192))

@@ -13,7 +13,10 @@ training data:
 - gripper width: linear at ``t_obs``.
 
 Every input is checked on arrival (``add_*`` return None or a message naming the stream, its
-topic and what was expected); rejections are counted per (stream, kind) for /diagnostics.
+topic and what was expected); rejections are counted per (stream, kind) for /diagnostics. A raw
+image is only checked on arrival and converted (colour, resize) when an observation first uses
+it: cameras send 30 frames a second, observations use obs_hz (10) of them, and at 640x480 the
+conversion is most of the node's per-frame CPU and GIL time (docs/benchmarks.md, "Command stream").
 ``assemble`` returns ``(obs, None)`` or ``(None, reason)``; the reason names the stream at fault.
 A stream is silent when nothing valid arrived for its timeout (arrival time); a sample is usable
 for ``t_obs`` only within that same timeout of it (stamp time).
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avdp_ros.geometry import interpolate_poses, quat_normalize
-from avdp_ros.images import ImageError, decode_compressed, to_rgb
+from avdp_ros.images import ImageError, decode_compressed, pixels_to_rgb, raw_pixels
 from avdp_ros.validation import check_pose
 
 POSE = "ee_pose"  # stream names are the observation keys
@@ -116,6 +119,21 @@ def _hw(name: str, v) -> tuple[int, int]:
     return h, w
 
 
+class _Frame:
+    """A checked raw frame (``raw_pixels``' view of its message), converted on first use and kept."""
+
+    __slots__ = ("pixels", "encoding", "size", "_rgb")
+
+    def __init__(self, pixels: np.ndarray, encoding: str, size: tuple[int, int]) -> None:
+        self.pixels, self.encoding, self.size, self._rgb = pixels, encoding, size, None
+
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = pixels_to_rgb(self.pixels, self.encoding, self.size)
+            self.pixels = None  # the message's buffer can go
+        return self._rgb
+
+
 class _Stream:
     """Accepted samples of one stream, oldest first, plus what the checks need."""
 
@@ -177,15 +195,18 @@ class ObservationAssembler:
         return self._add(camera, stamp, rgb, now)
 
     def add_image_msg(self, camera: str, stamp: float, msg, now: float) -> str | None:
-        """A sensor_msgs/Image or CompressedImage (has ``format``): converted, then ``add_image``."""
+        """A sensor_msgs/Image (checked now, converted when first used) or a CompressedImage (has
+        ``format``; decoded now: decoding is its check)."""
         if camera not in self.cfg.cameras:
             raise ValueError(f"camera {camera!r}: expected one of {sorted(self.cfg.cameras)}")
-        convert = decode_compressed if hasattr(msg, "format") else to_rgb
         try:
-            rgb = convert(msg, self.cfg.image_size, expect_size=self.cfg.expect_size)
+            if hasattr(msg, "format"):
+                return self.add_image(camera, stamp, decode_compressed(
+                    msg, self.cfg.image_size, expect_size=self.cfg.expect_size), now)
+            frame = _Frame(raw_pixels(msg, expect_size=self.cfg.expect_size), msg.encoding, self.cfg.image_size)
         except ImageError as err:
             return self._reject(camera, "image", str(err), now)
-        return self.add_image(camera, stamp, rgb, now)
+        return self._add(camera, stamp, frame, now)
 
     def add_pose(self, stamp: float, pose7, frame_id: str, now: float) -> str | None:
         """The measured ee pose (x y z qx qy qz qw) in ``frame_id``."""
@@ -310,7 +331,7 @@ class ObservationAssembler:
                           f"stale observation: t_obs is {age:.3f} s old, expected <= {cfg.max_age_s} s "
                           f"(frame ages: {ages})")]
 
-        obs: dict = {name: img for name, (_, img) in frames.items()}
+        obs: dict = {name: img.rgb() if isinstance(img, _Frame) else img for name, (_, img) in frames.items()}
         for name in (POSE, GRIPPER):
             st = np.array([t for t, _ in self._streams[name].samples])
             gap = float(np.min(np.abs(st - t_obs)))

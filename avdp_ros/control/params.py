@@ -64,6 +64,11 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "latency_offset_s": (0.0, "fixed delay added to every action stamp (actuation / transport)"),
     "hold_s": (0.2, "how long past its end the plan's last waypoint is still held"),
     "command_rate_hz": (200.0, "commander rate (target pose + gripper width)"),
+    "commander": ("thread", "what ticks the commander: 'thread' (its own thread on absolute deadlines, "
+                            "clear of the image callbacks) or 'timer' (an executor timer); with "
+                            "use_sim_time it is always the timer, which follows /clock"),
+    "commander_priority": (40, "SCHED_FIFO priority of the commander thread, 1-99 (below ros2_control's 50), "
+                               "where the system allows it (rtprio); 0 = normal scheduling"),
     "workspace_min": ([0.25, -0.35, 0.015], "workspace box (m, base frame) commands never leave"),
     "workspace_max": ([0.75, 0.35, 0.50], "upper corner of the workspace box"),
     "max_linear_speed": (0.25, "m/s between successive commands"),
@@ -79,6 +84,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "diagnostics_rate_hz": (1.0, f"{DIAGNOSTICS} rate (0 = off)"),
 }
 
+COMMANDERS = ("thread", "timer")
 _POSITIVE_S = ("stamp_tolerance_s", "max_obs_age_s", "camera_timeout_s", "pose_timeout_s",
                "gripper_timeout_s", "max_linear_speed", "max_angular_speed", "max_linear_accel",
                "max_angular_accel", "max_command_gap_s", "gripper_max")
@@ -118,6 +124,8 @@ class PolicyParams:
     workspace_min: list[float]
     workspace_max: list[float]
     command_rate_hz: float
+    commander: str
+    commander_priority: int
     diagnostics_rate_hz: float
     latency_percentile: float
     publish_plan: bool
@@ -194,6 +202,8 @@ class PolicyParams:
             "model": text("model"), "backend": text("backend"), "device": text("device"),
             "instruction": text("instruction"), "base_frame": text("base_frame"),
             "blend": text("blend", BLEND_MODES), "interpolation": text("interpolation", INTERPOLATIONS),
+            "commander": text("commander", COMMANDERS),
+            "commander_priority": number("commander_priority", 0, 99, integer=True),
             "torch_threads": number("torch_threads", 0, 256, integer=True),
             "video_steps": number("video_steps", 0, 1000, integer=True),
             "action_steps": number("action_steps", 0, 1000, integer=True),

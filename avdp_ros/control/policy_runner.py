@@ -12,7 +12,9 @@ Three activities share one `PolicyRunner`, each driven by its caller:
   gets the plan's actions that run anyway before the chunk can land (``ChunkScheduler.committed``),
   so the model starts its chunk with them (real-time chunking), when the policy supports it;
 - ``on_command_tick(now)``, at the commander rate: samples the plan through the safety filter
-  (workspace, speed / acceleration limits, NaN rejection, hold when stale, latched e-stop).
+  (workspace, speed / acceleration limits, NaN rejection, hold when stale, latched e-stop). On a
+  robot it runs on the runner's own commander thread (``start(command_hz=...)``), on absolute
+  deadlines: the node's executor thread, which takes every image message, is then not in its way.
 
 The runner never touches messages: commands go to ``send_command``, each inference's result to
 ``on_chunk`` (a `ChunkReport`), and ``diagnostics()`` / ``status()`` return plain data. Time is
@@ -22,6 +24,7 @@ the caller's clock: ``now`` arguments, and ``clock()`` after a model call, which
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 import time
@@ -39,7 +42,7 @@ from avdp_ros.control.safety import SafetyFilter
 STATS = ("tokenizer_ms", "video_ms", "idm_ms", "infer_total_ms", "ingest_ms", "obs_to_chunk_ms",
          "chunk_age_ms", "command_period_ms", "command_callback_ms")
 COUNTERS = ("inferences", "observes", "chunks_rejected", "inference_errors", "inference_overruns",
-            "no_observation", "prefixed_chunks")
+            "no_observation", "prefixed_chunks", "command_errors", "command_overruns")
 
 
 class Stats:
@@ -124,7 +127,11 @@ class PolicyRunner:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.episode = None  # id of the current /avdp/episode_info episode
         self._lock = threading.Lock()  # the scheduler is shared by the commander and the inference thread
+        # the filter and its anchor: the commander (maybe its own thread) and the e-stop / episode callbacks
+        self._command_lock = threading.RLock()
         self.worker: threading.Thread | None = None
+        self.commander: threading.Thread | None = None
+        self.command_scheduling = "caller"  # how the commander is scheduled ("caller": the caller's ticks)
         self._stopping = threading.Event()
         self._fresh()
 
@@ -150,28 +157,72 @@ class PolicyRunner:
         self.last_not_ready = "no observation yet"
         self._queue: queue.Queue = queue.Queue(maxsize=2)
 
-    def start(self, thread: bool = True) -> None:
+    def start(self, thread: bool = True, command_hz: float | None = None, command_priority: int = 0) -> None:
         """A fresh run (call before the timers start): no plan, empty frame history, the filter
         re-anchored at the next measured pose; a latched e-stop stays. With `thread`, the inference
-        thread starts looping on ``work_once`` until ``stop()``; tests call ``work_once`` instead."""
+        thread starts looping on ``work_once`` until ``stop()``; tests call ``work_once`` instead.
+        With `command_hz`, a commander thread calls ``on_command_tick(clock())`` at that rate until
+        ``stop()``, under SCHED_FIFO at `command_priority` when that is > 0 and allowed (else a
+        warning and normal scheduling: ``command_scheduling`` says which); without `command_hz`,
+        the caller ticks the commander (a timer on a sim clock, tests)."""
         self._fresh()
         self.assembler.reset()
         self.policy.reset()
+        self._stopping.clear()
         if thread:
-            self._stopping.clear()
             self.worker = threading.Thread(target=self._work, name="avdp_policy_inference", daemon=True)
             self.worker.start()
+        if command_hz is not None:
+            self.commander = threading.Thread(target=self._command, args=(1.0 / command_hz, command_priority),
+                                              name="avdp_policy_commander", daemon=True)
+            self.commander.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End the inference thread, waiting up to `timeout` s for the model call in progress."""
+        """End the commander and inference threads, waiting up to `timeout` s for the model call in
+        progress."""
         self._stopping.set()
-        if self.worker is not None:
-            self.worker.join(timeout=timeout)
-            self.worker = None
+        for name in ("commander", "worker"):
+            thread = getattr(self, name)
+            if thread is not None:
+                thread.join(timeout=timeout)
+                setattr(self, name, None)
 
     def _work(self) -> None:
         while not self._stopping.is_set():
             self.work_once(timeout=0.1)
+
+    def _command(self, period: float, priority: int) -> None:
+        """The commander thread: ticks on absolute deadlines (steady clock), so a late tick does not
+        shift the ones after it; when it falls a whole period behind it skips ahead (counted in
+        ``command_overruns``) instead of sending a burst of catch-up commands."""
+        self.command_scheduling = "normal"
+        if priority > 0:
+            # As ros2_control's controller manager does for its loop: real-time scheduling for this
+            # thread only, so a busy CPU (inference, image callbacks, other programs) cannot delay
+            # its wake-ups. It sleeps most of each period, so it cannot starve the others.
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+                self.command_scheduling = f"SCHED_FIFO {priority}"
+            except (OSError, AttributeError) as exc:
+                self.command_scheduling = f"normal (SCHED_FIFO {priority} refused: {exc})"
+                self._warn(f"commander: real-time priority {priority} refused ({exc}); commanding with normal "
+                           "scheduling, which a busy CPU can delay. Allow it with 'rtprio' in "
+                           "/etc/security/limits.conf (README, \"Run on a robot\"), or set commander_priority: 0")
+        deadline = time.monotonic()
+        while not self._stopping.is_set():
+            deadline += period
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                if self._stopping.wait(delay):
+                    return
+            elif delay < -period:
+                self.counters["command_overruns"] += 1
+                deadline = time.monotonic()
+            try:
+                self.on_command_tick(self.clock())
+            except Exception as exc:  # noqa: BLE001 - keep commanding; the filter holds on a bad plan
+                self.counters["command_errors"] += 1
+                self._error(f"command step failed: {exc!r}")
 
     # ---- inputs (each returns None, or the reason the sample was rejected, also warned) ----
 
@@ -232,8 +283,9 @@ class PolicyRunner:
             except queue.Empty:
                 break
         self._enqueue(("reset", None, self._episode_gen))
-        self._anchor_after = stamp
-        self._filter_ready = False
+        with self._command_lock:
+            self._anchor_after = stamp
+            self._filter_ready = False
 
     # ---- observation -> inference ----
 
@@ -354,12 +406,13 @@ class PolicyRunner:
         """One commander step: the filtered (pose7, width), also sent to ``send_command``; None
         while the filter waits for the measured pose and gripper width to start from."""
         wall = time.perf_counter()
-        if not self._filter_ready and not self._anchor_filter(now):
-            return None
-        with self._lock:
-            desired = self.scheduler.target_at(now)
-            chunk_t_obs = self._chunk_t_obs
-        pose, width = self.filter.step(desired, now, frame_id=self.frame_id)
+        with self._command_lock:
+            if not self._filter_ready and not self._anchor_filter(now):
+                return None
+            with self._lock:
+                desired = self.scheduler.target_at(now)
+                chunk_t_obs = self._chunk_t_obs
+            pose, width = self.filter.step(desired, now, frame_id=self.frame_id)
         if self._send is not None:
             self._send(pose, width, now)
         if desired is not None and chunk_t_obs is not None and not self.filter.holding:
@@ -396,19 +449,21 @@ class PolicyRunner:
 
     def estop(self, reason: str) -> bool:
         """Latch the e-stop: every command holds the last one. Returns whether it was not latched yet."""
-        first = not self.filter.estopped
-        self.filter.estop(reason)
+        with self._command_lock:
+            first = not self.filter.estopped
+            self.filter.estop(reason)
         return first
 
     def clear_estop(self) -> bool:
         """Clear a latched e-stop; returns False when none was latched. Motion resumes only from a
         fresh plan: the old one was made for a world before the stop."""
-        if not self.filter.estopped:
-            return False
-        with self._lock:
-            self.scheduler.reset()
-            self._chunk_t_obs = None
-        self.filter.reset_estop()
+        with self._command_lock:
+            if not self.filter.estopped:
+                return False
+            with self._lock:
+                self.scheduler.reset()
+                self._chunk_t_obs = None
+            self.filter.reset_estop()
         return True
 
     # ---- diagnostics ----
@@ -430,7 +485,8 @@ class PolicyRunner:
             values.append((f"safety.{kind}", str(n)))
         values.append(("safety.last_reason", self.filter.last_reason))
         values += [(k, str(n)) for k, n in self.counters.items()]
-        values += [("chunks_added", str(self.scheduler.chunks_added)),
+        values += [("commander.scheduling", self.command_scheduling),
+                   ("chunks_added", str(self.scheduler.chunks_added)),
                    ("actions_dropped", str(self.scheduler.actions_dropped)),
                    ("estop", "latched" if self.filter.estopped else "clear"),
                    ("observation", self.last_not_ready or "ok")]

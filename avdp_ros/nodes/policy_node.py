@@ -91,7 +91,11 @@ class PolicyNode(LifecycleNode):
         result = super().on_activate(state)  # enables the lifecycle publishers first
         if result != TransitionCallbackReturn.SUCCESS:
             return result
-        self.runner.start()
+        # The commander's own thread keeps time on the steady clock; under sim time only a timer
+        # follows /clock (a sim slower than real time, or paused).
+        self._command_thread = self.params.commander == "thread" and not self.get_parameter("use_sim_time").value
+        self.runner.start(command_hz=self.params.command_rate_hz if self._command_thread else None,
+                          command_priority=self.params.commander_priority)
         self._create_io()
         self.get_logger().info(
             f"active: {self.policy.kind} policy from {self.model_path}, {self.policy.obs_hz:g} Hz "
@@ -176,10 +180,12 @@ class PolicyNode(LifecycleNode):
         self._subs += [sub(PoseStamped, topics.CURRENT_POSE, self._on_pose, topics.FEEDBACK_QOS),
                        sub(JointState, topics.GRIPPER_STATE, self._on_gripper, state),
                        sub(String, topics.EPISODE_INFO, self._on_episode_info, topics.LATCHED_QOS)]
-        # All of these run on the one executor thread (nodes/spin.py); only inference has its own.
+        # All of these run on the one executor thread (nodes/spin.py); inference and (by default)
+        # the commander have their own.
         timer, p = self.create_timer, self.params
-        self._timers += [timer(1.0 / self.policy.obs_hz, lambda: self.runner.on_obs_tick(self._now())),
-                         timer(1.0 / p.command_rate_hz, lambda: self.runner.on_command_tick(self._now()))]
+        self._timers.append(timer(1.0 / self.policy.obs_hz, lambda: self.runner.on_obs_tick(self._now())))
+        if not self._command_thread:
+            self._timers.append(timer(1.0 / p.command_rate_hz, lambda: self.runner.on_command_tick(self._now())))
         if p.diagnostics_rate_hz > 0:
             self._timers.append(timer(1.0 / p.diagnostics_rate_hz, self._publish_diagnostics))
 

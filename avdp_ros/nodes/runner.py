@@ -10,7 +10,7 @@ installs without `ros2 launch` (pip-only ROS 2 wheels).
 `--controller NAME` applies config/controllers/NAME.yaml (avdp_ros.controllers): the robot topics
 remapped to that controller's for every node of the job, and its base_frame.
 
-By default all nodes share one process and one multi-threaded executor (cheapest on small
+By default all nodes share one process and one single-threaded executor (cheapest on small
 machines); `--processes` starts one process per node exactly like `ros2 launch` does, which
 keeps heavy nodes (the recorder at high bandwidth) off each other's GIL. SIGINT and SIGTERM both
 shut everything down cleanly (bags closed); child processes get SIGINT, not SIGTERM (ros2/launch#666).

@@ -15,8 +15,13 @@
 #      (seeds 20500 + 1000 r: the fine-tune must keep the look it ships for, and expert episodes alone
 #      did not keep it); each followed by STEPS_DAGGER fine-tuning steps (--resume) on everything so far.
 #      A round that finished without nominal rollouts (recorded before they existed) keeps its data
-#   5. evaluate on VAL_EPISODES validation seeds (13000+) per task: nominal and every held-out suite
-#      (scripts/eval_appearance.sh; VAL_EPISODES=0 skips it). The held-out test (seeds 100000+) is
+#   5. polish: POLISH_STEPS (12000) steps on everything from the last round's weights with a new
+#      learning-rate schedule and an EMA of the weights (--init, --ema 0.999), into OUT/polished: the
+#      last step of the default's recipe (models/README.md). The rounds resume one schedule that
+#      ended at its minimum learning rate; POLISH_STEPS=0 skips it
+#   6. evaluate the result (OUT/polished/latest, else OUT/policy/latest) on VAL_EPISODES validation
+#      seeds (13000+) per task: nominal and every held-out suite (scripts/eval_appearance.sh;
+#      VAL_EPISODES=0 skips it). The held-out test (seeds 100000+) is
 #      scripts/eval_appearance.sh POLICY OUT
 # Every stage skips what is already there and the trainers resume (--resume), so re-running the
 # script after an interruption continues where it stopped. Two recordings / evaluations run at
@@ -87,6 +92,16 @@ for round in $(seq 1 "$ROUNDS"); do
   steps=$(( steps + ${STEPS_DAGGER:-6000} ))
   train "$steps"
 done
+result="$policy/latest"
+if [ "${POLISH_STEPS:-12000}" -gt 0 ]; then
+  result="$OUT/polished/latest"
+  if [ ! -f "$OUT/polished/done" ]; then
+    resume=(--init "$policy/latest"); [ -d "$result" ] && resume=(--resume)
+    "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${opts[@]}" --out "$OUT/polished" "${resume[@]}" \
+      --steps "${POLISH_STEPS:-12000}" --ema 0.999 "${act[@]}"
+    touch "$OUT/polished/done"
+  fi
+fi
 if [ "${VAL_EPISODES:-50}" -gt 0 ]; then
-  scripts/eval_appearance.sh "$policy/latest" "$OUT/val" "${VAL_EPISODES:-50}" 13000
+  scripts/eval_appearance.sh "$result" "$OUT/val" "${VAL_EPISODES:-50}" 13000
 fi

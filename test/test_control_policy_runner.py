@@ -286,14 +286,15 @@ def test_the_commander_thread_sends_until_stopped(monkeypatch, allowed):
     runner._send = lambda pose, width, now: commands.append(now) or len(commands) >= 5 and five.set()
     runner.start(thread=False, command_hz=200.0, command_priority=40)
     feed(runner, clock.t)
+    thread = runner.commander
     try:
         assert five.wait(10.0), "the commander thread sent fewer than 5 commands in 10 s"
     finally:
         runner.stop()
     assert runner.commander is None and runner.worker is None
     n = len(commands)
-    time.sleep(0.05)
-    assert len(commands) == n  # stopped means silent
+    assert not thread.is_alive()  # joined: stopped means silent, nothing can send any more
+    assert len(commands) == n
     assert all(now == clock.t for now in commands)  # `now` is the caller's clock
     scheduling = dict(runner.diagnostics())["commander.scheduling"]
     if allowed:
@@ -313,7 +314,7 @@ def test_the_commander_thread_survives_a_failing_and_a_slow_step():
         if len(calls) == 1:
             raise RuntimeError("publisher gone")
         if len(calls) == 2:
-            time.sleep(0.1)  # ten periods: skipped, not sent as a burst
+            time.sleep(0.1)  # the slow step itself (ten periods), not a wait: skipped, not sent as a burst
         if len(calls) >= 10:
             ten.set()
 

@@ -61,6 +61,7 @@ setup(
             "avdp-train-video = avdp_ros.tools.train:main_video",
             "avdp-train-idm = avdp_ros.tools.train:main_idm",
             "avdp-train-baseline = avdp_ros.tools.train:main_baseline",
+            "avdp-attach-tokenizer = avdp_ros.tools.attach_tokenizer:main",
             "avdp-export = avdp_ros.tools.export:main",
             "avdp-build-engine = avdp_ros.tools.build_engine:main",
         ],

@@ -61,9 +61,41 @@ def test_shift_translates_within_its_range():
     assert all(abs(dr) <= 3 and abs(dc) <= 3 for dr, dc in offsets) and len(offsets) > 5
 
 
+def test_white_balance_tints_red_against_blue_within_its_range():
+    x = torch.full((64, 3, 8, 8), 0.5)
+    y = augment(x, AugmentConfig(white_balance=0.3), torch.Generator().manual_seed(0))
+    red, green, blue = (y[:, c].mean((1, 2)) / 0.5 for c in range(3))
+    assert torch.allclose(green, torch.ones(64)) and torch.allclose(red - 1, 1 - blue, atol=1e-6)
+    assert red.min() >= 0.7 - 1e-6 and red.max() <= 1.3 + 1e-6 and red.std() > 0.1
+
+
+def test_rotation_and_zoom_move_a_point_about_the_centre_within_their_range():
+    x = torch.zeros(64, 3, 33, 33)
+    x[:, :, 16, 28] = 1.0  # 12 px right of the centre pixel
+    y = augment(x, AugmentConfig(rotate=10.0, scale=0.1), torch.Generator().manual_seed(0))
+    mass = y[:, 0]
+    rows, cols = torch.meshgrid(torch.arange(33.0), torch.arange(33.0), indexing="ij")
+    r = (mass * rows).sum((1, 2)) / mass.sum((1, 2)) - 16
+    c = (mass * cols).sum((1, 2)) / mass.sum((1, 2)) - 16
+    angle = torch.rad2deg(torch.atan2(r, c)).abs()
+    radius = torch.hypot(r, c) / 12
+    assert angle.max() <= 10.5 and angle.max() > 5  # turned, by at most the range (plus a pixel's blur)
+    assert radius.min() >= 0.88 and radius.max() <= 1.12 and radius.std() > 0.02
+
+
+def test_the_default_preset_draws_as_before_the_new_fields():
+    """New fields draw only when on, so latent views cached with `default` stay valid: the sum was
+    taken from the code before white balance, rotation and zoom existed (revision b08b6a2)."""
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(11))
+    y = augment(x, AUGMENT_PRESETS["default"], torch.Generator().manual_seed(3))
+    assert y.sum().item() == pytest.approx(2713.7705078125, abs=1e-3)
+
+
 @pytest.mark.parametrize("kwargs, field", [({"brightness": 1.5}, "brightness"), ({"contrast": -0.1}, "contrast"),
                                            ({"saturation": float("nan")}, "saturation"), ({"hue": 0.7}, "hue"),
-                                           ({"shift": 2.5}, "shift"), ({"shift": 100}, "shift")])
+                                           ({"shift": 2.5}, "shift"), ({"shift": 100}, "shift"),
+                                           ({"white_balance": 1.0}, "white_balance"), ({"rotate": 90}, "rotate"),
+                                           ({"scale": -0.1}, "scale")])
 def test_bad_values_are_refused_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"AugmentConfig.{field}"):
         AugmentConfig(**kwargs)

@@ -212,3 +212,72 @@ def test_expert_recording_in_process_matches_the_experts_own_run_and_dart_bumps_
     assert gap.max() > 0.01
     with pytest.raises(SystemExit):  # --perturb without the expert driving is refused
         main(["--policy", "some/ckpt", "--perturb", "0.04", "0.2", "--out", str(tmp_path / "x")])
+
+
+def test_nominal_pairs_show_the_same_states_in_the_nominal_scene_and_train_an_invariant_encoder(tmp_path: Path):
+    """`avdp-dagger --nominal-pairs`: every frame also as the nominal scene shows that state. The
+    expert drives the same seed in `train` and `nominal` scenes along the same path (appearance is
+    visual, and seed 3 of `train` draws no solid distractor), so the `train` episode's nominal views
+    are the nominal episode's frames. Then `avdp-train-tokenizer --target-look nominal` trains only
+    the encoder on those pairs, towards a policy's tokenizer's latents, and `avdp-attach-tokenizer`
+    gives that policy the new encoder."""
+    import torch
+
+    from avdp_ros.model.checkpoint import load_checkpoint
+    from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig
+    from avdp_ros.sim.appearance import draw
+    from avdp_ros.tools.dagger import main
+    from avdp_ros.tools.train import main_tokenizer
+    from avdp_ros.train import engine as tu
+
+    assert not any(d.collide for d in draw("train", 3).distractors)
+    eps = {}
+    for look in ("train", "nominal"):
+        out = tmp_path / look
+        assert main(["--policy", "expert", "--task", "push", "--episodes", "1", "--seed", "3", "--appearance", look,
+                     "--time-limit", "3", "--videos", "0", "--out", str(out), "--no-progress", "--nominal-pairs"]) == 0
+        eps[look] = EpisodeDataset(out / "dataset", verify_hashes=True)[0]
+    train, nominal = eps["train"], eps["nominal"]
+    for cam in ("camera", "wrist"):
+        paired = np.load(EpisodeDataset(tmp_path / "train" / "dataset").episode_dir(0) / f"{cam}_nominal.npy")
+        assert paired.shape == train[cam].shape and paired.dtype == np.uint8
+        np.testing.assert_array_equal(paired, nominal[cam])  # the same states, drawn the nominal way
+        assert np.abs(paired.astype(int) - train[cam]).mean() > 5  # while the episode itself looked different
+
+    # the invariant encoder, trained towards the latents of a (tiny, random) policy's tokenizer
+    policy, _ = tiny_idm_checkpoint(tmp_path, "policy")
+    pstates, pmeta = load_checkpoint(policy)
+    ref = Tokenizer(TokenizerConfig.from_dict(pmeta["config"]["tokenizer"]))
+    ref.load_state_dict(pstates["tokenizer"])
+    common = ["--preset", "tiny", "--threads", "1", "--no-progress", "--val-fraction", "0", "--batch-size", "8",
+              "--log-every", "1", "--lr", "3e-3", "--target-look", "nominal"]
+    data = [str(tmp_path / "train" / "dataset"), str(tmp_path / "nominal" / "dataset")]
+    with pytest.raises(SystemExit):  # it needs the reference whose latents it learns
+        main_tokenizer(["--data", *data, "--out", str(tmp_path / "bad"), "--steps", "2", *common])
+    out = tmp_path / "inv"
+    assert main_tokenizer(["--data", *data, "--out", str(out), "--steps", "40", "--init", str(policy), *common]) == 0
+    losses = [h["loss"] for h in json.loads((out / tu.HISTORY_FILE).read_text()) if "loss" in h]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    states, meta = load_checkpoint(out / tu.LATEST, expected_kind="tokenizer")
+    assert meta["config"]["latent_scale"] == ref.config.latent_scale  # the reference's, not recalibrated
+    assert meta["extra"]["target_look"]["reference_fingerprint"] == ref.fingerprint()
+    before = ref.state_dict()
+    moved = {k for k, v in states["tokenizer"].items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith(("vae.encoder.", "vae.quant_conv.")) for k in moved)  # decoder frozen
+    # resume goes on against the same reference
+    assert main_tokenizer(["--data", *data, "--out", str(out), "--steps", "42", "--resume", *common]) == 0
+
+    # the policy reads the new encoder without training: avdp-attach-tokenizer, refused for any other tokenizer
+    from avdp_ros.model.policy import Policy
+    from avdp_ros.tools.attach_tokenizer import main as attach
+
+    assert attach(["--policy", str(policy), "--tokenizer", str(out / tu.LATEST), "--out", str(tmp_path / "p2")]) == 0
+    moved = Policy.from_checkpoint(tmp_path / "p2")
+    frame = np.asarray(train["camera"][5:6])
+    with torch.no_grad():
+        assert torch.equal(moved.tokenizer.encode(frame), Tokenizer.from_checkpoint(out / tu.LATEST).encode(frame))
+    ref.save(tmp_path / "plain")  # the policy's own tokenizer, not trained --target-look
+    with pytest.raises(SystemExit):
+        attach(["--policy", str(policy), "--tokenizer", str(tmp_path / "plain"), "--out", str(tmp_path / "p3")])
+    with pytest.raises(SystemExit):  # a policy whose tokenizer the encoder did not learn (it already has the new one)
+        attach(["--policy", str(tmp_path / "p2"), "--tokenizer", str(out / tu.LATEST), "--out", str(tmp_path / "p4")])

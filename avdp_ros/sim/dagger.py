@@ -42,7 +42,7 @@ class ExpertLabeller:
     """
 
     def __init__(self, task: str, label_lead: float = 0.02, horizon: int = 0, obs_hz: float = 10.0,
-                 stream_hz: float = 50.0, follow: bool = True):
+                 stream_hz: float = 50.0, follow: bool = True, nominal_pairs: bool = False):
         if label_lead < 0:
             raise ValueError(f"label_lead {label_lead}: expected >= 0 (0 = no leash)")
         if horizon < 0:
@@ -56,12 +56,17 @@ class ExpertLabeller:
         self.horizon = horizon
         self.ticks_per_obs = int(round(ticks))
         self.stream_hz = stream_hz
+        # also store every frame as the nominal scene shows the same state (PandaSim.render_nominal):
+        # `<camera>_nominal.npy`, the targets of an appearance-invariant tokenizer
+        self.nominal_pairs = nominal_pairs
         self.expert = make_expert(task)
         self.reset()
 
     def reset(self) -> None:
         self.expert.reset()
         self.frames: dict[str, list] = {"camera": [], "wrist": [], "ee_pose": [], "gripper": [], "stamps": []}
+        if self.nominal_pairs:
+            self.frames.update(camera_nominal=[], wrist_nominal=[])
         self.labels: list[np.ndarray] = []
         self.chunks: list[np.ndarray] = []  # (H, 8) per observation when horizon > 1
         self.instruction = ""
@@ -72,6 +77,9 @@ class ExpertLabeller:
             raise RuntimeError("two observations without a stream tick between them: no label for the first")
         for name in ("camera", "wrist", "ee_pose"):
             self.frames[name].append(np.asarray(obs[name]))
+        if self.nominal_pairs:
+            for name in ("camera", "wrist"):
+                self.frames[f"{name}_nominal"].append(sim.render_nominal(name))
         self.frames["gripper"].append(np.float32(obs["gripper"]))
         self.frames["stamps"].append(int(round(sim.time * 1e9)))
         self.instruction = obs["instruction"]
@@ -120,6 +128,8 @@ class ExpertLabeller:
             "stamps": np.asarray(f["stamps"], dtype=np.int64),
             "action": np.stack(self.labels).astype(np.float32),
             **({"action_chunk": np.stack(self.chunks).astype(np.float32)} if self.chunks else {}),
+            **{name: np.stack(f[name]).astype(np.uint8) for name in ("camera_nominal", "wrist_nominal")
+               if name in f},
         }
 
 
@@ -165,12 +175,13 @@ def run_expert_episode(sim, labeller: ExpertLabeller, seed: int, cfg, perturb=No
 
 
 def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, horizon: int = 8,
-            overwrite: bool = False, progress: bool = True, perturb=None) -> dict:
+            overwrite: bool = False, progress: bool = True, perturb=None, nominal_pairs: bool = False) -> dict:
     """Run `cfg.episodes` policy-driven episodes (`sim_eval.EvalConfig`), label them with the
     expert and write them as a dataset at `out` (manifest rewritten after every episode, so an
     interrupted run keeps what it finished). `horizon` > 1 also stores the expert's own chunk per
-    observation (`action_chunk.npy`, see `ExpertLabeller`). Returns `sim_eval.evaluate`'s summary
-    plus the label lead percentiles.
+    observation (`action_chunk.npy`, see `ExpertLabeller`). `nominal_pairs` also stores each frame
+    as the nominal scene shows the same state (`camera_nominal.npy`, `wrist_nominal.npy`).
+    Returns `sim_eval.evaluate`'s summary plus the label lead percentiles.
 
     `policy` None: the expert drives itself (`run_expert_episode`, with `perturb`, a
     `sim.expert.PerturbConfig`, for DART episodes); then there is no leash and no chunk: the
@@ -192,7 +203,7 @@ def collect(policy, cfg, out: str | os.PathLike, label_lead: float = 0.02, horiz
     # The converter's defaults name the cameras and topics; one action per observation.
     ccfg = ConvertConfig(obs_hz=cfg.obs_hz, action_hz=cfg.obs_hz, image_size=tuple(cfg.image_size))
     labeller = ExpertLabeller(cfg.task, label_lead, horizon, obs_hz=cfg.obs_hz, stream_hz=cfg.stream_hz,
-                              follow=policy is not None)
+                              follow=policy is not None, nominal_pairs=nominal_pairs)
     bumps = TargetPerturbation(perturb) if perturb is not None and perturb.enabled else None
     driver = "policy" if policy is not None else ("expert (DART)" if bumps else "expert")
     sim = PandaSim(SimConfig(task=cfg.task, image_height=cfg.image_size[0], image_width=cfg.image_size[1],

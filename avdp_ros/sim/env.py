@@ -137,6 +137,7 @@ class PandaSim:
         self._gripper_cmd = 0.0
         self._closed = False
         self._scratch: mujoco.MjData | None = None  # physics of a what-if branch()
+        self._twin: tuple | None = None  # (model, data, renderer) of render_nominal, built on first use
         self.reset(0)
 
     # -- episode --------------------------------------------------------------------------------
@@ -332,6 +333,37 @@ class PandaSim:
         renderer = self._renderer()
         with self._lock:  # snapshot the state into the renderer's scene, then draw unlocked
             renderer.update_scene(self.data, camera=camera)
+        image = renderer.render()
+        _release_gl_context()
+        return image
+
+    def render_nominal(self, camera: str) -> np.ndarray:
+        """(H, W, 3) uint8 RGB image of the current state as the nominal scene shows it, whatever
+        this episode's appearance: the paired target of an appearance-invariant tokenizer
+        (`avdp-train-tokenizer --target-look nominal`). Rendered from a twin model that keeps the
+        nominal look (distractors hidden, nominal camera pose), with this episode's joint and object
+        poses copied in; the episode's own model and physics are not touched. Single-threaded
+        callers only (in-process recording), unlike `render`."""
+        self._check_camera(camera)
+        if self._closed:
+            raise RuntimeError("PandaSim.render_nominal() after close()")
+        if self._twin is None:
+            m = scene.build_model(self.task.add_objects, physics_dt=self.cfg.physics_dt,
+                                  offscreen_size=(self.cfg.image_width, self.cfg.image_height))
+            appearance.apply(m, appearance.handles(m), appearance.Appearance())
+            renderer = mujoco.Renderer(m, self.cfg.image_height, self.cfg.image_width)
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+            self._twin = (m, mujoco.MjData(m), renderer)
+            with self._lock:
+                self._renderers.append(renderer)
+        m, d, renderer = self._twin
+        with self._lock:
+            # The whole state, derived poses included: after mj_step they lag qpos by one physics step,
+            # and `render` draws them so; recomputing them here would move every edge by that step.
+            mujoco.mj_copyData(d, self.model, self.data)
+        mujoco.mj_camlight(m, d)  # the nominal scene camera's pose (the episode's may be bumped)
+        renderer.update_scene(d, camera=camera)
         image = renderer.render()
         _release_gl_context()
         return image

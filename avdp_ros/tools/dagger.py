@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --policy expert: observation rate of the dataset (a policy's own otherwise)")
     ap.add_argument("--videos", type=int, default=2, help="episodes recorded into rollouts.mp4")
     ap.add_argument("--overwrite", action="store_true", help="replace a dataset already at OUT/dataset")
+    ap.add_argument("--nominal-pairs", action="store_true",
+                    help="also store every frame as the nominal scene shows the same state (camera_nominal.npy, "
+                         "wrist_nominal.npy): the targets of avdp-train-tokenizer --target-look nominal")
     add_seeds_arg(ap)
     add_appearance_arg(ap)
     add_policy_args(ap)
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                          execute_steps=a.execute_steps, time_limit=a.time_limit, videos=a.videos,
                          obs_hz=a.obs_hz if expert else policy.obs_hz, appearance=a.appearance)
         result = collect(policy, cfg, a.out / "dataset", label_lead=a.label_lead, horizon=horizon,
-                         overwrite=a.overwrite, progress=not a.no_progress, perturb=perturb)
+                         overwrite=a.overwrite, progress=not a.no_progress, perturb=perturb,
+                         nominal_pairs=a.nominal_pairs)
     except (FileExistsError, ValueError) as err:
         ap.error(str(err))
     if not expert:

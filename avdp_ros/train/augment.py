@@ -1,10 +1,10 @@
 """Image augmentation for training: colour jitter and a random shift, seeded, off at inference.
 
-Colour jitter (brightness, contrast, saturation, hue) stands in for lights and surfaces the
-training scenes did not show; the shift (DrQ-style: pad by edge replication, crop back at a
-random offset) for a camera that moved a little. Only training code calls `augment`; the
-tokenizer, the policy and the exported graphs never do, so inference sees the images as they
-are.
+Colour jitter (brightness, contrast, saturation, hue, white balance) stands in for lights and
+surfaces the training scenes did not show; the shift (DrQ-style: pad by edge replication, crop
+back at a random offset), a small rotation and zoom, for a camera that moved a little. Only
+training code calls `augment`; the tokenizer, the policy and the exported graphs never do, so
+inference sees the images as they are.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ class AugmentConfig:
     saturation: float = 0.0  # chroma x U(1 - s, 1 + s)
     hue: float = 0.0         # hue rotation up to +-hue of the colour wheel (0.5 = half a turn)
     shift: int = 0           # translation up to +-shift pixels in x and y
+    white_balance: float = 0.0  # red x (1 + w u), blue x (1 - w u), u ~ U(-1, 1): a warmer or cooler light
+    rotate: float = 0.0      # rotation about the image centre up to +-rotate degrees
+    scale: float = 0.0       # zoom x U(1 - s, 1 + s) about the image centre
 
     def __post_init__(self) -> None:
         for name in ("brightness", "contrast", "saturation"):
@@ -38,6 +41,12 @@ class AugmentConfig:
                 raise ValueError(f"AugmentConfig.{name} = {v!r}: expected in [0, 1)")
         if not (isinstance(self.hue, (int, float)) and math.isfinite(self.hue) and 0.0 <= self.hue <= 0.5):
             raise ValueError(f"AugmentConfig.hue = {self.hue!r}: expected in [0, 0.5] (a fraction of the wheel)")
+        for name, high in (("white_balance", 1.0), ("scale", 0.5)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v < high):
+                raise ValueError(f"AugmentConfig.{name} = {v!r}: expected in [0, {high:g})")
+        if not (isinstance(self.rotate, (int, float)) and math.isfinite(self.rotate) and 0.0 <= self.rotate <= 45.0):
+            raise ValueError(f"AugmentConfig.rotate = {self.rotate!r}: expected in [0, 45] (degrees)")
         if not (isinstance(self.shift, int) and 0 <= self.shift <= 32):
             raise ValueError(f"AugmentConfig.shift = {self.shift!r}: expected an integer 0..32 (pixels)")
 
@@ -53,6 +62,11 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "none": AugmentConfig(),
     # lights and tables a lab may have that the sim scenes lack; a 4-pixel shift at 64x64 is ~2 cm
     "default": AugmentConfig(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, shift=4),
+    # for an appearance-invariant encoder (avdp-train-tokenizer --target-look), where only the input is
+    # changed and the target stays the nominal view: wider lights (x 0.55-1.45 in image space, warm and
+    # cool casts) and a camera bumped by a few degrees (docs/appearance.md says what this covers)
+    "invariant": AugmentConfig(brightness=0.45, contrast=0.3, saturation=0.4, hue=0.05, shift=6,
+                               white_balance=0.3, rotate=4.0, scale=0.06),
 }
 
 
@@ -76,6 +90,9 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
         return (1.0 + r * (2.0 * rand() - 1.0)).view(B, 1, 1, 1).to(dev)
 
     x = images * u(cfg.brightness)
+    if cfg.white_balance:  # drawn only when on: the other presets' draws stay as they were
+        w = cfg.white_balance * (2.0 * rand() - 1.0).view(B, 1, 1).to(dev)
+        x = torch.stack([x[:, 0] * (1.0 + w), x[:, 1], x[:, 2] * (1.0 - w)], dim=1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * u(cfg.contrast) + mean
     if cfg.saturation or cfg.hue:
@@ -88,6 +105,14 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
                            sin[:, None, None] * i + cos[:, None, None] * q], dim=1)
         x = torch.einsum("ij,bjhw->bihw", _YIQ2RGB.to(dev), yiq)
     x = x.clamp(0.0, 1.0)
+    if cfg.rotate or cfg.scale:
+        angle = torch.deg2rad(cfg.rotate * (2.0 * rand() - 1.0)).to(dev)  # (B,)
+        zoom = 1.0 / u(cfg.scale).view(B)  # sampling grid scale: < 1 zooms in
+        cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+        zero = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (B, 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if cfg.shift:
         s = cfg.shift
         H, W = x.shape[-2:]

@@ -97,6 +97,46 @@ class ImageSet(torch.utils.data.Dataset):
         return self.images[i]
 
 
+class PairSet(torch.utils.data.Dataset):
+    """(frame, the same frame as the nominal scene shows it) pairs, cropped and resized once to
+    (3, S, S) uint8: what an appearance-invariant tokenizer learns from. Episodes recorded with
+    `avdp-dagger --nominal-pairs` hold both (`<camera>_nominal.npy`). Each nominal frame is also
+    its own pair, so the nominal look maps to itself. Item i = (input, target index); the targets
+    are `self.targets`, several inputs share one target."""
+
+    def __init__(self, roots: Sequence[Path], keys: set[str], size: int, stride: int = 1,
+                 crops: dict[str, Sequence[float]] | None = None) -> None:
+        inputs, targets, index = [], [], []
+        datasets = {r: EpisodeDataset(r, validate=False) for r in roots}
+        self.skipped = 0  # episodes without nominal pairs
+        for ref in list_episodes(roots):
+            if ref.key not in keys:
+                continue
+            ds = datasets[ref.root]
+            folder = ds.episode_dir(ref.name)
+            if not all((folder / f"{cam}_nominal.npy").exists() for cam in ds.cameras):
+                self.skipped += 1
+                continue
+            ep = ds[ref.name]
+            for cam in ds.cameras:
+                crop = (crops or {}).get(cam)
+                target = resize_uint8(np.load(folder / f"{cam}_nominal.npy", mmap_mode="r")[::stride], size, crop)
+                first = sum(len(t) for t in targets)
+                rows = torch.arange(first, first + len(target))
+                inputs += [resize_uint8(np.asarray(ep[cam][::stride]), size, crop), target]
+                index += [rows, rows]
+                targets.append(target)
+        self.inputs = torch.cat(inputs) if inputs else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+        self.targets = torch.cat(targets) if targets else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+        self.target_index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[i], self.target_index[i]
+
+
 # -- latent windows --------------------------------------------------------------------------
 
 

@@ -1,4 +1,14 @@
-"""avdp-train-tokenizer: the AutoencoderKL image tokenizer; its latent_scale is set at the end."""
+"""avdp-train-tokenizer: the AutoencoderKL image tokenizer; its latent_scale is set at the end.
+
+`--target-look nominal --init REFERENCE` trains an appearance-invariant encoder instead: on pairs
+of frames recorded with `avdp-dagger --nominal-pairs` (a frame in some scene, the same state as
+the nominal scene shows it), the encoder learns to give any look REFERENCE's latents of the
+nominal frame (MSE in scaled latent space), under colour jitter and shift (`--augment`). The
+decoder and latent_scale stay REFERENCE's, frozen, so a policy trained on REFERENCE's latents
+reads the new encoder's unchanged (`avdp-train-baseline --init POLICY --tokenizer NEW`). The
+sim's randomised scenes teach what a real lab can only approximate with augmentation: the
+"Randomized-to-Canonical" idea (James et al., RCAN, CVPR 2019), in latent space.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from avdp_ros.images import check_crop
 from avdp_ros.model.checkpoint import load_checkpoint, load_into
 from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, calibrate_latent_scale
 from avdp_ros.train import engine
 from avdp_ros.train.augment import AUGMENT_PRESETS, augment
-from avdp_ros.train.data import ImageSet, check_roots, data_record, split_episodes
+from avdp_ros.train.data import ImageSet, PairSet, check_roots, data_record, split_episodes
 from avdp_ros.train.jobs.base import Job, n_params
 from avdp_ros.train.metrics import object_l1, psnr, ssim
 from avdp_ros.train.sources import resume_states
@@ -56,12 +67,22 @@ class TokenizerJob(Job):
         p.add_argument("--augment", choices=sorted(AUGMENT_PRESETS), default="none",
                        help="random colour jitter and shift of the training images (train/augment.py); "
                             "validation and inference see the images unchanged (default %(default)s)")
+        p.add_argument("--target-look", choices=("nominal",), default=None,
+                       help="train the encoder only, to map every look to --init's latents of the same state in "
+                            "the nominal scene (data from avdp-dagger --nominal-pairs); decoder and latent_scale "
+                            "stay --init's")
 
     def check_args(self, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
         self.crops = parse_crops(p, args.crop)
         self.augment = AUGMENT_PRESETS[args.augment]
         # its own stream: the same --seed gives the same augmentations in a run from scratch
         self.augment_gen = torch.Generator().manual_seed(args.seed + 104729)
+        self.target_look = args.target_look
+        if args.target_look and not (args.init or args.resume):
+            p.error("--target-look needs --init REFERENCE: the tokenizer (or policy) whose latents the encoder "
+                    "learns to reproduce")
+        if args.target_look and (args.crop or args.kl_weight is not None):
+            p.error("--target-look keeps --init's config: --crop and --kl-weight do not apply")
 
     def build(self, args: argparse.Namespace) -> None:
         crops, out = self.crops, Path(args.out)
@@ -74,15 +95,17 @@ class TokenizerJob(Job):
             load_into(tok, states["tokenizer"], f"{out / engine.LATEST}")
             if crops or args.init:
                 raise SystemExit("--resume continues the run as it was: --crop / --init do not apply")
+            reference = meta.get("extra", {}).get("target_look")
+            if bool(reference) != bool(args.target_look):
+                raise SystemExit(f"--resume: the run at {out} was started {'with' if reference else 'without'} "
+                                 "--target-look; give the same flags")
+            if reference:
+                self.reference = self._reference(reference["reference"], reference["reference_fingerprint"])
         else:
             if args.init:
-                init_states, init_meta = load_checkpoint(args.init)
-                # a tokenizer checkpoint, or a policy's (every latent kind stores the tokenizer it reads)
-                tcfg_dict = init_meta["config"] if init_meta["kind"] == "tokenizer" else init_meta["config"].get(
-                    "tokenizer")
-                if tcfg_dict is None or "tokenizer" not in init_states:
-                    raise SystemExit(f"--init {args.init}: a {init_meta['kind']} checkpoint without a tokenizer")
-                tcfg = TokenizerConfig.from_dict(tcfg_dict)
+                tcfg, init_states = load_tokenizer_states(args.init)
+                if args.target_look:
+                    self.reference = self._reference(args.init)
             else:
                 tcfg = dataclasses.replace(TOKENIZER_PRESETS[args.preset])
             if args.kl_weight is not None:
@@ -93,18 +116,85 @@ class TokenizerJob(Job):
                 load_into(tok, init_states["tokenizer"], f"--init {args.init}")
         train_keys, self.val_keys = split_episodes(self.roots, args)
         S = tok.config.image_size
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.model = tok
+        if args.target_look:
+            self._build_pairs(tok, train_keys, args.frame_stride)
+            return
         self.dataset = ImageSet(self.roots, set(train_keys), S, args.frame_stride, tok.config.crops)
         val_set = ImageSet(self.roots, set(self.val_keys), S, max(args.frame_stride, 1), tok.config.crops)
-        self.gen = torch.Generator().manual_seed(args.seed)
         self.val_images = val_set.images[torch.randperm(len(val_set), generator=self.gen)[:VAL_IMAGES]]
-        self.model = tok
         self.log(f"tokenizer {args.preset}: {n_params(tok)}, latents {tok.config.latent_shape}; "
                  f"{len(self.dataset)} train / {len(val_set)} val images; device {self.device}")
 
+    # -- --target-look: an encoder that maps every look to the reference's nominal latents ---------
+
+    def _reference(self, path: str, fingerprint: str | None = None) -> Tokenizer:
+        tcfg, states = load_tokenizer_states(path)
+        ref = Tokenizer(tcfg)
+        load_into(ref, states["tokenizer"], f"--init {path}")
+        ref.requires_grad_(False)
+        if fingerprint is not None and ref.fingerprint() != fingerprint:
+            raise SystemExit(f"--resume: the reference tokenizer at {path} changed since the run started "
+                             "(its weights' fingerprint differs); start a new run")
+        self.reference_path = str(path)
+        return ref.to(self.device).eval()
+
+    def _build_pairs(self, tok: Tokenizer, train_keys: list[str], stride: int) -> None:
+        S, crops = tok.config.image_size, tok.config.crops
+        # The decoder and the latent scale are the reference's and stay so: the latents keep their meaning.
+        for module in (tok.vae.decoder, tok.vae.post_quant_conv):
+            module.requires_grad_(False)
+        self.dataset = PairSet(self.roots, set(train_keys), S, stride, crops)
+        val = PairSet(self.roots, set(self.val_keys), S, max(stride, 1), crops)
+        if len(self.dataset) == 0:
+            raise SystemExit("--target-look nominal: no episode of --data has nominal pairs (<camera>_nominal.npy); "
+                             "record them with avdp-dagger --nominal-pairs")
+        self.target_z = self._encode_reference(self.dataset.targets)
+        # validation: the frames that are not their own nominal view (those are what the encoder must undo)
+        looks = (val.inputs != val.targets[val.target_index]).flatten(1).any(1).nonzero().flatten()
+        pick = looks[torch.randperm(len(looks), generator=self.gen)[:VAL_IMAGES]]
+        self.val_inputs, self.val_targets = val.inputs[pick], val.targets[val.target_index[pick]]
+        self.val_z = self._encode_reference(self.val_targets)
+        self.log(f"appearance-invariant encoder (--target-look nominal, reference {self.reference_path}): "
+                 f"{len(self.dataset)} train pairs ({len(self.dataset.targets)} nominal targets) / {len(pick)} "
+                 f"val pairs; {self.dataset.skipped} train episodes without pairs skipped; device {self.device}")
+
+    @torch.no_grad()
+    def _encode_reference(self, images: torch.Tensor) -> torch.Tensor:
+        if len(images) == 0:
+            return torch.zeros(0, *self.reference.config.latent_shape, device=self.device)
+        return torch.cat([self.reference.encode(images[i:i + 256].to(self.device).float() / 255.0)
+                          for i in range(0, len(images), 256)])
+
+    def _pair_loss(self, model: Tokenizer, batch):
+        x, idx = batch
+        z = model.encode(augment(x.float() / 255.0, self.augment, self.augment_gen))
+        loss = F.mse_loss(z, self.target_z[idx].to(z.device))
+        return loss, {"loss": loss.item()}
+
+    @torch.no_grad()
+    def _pair_validate(self, model: Tokenizer) -> dict[str, float]:
+        x = self.val_inputs.to(self.device).float() / 255.0
+        y = self.val_targets.to(self.device).float() / 255.0
+        z = torch.cat([model.encode(x[i:i + 64]) for i in range(0, len(x), 64)])
+        rec = torch.cat([model.decode(z[i:i + 64]) for i in range(0, len(z), 64)])
+        # the reference's own reconstruction of the nominal frames: the best the frozen decoder can do
+        ref = torch.cat([model.decode(self.val_z[i:i + 64]) for i in range(0, len(z), 64)])
+        return {"latent_mse": F.mse_loss(z, self.val_z.to(z.device)).item(), "psnr": psnr(rec, y).mean().item(),
+                "object_l1": object_l1(rec, y).nanmean().item(),
+                "object_l1_reference": object_l1(ref, y).nanmean().item()}
+
+    # -- the job's parts ---------------------------------------------------------------------------
+
     def loss(self, model: Tokenizer, batch: torch.Tensor):
+        if self.target_look:
+            return self._pair_loss(model, batch)
         return model.loss(augment(batch.float() / 255.0, self.augment, self.augment_gen))
 
     def validate(self, model: Tokenizer, step: int) -> dict[str, float]:
+        if self.target_look:
+            return self._pair_validate(model) if len(self.val_inputs) else {}
         if len(self.val_images) == 0:
             return {}
         x = self.val_images.to(self.device).float() / 255.0
@@ -113,6 +203,8 @@ class TokenizerJob(Job):
                 "object_l1": object_l1(rec, x).nanmean().item()}
 
     def finalize(self, model: Tokenizer) -> None:
+        if self.target_look:
+            return  # the latent scale is the reference's: the latents must keep their meaning
         images = self.dataset.images
         idx = torch.randperm(len(images), generator=self.gen)[:CALIB_IMAGES]
         batches = (images[idx[i:i + 64]].to(self.device).float() / 255.0 for i in range(0, len(idx), 64))
@@ -124,6 +216,19 @@ class TokenizerJob(Job):
 
     def save(self, model: Tokenizer, path: Path, extra: dict[str, Any]) -> None:
         # Tokenizer.save adds the weights' fingerprint, which names the latent caches
+        if self.target_look:
+            extra = dict(extra, target_look={"look": self.target_look, "reference": self.reference_path,
+                                             "reference_fingerprint": self.reference.fingerprint()})
         model.save(path, dict(extra, data=data_record(self.roots), val_episodes=self.val_keys,
                               augment=self.augment.to_dict()),
                    data_manifest=self.roots[0] / "manifest.json")
+
+
+def load_tokenizer_states(path: str | Path) -> tuple[TokenizerConfig, dict[str, dict[str, torch.Tensor]]]:
+    """The tokenizer config and weights in a tokenizer checkpoint, or in a policy's (every latent
+    kind stores the tokenizer it reads)."""
+    states, meta = load_checkpoint(path)
+    tcfg = meta["config"] if meta["kind"] == "tokenizer" else meta["config"].get("tokenizer")
+    if tcfg is None or "tokenizer" not in states:
+        raise SystemExit(f"--init {path}: a {meta['kind']} checkpoint without a tokenizer")
+    return TokenizerConfig.from_dict(tcfg), states

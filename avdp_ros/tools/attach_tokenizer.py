@@ -1,0 +1,73 @@
+"""avdp-attach-tokenizer: a policy checkpoint with its tokenizer replaced by an
+appearance-invariant one, without training the policy.
+
+`avdp-train-tokenizer --target-look nominal --init POLICY` trains an encoder that gives any scene
+look POLICY's own latents of the nominal scene; its decoder and latent scale are POLICY's. So
+POLICY reads the new encoder's latents as they are, and this writes POLICY with it:
+
+    avdp-attach-tokenizer --policy models/avdp_default --tokenizer runs/inv/tokenizer/latest \
+        --out runs/inv/policy
+
+Refused unless the tokenizer was trained against exactly POLICY's tokenizer (the fingerprint its
+checkpoint records): with any other, the latents would mean something else to the policy, and
+the way to move a policy onto it is a fine-tune (`avdp-train-baseline --init POLICY --tokenizer T`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+
+def attach(policy: str | Path, tokenizer: str | Path, out: str | Path) -> Path:
+    """Write `policy` with `tokenizer`'s weights to `out`; ValueError when the tokenizer was not
+    trained (`--target-look`) against `policy`'s own tokenizer."""
+    from avdp_ros.model.checkpoint import load_checkpoint, save_checkpoint
+    from avdp_ros.model.kinds import KINDS
+    from avdp_ros.train.sources import frozen_tokenizer
+
+    states, meta = load_checkpoint(policy)
+    if meta["kind"] not in KINDS or not KINDS[meta["kind"]].policy:
+        raise ValueError(f"--policy {policy}: a '{meta['kind']}' checkpoint; expected a policy that reads a tokenizer")
+    tstates, tmeta = load_checkpoint(tokenizer, expected_kind="tokenizer")
+    target = tmeta["extra"].get("target_look")
+    if not target:
+        raise ValueError(f"--tokenizer {tokenizer} was not trained with --target-look: its latents are not "
+                         f"{policy}'s; fine-tune the policy onto it instead (avdp-train-baseline --init POLICY "
+                         "--tokenizer T)")
+    own = frozen_tokenizer(meta["config"]["tokenizer"], states["tokenizer"], "cpu", f"{policy}: tokenizer")
+    if own.fingerprint() != target["reference_fingerprint"]:
+        raise ValueError(f"--tokenizer {tokenizer} learned the latents of {target['reference']}, not of {policy}'s "
+                         "tokenizer (the weights' fingerprints differ)")
+    # the same architecture and latent scale: the config differs at most in nothing the policy reads
+    new = frozen_tokenizer(tmeta["config"], tstates["tokenizer"], "cpu", f"{tokenizer}")
+    states = dict(states, tokenizer=new.state_dict())
+    config = dict(meta["config"], tokenizer=tmeta["config"])
+    extra = dict(meta["extra"], attached_tokenizer={"path": str(tokenizer), "fingerprint": new.fingerprint(),
+                                                    "target_look": target["look"]})
+    # save_checkpoint takes modules; these are state dicts already
+    modules = {name: SimpleNamespace(state_dict=lambda s=s: s) for name, s in states.items()}
+    return save_checkpoint(out, meta["kind"], modules, config, extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="avdp-attach-tokenizer", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", required=True, help="policy checkpoint directory")
+    ap.add_argument("--tokenizer", required=True, help="tokenizer trained with --target-look --init POLICY")
+    ap.add_argument("--out", required=True, type=Path, help="directory of the new policy checkpoint")
+    a = ap.parse_args(argv)
+    if a.out.exists() and any(a.out.iterdir()):
+        ap.error(f"--out {a.out} exists and is not empty")
+    try:
+        path = attach(a.policy, a.tokenizer, a.out)
+    except ValueError as err:
+        ap.error(str(err))
+    print(f"wrote {path}: {a.policy} reading the encoder of {a.tokenizer}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

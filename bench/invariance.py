@@ -5,10 +5,12 @@ shows the same state), per dataset and camera: the MSE between each tokenizer's 
 frames and the REFERENCE's latents of their nominal views, in REFERENCE's scaled units (the latents
 have unit variance, so 1.0 is as far as an unrelated frame), and the object L1 of the decoded
 latents against the nominal views. A policy trained on REFERENCE's latents of nominal scenes sees
-exactly what it was trained on where the MSE is 0.
+exactly what it was trained on where the MSE is 0. `--png` draws, per dataset, a frame of each
+camera, what each tokenizer's latents of it decode to (REFERENCE's decoder), and the nominal view.
 
     python bench/invariance.py --reference models/avdp_default \
-        --tokenizer models/avdp_default runs/inv/tokenizer/latest --data runs/inv/val_*/dataset
+        --tokenizer models/avdp_default runs/inv/tokenizer/latest --data runs/inv/val_*/dataset \
+        --png docs/images/invariant_encoder.png
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ def main() -> None:
     ap.add_argument("--data", nargs="+", required=True, help="datasets recorded with avdp-dagger --nominal-pairs")
     ap.add_argument("--episodes", type=int, default=10, help="episodes per dataset (default %(default)s)")
     ap.add_argument("--stride", type=int, default=2, help="every N-th frame (default %(default)s)")
+    ap.add_argument("--png", type=Path, help="write the example grid here")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
     ref = load_tokenizer(a.reference)
     toks = {p: load_tokenizer(p) for p in a.tokenizer}
+    rows = []  # per dataset and camera: input, each tokenizer's decoding, the nominal view
     print("| data | camera | " + " | ".join(f"{p}: latent MSE, object L1" for p in toks) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in toks) + " |")
     for root in a.data:
@@ -62,11 +66,22 @@ def main() -> None:
             target = encode(ref, nominal, cam)
             y = ref.camera_images(nominal, cam)
             cells = []
+            k = len(frames) // 2  # an example frame: mid-episode, objects in view
+            row = [ref.camera_images(frames[k:k + 1], cam)[0]]
             for tok in toks.values():
                 z = encode(tok, frames, cam)
                 rec = torch.cat([ref.decode(z[i:i + 128]) for i in range(0, len(z), 128)])
                 cells.append(f"{torch.mean((z - target) ** 2).item():.3f}, {object_l1(rec, y).nanmean().item():.3f}")
+                row.append(rec[k])
+            rows.append(torch.cat([*row, y[k]], dim=2))  # (3, S, S * (tokenizers + 2))
             print(f"| {Path(root).parent.name} | {cam} | " + " | ".join(cells) + " |")
+    if a.png:
+        import imageio.v2 as imageio
+
+        grid = (torch.cat(rows, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        a.png.parent.mkdir(parents=True, exist_ok=True)
+        imageio.imwrite(a.png, grid)
+        print(f"wrote {a.png}: per row a frame, then {', '.join(toks)} decoded, then the nominal view")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,12 @@
 #      fine-tuned with them
 #   4. a targeted DAgger round on the push layouts the policy gets wrong (TARGETED_EPISODES), then a
 #      fine-tune with an EMA of the weights
-#   5. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
-#   6. with EXPORT=1, copy the IDM checkpoint (EXPORT=baseline: the action-only one) to models/avdp_default
+#   5. an appearance-invariant encoder for the action-only policy (INVARIANT, 1; 0 = off): the policy is
+#      not retrained, its tokenizer's encoder learns to map every scene look to the latents of the
+#      nominal scene (scripts/train_invariant.sh with BASE = that policy, OUT/invariant)
+#   6. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
+#   7. with EXPORT=1, copy the IDM checkpoint (EXPORT=baseline: the action-only one, with the invariant
+#      encoder unless INVARIANT=0) to models/avdp_default
 # Knobs (environment): OUT (runs/default), EPISODES per task (150), PERTURBED_EPISODES per task (150),
 # PERTURB ("0.04 0.2": peak offset m, yaw rad), STEPS_TOK (2500: at 500 the tokenizer still
 # dropped the green target), CROP (the scene camera's region of interest, "0.40625,0.203125,0.5,0.5":
@@ -23,7 +27,8 @@
 # sampler noise scale stored in the checkpoints, 0), DAGGER_ROUNDS (4), DAGGER_EPISODES per task
 # and round (100), DAGGER_TASKS ("push pick_place"), STEPS_DAGGER (12000 fine-tuning steps per
 # round), DAGGER_ROS (0), TARGETED_EPISODES (180), EVAL_EPISODES (50), THREADS (torch threads per
-# training process, 2), EXPORT (0: 1 copies the IDM, "baseline" the action-only policy to models/).
+# training process, 2), INVARIANT (1), EXPORT (0: 1 copies the IDM, "baseline" the action-only policy to
+# models/).
 # The label-scarcity and sampling-steps experiments build on this: scripts/experiments.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -103,6 +108,11 @@ if [ "${TARGETED_EPISODES:-180}" -gt 0 ]; then
   "$BIN/avdp-train-baseline" --data "${ALL[@]}" "${DAG[@]}" "$d/dataset" "${opts[@]}" --out "$final" \
     --init "$OUT/baseline/latest" --steps "${STEPS_DAGGER:-12000}" --ema 0.999 "${act[@]}" --include-failed
 fi
+final="$final/latest"
+if [ "${INVARIANT:-1}" != 0 ]; then
+  BASE="$final" OUT="$OUT/invariant" THREADS="$THREADS" VAL_EPISODES=0 scripts/train_invariant.sh
+  final="$OUT/invariant/policy"
+fi
 for policy in idm baseline expert; do
   for task in push pick_place; do
     src="$OUT/$policy"; [ "$policy" = expert ] && src=expert; [ "$policy" = baseline ] && src="$final"
@@ -111,7 +121,7 @@ for policy in idm baseline expert; do
   done
 done
 if [ "${EXPORT:-0}" != 0 ]; then
-  src="$OUT/idm/latest"; [ "$EXPORT" = baseline ] && src="$final/latest"
+  src="$OUT/idm/latest"; [ "$EXPORT" = baseline ] && src="$final"
   mkdir -p models/avdp_default
   cp "$src/checkpoint.json" "$src/model.safetensors" models/avdp_default/
   echo "exported $src -> models/avdp_default"

@@ -112,7 +112,9 @@ def test_tokenizer_cli_trains_with_augmentation_and_records_it(tmp_path: Path):
     out = tmp_path / "tok"
     assert main_tokenizer(["--data", str(data), "--out", str(out), "--preset", "tiny", "--device", "cpu",
                            "--threads", "1", "--steps", "6", "--batch-size", "8", "--val-fraction", "0.3",
-                           "--no-progress", "--augment", "default"]) == 0
+                           "--no-progress", "--augment", "default", "--clean-fraction", "0.5"]) == 0
     _, meta = load_checkpoint(out / engine.LATEST, expected_kind="tokenizer")
-    assert meta["extra"]["augment"] == AUGMENT_PRESETS["default"].to_dict()
+    assert meta["extra"]["augment"] == dict(AUGMENT_PRESETS["default"].to_dict(), clean_fraction=0.5)
     assert json.loads((out / engine.HISTORY_FILE).read_text())[-1]["step"] == 6
+    with pytest.raises(SystemExit):
+        main_tokenizer(["--data", str(data), "--out", str(tmp_path / "bad"), "--clean-fraction", "1.5"])

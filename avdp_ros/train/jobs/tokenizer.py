@@ -67,6 +67,9 @@ class TokenizerJob(Job):
         p.add_argument("--augment", choices=sorted(AUGMENT_PRESETS), default="none",
                        help="random colour jitter and shift of the training images (train/augment.py); "
                             "validation and inference see the images unchanged (default %(default)s)")
+        p.add_argument("--clean-fraction", type=float, default=0.0, metavar="F",
+                       help="leave this fraction of the training images unaugmented, so the model is also exact on "
+                            "images as the cameras give them (default %(default)s: all augmented)")
         p.add_argument("--target-look", choices=("nominal",), default=None,
                        help="train the encoder only, to map every look to --init's latents of the same state in "
                             "the nominal scene (data from avdp-dagger --nominal-pairs); decoder and latent_scale "
@@ -78,6 +81,9 @@ class TokenizerJob(Job):
         # its own stream: the same --seed gives the same augmentations in a run from scratch
         self.augment_gen = torch.Generator().manual_seed(args.seed + 104729)
         self.target_look = args.target_look
+        if not 0.0 <= args.clean_fraction <= 1.0:
+            p.error(f"--clean-fraction {args.clean_fraction}: expected in [0, 1]")
+        self.clean_fraction = args.clean_fraction
         if args.target_look and not (args.init or args.resume):
             p.error("--target-look needs --init REFERENCE: the tokenizer (or policy) whose latents the encoder "
                     "learns to reproduce")
@@ -169,7 +175,7 @@ class TokenizerJob(Job):
 
     def _pair_loss(self, model: Tokenizer, batch):
         x, idx = batch
-        z = model.encode(augment(x.float() / 255.0, self.augment, self.augment_gen))
+        z = model.encode(self._augment(x))
         loss = F.mse_loss(z, self.target_z[idx].to(z.device))
         return loss, {"loss": loss.item()}
 
@@ -190,7 +196,16 @@ class TokenizerJob(Job):
     def loss(self, model: Tokenizer, batch: torch.Tensor):
         if self.target_look:
             return self._pair_loss(model, batch)
-        return model.loss(augment(batch.float() / 255.0, self.augment, self.augment_gen))
+        return model.loss(self._augment(batch))
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) -> float in [0, 1], augmented except a `clean_fraction` of them."""
+        x = images.float() / 255.0
+        y = augment(x, self.augment, self.augment_gen)
+        if self.clean_fraction <= 0.0 or y is x:
+            return y
+        clean = torch.rand(len(x), generator=self.augment_gen) < self.clean_fraction
+        return torch.where(clean.view(-1, 1, 1, 1).to(x.device), x, y)
 
     def validate(self, model: Tokenizer, step: int) -> dict[str, float]:
         if self.target_look:
@@ -220,7 +235,7 @@ class TokenizerJob(Job):
             extra = dict(extra, target_look={"look": self.target_look, "reference": self.reference_path,
                                              "reference_fingerprint": self.reference.fingerprint()})
         model.save(path, dict(extra, data=data_record(self.roots), val_episodes=self.val_keys,
-                              augment=self.augment.to_dict()),
+                              augment=dict(self.augment.to_dict(), clean_fraction=self.clean_fraction)),
                    data_manifest=self.roots[0] / "manifest.json")
 
 

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# An appearance-invariant encoder for a policy trained in the nominal scene (BASE, required), so the
+# policy acts in any scene look without retraining (docs/appearance.md, "An appearance-invariant
+# encoder"). models/avdp_default already has one; its nominal-scene policy, as BASE for a re-run, is
+# the checkpoint of revision 61c6d8b (models/README.md says how to get it):
+#   1. expert episodes of both tasks in randomised training scenes, DART-perturbed (avdp-dagger
+#      --policy expert --perturb 0.04 0.2, PAIR_EPISODES per task, seeds 5000+), every frame also
+#      rendered as the nominal scene shows the same state (--nominal-pairs)
+#   2. the encoder of BASE's tokenizer trained to give every look BASE's latents of the nominal view
+#      (avdp-train-tokenizer --target-look nominal --init BASE, --augment default, STEPS_TOK steps);
+#      decoder and latent scale stay BASE's. BASE with it attached (avdp-attach-tokenizer) is OUT/stage1
+#   3. DAgger rollouts of OUT/stage1 in training scenes with nominal pairs (DAGGER_EPISODES per task,
+#      seeds 30000+): the states the policy itself reaches; only their image pairs are used
+#   4. the encoder trained on, to STEPS_TOK2 steps, on 1 + 3 with the stronger --augment invariant
+#      (wider light changes, white balance, a few degrees of rotation and zoom); attached: OUT/stage2
+#   5. on to STEPS_TOK3 steps with half the images unaugmented (--clean-fraction 0.5): every image
+#      was augmented until here, and the policy lost nominal pick_place success to the encoder's small
+#      error on clean nominal frames (docs/appearance.md); attached: OUT/policy
+#   6. OUT/policy on VAL_EPISODES validation seeds (13000+) per task, nominal and every held-out suite
+#      (VAL_EPISODES=0 skips it). The held-out test (seeds 100000+): scripts/eval_appearance.sh OUT/policy OUT/test
+# Every stage skips what is already there and the trainer resumes, so re-running continues where it
+# stopped. Two recordings run at once (one per core). THREADS: torch threads of the trainer (2).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/bootstrap.sh"
+cd "$ROOT"
+[ -n "${BASE:-}" ] || { echo "$0: set BASE to a policy trained in the nominal scene (see the header)" >&2; exit 2; }
+OUT="${OUT:-runs/inv}" THREADS="${THREADS:-2}"
+PAIR_EPISODES="${PAIR_EPISODES:-200}" DAGGER_EPISODES="${DAGGER_EPISODES:-100}"
+STEPS_TOK="${STEPS_TOK:-5000}" STEPS_TOK2="${STEPS_TOK2:-12000}" STEPS_TOK3="${STEPS_TOK3:-16000}"
+BIN="$VENV/bin"
+mkdir -p "$OUT"
+record() {  # record NAME TASK SEED EPISODES POLICY [avdp-dagger options]: train-scene episodes with nominal pairs, once
+  local d="$OUT/$1"
+  [ -f "$d/summary.json" ] || "$BIN/avdp-dagger" --policy "$5" --task "$2" --seed "$3" --episodes "$4" \
+    --appearance train --nominal-pairs --out "$d" --time-limit 30 --no-progress --overwrite "${@:6}" > "$d.log" 2>&1
+}
+record pairs_push push 5000 "$PAIR_EPISODES" expert --perturb 0.04 0.2 &
+record pairs_pick_place pick_place 5000 "$PAIR_EPISODES" expert --perturb 0.04 0.2
+wait
+DATA=("$OUT/pairs_push/dataset" "$OUT/pairs_pick_place/dataset")
+tok="$OUT/tokenizer"
+opts=(--target-look nominal --frame-stride 2 --lr 5e-4 --val-every 500 --ckpt-every 500 --threads "$THREADS"
+      --out "$tok" --no-progress)
+attach() {  # attach DIR: BASE reading the tokenizer's latest encoder, once
+  [ -f "$1/checkpoint.json" ] || "$BIN/avdp-attach-tokenizer" --policy "$BASE" --tokenizer "$tok/latest" --out "$1"
+}
+if [ ! -f "$OUT/stage1/checkpoint.json" ]; then
+  resume=(--init "$BASE"); [ -d "$tok/latest" ] && resume=(--resume)
+  "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$STEPS_TOK" --augment default "${resume[@]}"
+  attach "$OUT/stage1"
+fi
+record dagger_push push 30000 "$DAGGER_EPISODES" "$OUT/stage1" --threads 1 &
+record dagger_pick_place pick_place 30000 "$DAGGER_EPISODES" "$OUT/stage1" --threads 1
+wait
+DATA+=("$OUT/dagger_push/dataset" "$OUT/dagger_pick_place/dataset")
+if [ ! -f "$OUT/stage2/checkpoint.json" ]; then
+  "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$STEPS_TOK2" --augment invariant --resume
+  attach "$OUT/stage2"
+fi
+if [ ! -f "$OUT/policy/checkpoint.json" ]; then
+  "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$STEPS_TOK3" --augment invariant --resume \
+    --clean-fraction 0.5
+  attach "$OUT/policy"
+fi
+if [ "${VAL_EPISODES:-20}" -gt 0 ]; then
+  scripts/eval_appearance.sh "$OUT/policy" "$OUT/val" "${VAL_EPISODES:-20}" 13000
+fi

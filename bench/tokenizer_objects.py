@@ -20,18 +20,13 @@ import numpy as np
 import torch
 
 from avdp_ros.data.dataset import EpisodeDataset
-from avdp_ros.model.checkpoint import load_checkpoint, load_into
-from avdp_ros.model.tokenizer import Tokenizer, TokenizerConfig
+from avdp_ros.model.tokenizer import Tokenizer, checkpoint_tokenizer
 from avdp_ros.train.metrics import object_l1, psnr
 
 
 def load_tokenizer(path: str) -> Tokenizer:
     """A tokenizer checkpoint, or the tokenizer inside a policy checkpoint."""
-    states, meta = load_checkpoint(path)
-    cfg = meta["config"] if meta["kind"] == "tokenizer" else meta["config"]["tokenizer"]
-    tok = Tokenizer(TokenizerConfig.from_dict(cfg))
-    load_into(tok, states["tokenizer"], f"{path}: tokenizer")  # names the checkpoint on a mismatch
-    return tok.eval()
+    return checkpoint_tokenizer(path)
 
 
 def main() -> None:

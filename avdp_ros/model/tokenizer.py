@@ -213,6 +213,18 @@ class Tokenizer(nn.Module):
         return tok.to(map_location).eval()
 
 
+def checkpoint_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer in a tokenizer checkpoint, or the one inside a policy's (every latent kind
+    stores the tokenizer it reads), in eval mode on the CPU. ValueError for a checkpoint without one."""
+    states, meta = load_checkpoint(path)
+    cfg = meta["config"] if meta["kind"] == "tokenizer" else meta["config"].get("tokenizer")
+    if cfg is None or "tokenizer" not in states:
+        raise ValueError(f"{path}: a {meta['kind']} checkpoint without a tokenizer")
+    tok = Tokenizer(TokenizerConfig.from_dict(cfg))
+    load_into(tok, states["tokenizer"], f"{path}: tokenizer")  # names the checkpoint on a mismatch
+    return tok.eval()
+
+
 @torch.no_grad()
 def calibrate_latent_scale(tokenizer: Tokenizer, images: Iterable[torch.Tensor]) -> float:
     """Set `tokenizer.config.latent_scale` to 1 / std of unscaled latents over `images` batches.

@@ -23,8 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from avdp_ros.images import check_crop
-from avdp_ros.model.checkpoint import load_checkpoint, load_into
-from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, calibrate_latent_scale
+from avdp_ros.model.checkpoint import load_into
+from avdp_ros.model.tokenizer import (
+    TOKENIZER_PRESETS,
+    Tokenizer,
+    TokenizerConfig,
+    calibrate_latent_scale,
+    checkpoint_tokenizer,
+)
 from avdp_ros.train import engine
 from avdp_ros.train.augment import AUGMENT_PRESETS, augment
 from avdp_ros.train.data import ImageSet, PairSet, check_roots, data_record, split_episodes
@@ -109,7 +115,8 @@ class TokenizerJob(Job):
                 self.reference = self._reference(reference["reference"], reference["reference_fingerprint"])
         else:
             if args.init:
-                tcfg, init_states = load_tokenizer_states(args.init)
+                init = self._checkpoint_tokenizer(args.init)
+                tcfg = dataclasses.replace(init.config)
                 if args.target_look:
                     self.reference = self._reference(args.init)
             else:
@@ -119,7 +126,7 @@ class TokenizerJob(Job):
             tcfg.crops = {**tcfg.crops, **crops}
             tok = Tokenizer(tcfg)
             if args.init:
-                load_into(tok, init_states["tokenizer"], f"--init {args.init}")
+                tok.load_state_dict(init.state_dict())
         train_keys, self.val_keys = split_episodes(self.roots, args)
         S = tok.config.image_size
         self.gen = torch.Generator().manual_seed(args.seed)
@@ -136,15 +143,19 @@ class TokenizerJob(Job):
     # -- --target-look: an encoder that maps every look to the reference's nominal latents ---------
 
     def _reference(self, path: str, fingerprint: str | None = None) -> Tokenizer:
-        tcfg, states = load_tokenizer_states(path)
-        ref = Tokenizer(tcfg)
-        load_into(ref, states["tokenizer"], f"--init {path}")
-        ref.requires_grad_(False)
+        ref = self._checkpoint_tokenizer(path).requires_grad_(False)
         if fingerprint is not None and ref.fingerprint() != fingerprint:
             raise SystemExit(f"--resume: the reference tokenizer at {path} changed since the run started "
                              "(its weights' fingerprint differs); start a new run")
         self.reference_path = str(path)
         return ref.to(self.device).eval()
+
+    @staticmethod
+    def _checkpoint_tokenizer(path: str) -> Tokenizer:
+        try:
+            return checkpoint_tokenizer(path)
+        except ValueError as err:
+            raise SystemExit(f"--init {err}") from err
 
     def _build_pairs(self, tok: Tokenizer, train_keys: list[str], stride: int) -> None:
         S, crops = tok.config.image_size, tok.config.crops
@@ -162,6 +173,12 @@ class TokenizerJob(Job):
         pick = looks[torch.randperm(len(looks), generator=self.gen)[:VAL_IMAGES]]
         self.val_inputs, self.val_targets = val.inputs[pick], val.targets[val.target_index[pick]]
         self.val_z = self._encode_reference(self.val_targets)
+        self.val_object_l1_reference = float("nan")
+        if len(self.val_targets):
+            with torch.no_grad():  # the best the frozen decoder can do: the reference's own reconstruction
+                y = self.val_targets.to(self.device).float() / 255.0
+                ref = torch.cat([self.reference.decode(self.val_z[i:i + 64]) for i in range(0, len(y), 64)])
+                self.val_object_l1_reference = object_l1(ref, y).nanmean().item()
         self.log(f"appearance-invariant encoder (--target-look nominal, reference {self.reference_path}): "
                  f"{len(self.dataset)} train pairs ({len(self.dataset.targets)} nominal targets) / {len(pick)} "
                  f"val pairs; {self.dataset.skipped} train episodes without pairs skipped; device {self.device}")
@@ -185,11 +202,9 @@ class TokenizerJob(Job):
         y = self.val_targets.to(self.device).float() / 255.0
         z = torch.cat([model.encode(x[i:i + 64]) for i in range(0, len(x), 64)])
         rec = torch.cat([model.decode(z[i:i + 64]) for i in range(0, len(z), 64)])
-        # the reference's own reconstruction of the nominal frames: the best the frozen decoder can do
-        ref = torch.cat([model.decode(self.val_z[i:i + 64]) for i in range(0, len(z), 64)])
         return {"latent_mse": F.mse_loss(z, self.val_z.to(z.device)).item(), "psnr": psnr(rec, y).mean().item(),
                 "object_l1": object_l1(rec, y).nanmean().item(),
-                "object_l1_reference": object_l1(ref, y).nanmean().item()}
+                "object_l1_reference": self.val_object_l1_reference}
 
     # -- the job's parts ---------------------------------------------------------------------------
 
@@ -238,12 +253,3 @@ class TokenizerJob(Job):
                               augment=dict(self.augment.to_dict(), clean_fraction=self.clean_fraction)),
                    data_manifest=self.roots[0] / "manifest.json")
 
-
-def load_tokenizer_states(path: str | Path) -> tuple[TokenizerConfig, dict[str, dict[str, torch.Tensor]]]:
-    """The tokenizer config and weights in a tokenizer checkpoint, or in a policy's (every latent
-    kind stores the tokenizer it reads)."""
-    states, meta = load_checkpoint(path)
-    tcfg = meta["config"] if meta["kind"] == "tokenizer" else meta["config"].get("tokenizer")
-    if tcfg is None or "tokenizer" not in states:
-        raise SystemExit(f"--init {path}: a {meta['kind']} checkpoint without a tokenizer")
-    return TokenizerConfig.from_dict(tcfg), states

@@ -83,19 +83,34 @@ def test_rotation_and_zoom_move_a_point_about_the_centre_within_their_range():
     assert radius.min() >= 0.88 and radius.max() <= 1.12 and radius.std() > 0.02
 
 
+def test_a_ramp_brightens_one_side_and_darkens_the_other_within_its_range():
+    x = torch.full((64, 3, 33, 33), 0.5)
+    y = augment(x, AugmentConfig(ramp=0.4), torch.Generator().manual_seed(0)) / 0.5
+    assert y.min() >= 0.6 - 1e-6 and y.max() <= 1.4 + 1e-6
+    assert torch.allclose(y[:, :, 16, 16], torch.ones(64, 3), atol=1e-5)  # the centre keeps its light
+    assert torch.allclose(y[:, 0], y[:, 2])  # no colour cast
+    span = y[:, 0].amax((1, 2)) - y[:, 0].amin((1, 2))
+    assert span.max() > 0.5 and span.std() > 0.1  # some steep, some flat
+    # opposite corners move opposite ways around the centre
+    assert torch.allclose(y[:, 0, 0, 0] - 1, 1 - y[:, 0, -1, -1], atol=1e-5)
+
+
 def test_the_default_preset_draws_as_before_the_new_fields():
     """New fields draw only when on, so latent views cached with `default` stay valid: the sum was
     taken from the code before white balance, rotation and zoom existed (revision b08b6a2)."""
     x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(11))
     y = augment(x, AUGMENT_PRESETS["default"], torch.Generator().manual_seed(3))
     assert y.sum().item() == pytest.approx(2713.7705078125, abs=1e-3)
+    # and `invariant` (the shipped encoder's) as before the ramp (revision e8fa596)
+    y = augment(x, AUGMENT_PRESETS["invariant"], torch.Generator().manual_seed(3))
+    assert y.sum().item() == pytest.approx(2496.5537109375, abs=1e-3)
 
 
 @pytest.mark.parametrize("kwargs, field", [({"brightness": 1.5}, "brightness"), ({"contrast": -0.1}, "contrast"),
                                            ({"saturation": float("nan")}, "saturation"), ({"hue": 0.7}, "hue"),
                                            ({"shift": 2.5}, "shift"), ({"shift": 100}, "shift"),
                                            ({"white_balance": 1.0}, "white_balance"), ({"rotate": 90}, "rotate"),
-                                           ({"scale": -0.1}, "scale")])
+                                           ({"scale": -0.1}, "scale"), ({"ramp": 1.0}, "ramp")])
 def test_bad_values_are_refused_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"AugmentConfig.{field}"):
         AugmentConfig(**kwargs)

@@ -264,8 +264,23 @@ def test_nominal_pairs_show_the_same_states_in_the_nominal_scene_and_train_an_in
     before = ref.state_dict()
     moved = {k for k, v in states["tokenizer"].items() if not torch.equal(v, before[k])}
     assert moved and all(k.startswith(("vae.encoder.", "vae.quant_conv.")) for k in moved)  # decoder frozen
-    # resume goes on against the same reference
+    # resume goes on against the same reference; where it moved, --init names its new place
     assert main_tokenizer(["--data", *data, "--out", str(out), "--steps", "42", "--resume", *common]) == 0
+    policy.rename(tmp_path / "moved")
+    with pytest.raises(SystemExit, match="expected checkpoint.json"):
+        main_tokenizer(["--data", *data, "--out", str(out), "--steps", "43", "--resume", *common])
+    other = Tokenizer(ref.config)
+    other.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        next(other.parameters()).add_(0.1)
+    other.save(tmp_path / "other")
+    with pytest.raises(SystemExit, match="fingerprint differs"):  # another tokenizer at the new place is refused
+        main_tokenizer(["--data", *data, "--out", str(out), "--steps", "43", "--resume", "--init",
+                        str(tmp_path / "other"), *common])
+    assert main_tokenizer(["--data", *data, "--out", str(out), "--steps", "43", "--resume", "--init",
+                           str(tmp_path / "moved"), *common]) == 0
+    assert load_checkpoint(out / tu.LATEST)[1]["extra"]["target_look"]["reference"] == str(tmp_path / "moved")
+    (tmp_path / "moved").rename(policy)
 
     # the policy reads the new encoder without training: avdp-attach-tokenizer, refused for any other tokenizer
     from avdp_ros.model.policy import Policy

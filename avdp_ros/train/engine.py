@@ -293,7 +293,7 @@ class _LossModule(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-def train(run: Run, info: Dist, device: torch.device, resume: bool = False) -> dict[str, Any]:
+def train(run: Run, info: Dist, device: torch.device, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Optimise `run.model` for `run.cfg.steps` steps; returns the last history entry.
 
     Resume (`resume=True`) reloads `<out>/latest` (weights, optimizer, step, history) and goes on
@@ -362,7 +362,8 @@ def train(run: Run, info: Dist, device: torch.device, resume: bool = False) -> d
 
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {run.kind}", disable=not info.is_main,
+    # Without the bar (logs) the validation lines below still print: tqdm.write ignores `disable`.
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {run.kind}", disable=not (info.is_main and progress),
                dynamic_ncols=True)
     model.train()
     last: dict[str, Any] = history[-1] if history else {}

@@ -109,7 +109,7 @@ class Job:
         p.add_argument("--threads", type=int, default=None,
                        help="CPU intra-op threads (torch.set_num_threads); default: torch's choice")
         p.add_argument("--resume", action="store_true", help="continue from <out>/latest")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar for latent caching")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (latent caching, training): for logs")
         p.add_argument("--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="edit the preset's config, e.g. --override idm.patch_size=2 (repeatable); with "
                             "--resume only the sampling fields action_temperature, action_steps, video_steps")
@@ -128,7 +128,7 @@ class Job:
             run = engine.Run(out=Path(args.out), kind=self.kind, model=self.model, loss_fn=self.loss,
                              dataset=self.dataset, cfg=cfg, save_fn=self.save, validate_fn=self.validate,
                              finalize_fn=self.finalize)
-            last = engine.train(run, self.info, self.device, resume=args.resume)
+            last = engine.train(run, self.info, self.device, resume=args.resume, progress=not args.no_progress)
             if self.info.is_main:
                 print(json.dumps(last), file=sys.stderr)
         finally:

@@ -105,14 +105,15 @@ class TokenizerJob(Job):
             states, meta = resume_states(out, "tokenizer")
             tok = Tokenizer(TokenizerConfig.from_dict(meta["config"]))
             load_into(tok, states["tokenizer"], f"{out / engine.LATEST}")
-            if crops or args.init:
-                raise SystemExit("--resume continues the run as it was: --crop / --init do not apply")
+            if crops or (args.init and not args.target_look):
+                raise SystemExit("--resume continues the run as it was: --crop / --init do not apply "
+                                 "(with --target-look, --init may name where the reference is now)")
             reference = meta.get("extra", {}).get("target_look")
             if bool(reference) != bool(args.target_look):
                 raise SystemExit(f"--resume: the run at {out} was started {'with' if reference else 'without'} "
                                  "--target-look; give the same flags")
-            if reference:
-                self.reference = self._reference(reference["reference"], reference["reference_fingerprint"])
+            if reference:  # it may have moved (a shipped model replaced since): --init names where it is now
+                self.reference = self._reference(args.init or reference["reference"], reference["reference_fingerprint"])
         else:
             if args.init:
                 init = self._checkpoint_tokenizer(args.init)
@@ -146,7 +147,8 @@ class TokenizerJob(Job):
         ref = self._checkpoint_tokenizer(path).requires_grad_(False)
         if fingerprint is not None and ref.fingerprint() != fingerprint:
             raise SystemExit(f"--resume: the reference tokenizer at {path} changed since the run started "
-                             "(its weights' fingerprint differs); start a new run")
+                             "(its weights' fingerprint differs); if it moved, name where it is now with --init, "
+                             "else start a new run")
         self.reference_path = str(path)
         return ref.to(self.device).eval()
 

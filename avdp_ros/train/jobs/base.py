@@ -109,7 +109,8 @@ class Job:
         p.add_argument("--threads", type=int, default=None,
                        help="CPU intra-op threads (torch.set_num_threads); default: torch's choice")
         p.add_argument("--resume", action="store_true", help="continue from <out>/latest")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars (latent caching, training): for logs")
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (latent caching, training): for logs")
         p.add_argument("--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="edit the preset's config, e.g. --override idm.patch_size=2 (repeatable); with "
                             "--resume only the sampling fields action_temperature, action_steps, video_steps")

@@ -113,7 +113,8 @@ class TokenizerJob(Job):
                 raise SystemExit(f"--resume: the run at {out} was started {'with' if reference else 'without'} "
                                  "--target-look; give the same flags")
             if reference:  # it may have moved (a shipped model replaced since): --init names where it is now
-                self.reference = self._reference(args.init or reference["reference"], reference["reference_fingerprint"])
+                self.reference = self._reference(args.init or reference["reference"],
+                                                 reference["reference_fingerprint"])
         else:
             if args.init:
                 init = self._checkpoint_tokenizer(args.init)

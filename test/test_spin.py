@@ -26,7 +26,7 @@ class _Executor:
     def __init__(self, context_ok: bool, is_shutdown: bool) -> None:
         self.context, self._is_shutdown = _Context(context_ok), is_shutdown
 
-    def spin(self) -> None:
+    def spin_once(self, timeout_sec=None) -> None:
         raise AttributeError("'NoneType' object has no attribute 'trigger'")
 
 
@@ -35,7 +35,31 @@ class _Executor:
 def test_shutdown_races_end_quietly_and_live_errors_surface(monkeypatch, context_ok, is_shutdown, raised):
     seen = []
     monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_type))
-    thread = spin_in_thread(_Executor(context_ok, is_shutdown), "test")
-    thread.join(timeout=10.0)
-    assert not thread.is_alive()
+    spinner = spin_in_thread(_Executor(context_ok, is_shutdown), "test")
+    spinner.thread.join(timeout=10.0)
+    assert not spinner.thread.is_alive()
     assert seen == ([AttributeError] if raised else [])
+
+
+class _Waiting(_Executor):
+    """Counts its waits, as a live executor with nothing to do does."""
+
+    def __init__(self) -> None:
+        super().__init__(True, False)
+        self.waits = 0
+
+    def spin_once(self, timeout_sec=None) -> None:
+        assert timeout_sec is not None, "an unbounded wait could outlive the executor"
+        self.waits += 1
+        threading.Event().wait(timeout_sec)
+
+
+def test_stop_ends_and_joins_the_spin_thread():
+    """stop() returns only once the thread left its wait: nothing may still wait inside rclpy when
+    the caller shuts the executor down or the process exits (a daemon thread there aborts it)."""
+    executor = _Waiting()
+    spinner = spin_in_thread(executor, "test")
+    while executor.waits < 2:
+        spinner.thread.join(0.01)
+    assert spinner.stop(timeout=5.0)
+    assert not spinner.thread.is_alive()

@@ -87,7 +87,7 @@ class EpisodeDriver(Node):
         # spinning starts last: no callback may run on a half-built node
         self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self)
-        self._thread = spin_in_thread(self._executor, name)
+        self._spinner = spin_in_thread(self._executor, name)
 
     def _create_io(self) -> None:
         """Subclasses create their state, subscriptions and publishers here."""
@@ -220,6 +220,6 @@ class EpisodeDriver(Node):
                 "start": started, "stop": stopped}
 
     def close(self) -> None:
+        self._spinner.stop()  # before the caller may shut the context down under it
         self._executor.shutdown(timeout_sec=2.0)
-        self._thread.join(timeout=2.0)  # before the caller may shut the context down under it
         self.destroy_node()

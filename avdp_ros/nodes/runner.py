@@ -115,6 +115,7 @@ class Stack:
             raise ValueError(f"--set for node(s) {sorted(unknown)} not in this job: "
                              f"expected one of {[NODES[r].name for r in roles]}")
         self.nodes = {}
+        self._spinner = None
         # Single-threaded by default: every callback is short, and rclpy's multi-threaded
         # executor burns CPU and GIL time that the sim loop needs on small machines.
         self.executor = (SingleThreadedExecutor(context=context) if threads == 1
@@ -133,14 +134,17 @@ class Stack:
             raise
         from avdp_ros.nodes.spin import spin_in_thread
 
-        self._thread = spin_in_thread(self.executor)
+        self._spinner = spin_in_thread(self.executor)
 
     def shutdown(self) -> None:
-        """Close every node (bags get finalised), then stop the executor."""
+        """Close every node (bags get finalised) while the executor still spins, then end the spin
+        thread, then stop the executor: no thread may still wait inside rclpy when the process exits."""
         for node in reversed(list(self.nodes.values())):
             close = getattr(node, "close", None)
             if close is not None:
                 close()
+        if self._spinner is not None:
+            self._spinner.stop()
         self.executor.shutdown(timeout_sec=2.0)
         for node in self.nodes.values():
             node.destroy_node()

@@ -53,14 +53,29 @@ def run_node(node_cls, args=None, threads: int = 1) -> None:
         rclpy.try_shutdown()
 
 
-def spin_in_thread(executor, name: str = "executor") -> threading.Thread:
-    """Spin `executor` on a daemon thread until it (or its context) is shut down."""
+class Spinner:
+    """Spins an executor on a daemon thread until `stop()` (or until its context is shut down).
 
-    def spin():
+    It waits at most 0.1 s at a time rather than calling `executor.spin()`: a wait with no timeout
+    that starts just as the executor shuts down (its guard condition already released) never
+    returns, and a daemon thread still inside rclpy's C++ wait when the interpreter exits aborts
+    the process ("terminate called without an active exception"). `stop()` joins the thread, so
+    the caller shuts the executor and context down only once nothing is waiting on them.
+    """
+
+    def __init__(self, executor, name: str = "executor") -> None:
+        self.executor = executor
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, name=name, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        executor = self.executor
         try:
-            executor.spin()
+            while not self._stop.is_set() and executor.context.ok():
+                executor.spin_once(timeout_sec=0.1)
         except ExternalShutdownException:
-            return  # the context was shut down: the normal way this thread ends
+            return  # the context was shut down: a normal end
         except Exception:
             # shut down between two waits, rclpy raises RCLError ("context is not valid") from
             # building the next wait set, or AttributeError from a guard condition the executor's
@@ -68,6 +83,14 @@ def spin_in_thread(executor, name: str = "executor") -> threading.Thread:
             if executor.context.ok() and not getattr(executor, "_is_shutdown", False):
                 raise
 
-    thread = threading.Thread(target=spin, name=name, daemon=True)
-    thread.start()
-    return thread
+    def stop(self, timeout: float = 2.0) -> bool:
+        """End the loop and join the thread; False if it is still inside a callback after `timeout` s."""
+        self._stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+def spin_in_thread(executor, name: str = "executor") -> Spinner:
+    """Spin `executor` on a daemon thread; call `.stop()` before shutting the executor down."""
+    return Spinner(executor, name)

@@ -32,7 +32,7 @@ from avdp_ros.deploy.trt import EngineMismatchError, EngineTarget, engine_key, r
 from avdp_ros.geometry import axis_angle_to_quat
 from avdp_ros.model import rotation
 from avdp_ros.model.checkpoint import save_checkpoint
-from avdp_ros.model.config import preset
+from avdp_ros.model.config import idm_head, preset
 from avdp_ros.model.idm import ActionOnlyPolicy, InverseDynamics, Normalizer
 from avdp_ros.model.policy import Policy
 from avdp_ros.model.rotation import pose_to_state10
@@ -107,6 +107,17 @@ def checkpoints(tmp_path_factory):
     crop_cfg = preset("tiny")
     crop_cfg.tokenizer = dict(tok_cfg.to_dict(), crops={"camera": list(CROP)})
     save_checkpoint(root / "baseline_crop", "baseline", {"baseline": base, "tokenizer": tok}, crop_cfg.to_dict())
+    # the UWM head: a noised future and its flow time in, no video features (its encoder graph
+    # takes future_t), read at future_t 0.3 by default
+    uwm_cfg = idm_head(preset("tiny"), "uwm")
+    uwm_cfg.tokenizer, uwm_cfg.idm.future_t = tok_cfg.to_dict(), 0.3
+    uwm = InverseDynamics(uwm_cfg)
+    with torch.no_grad():
+        for p in uwm.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    uwm.load_state_dict({k: v for k, v in idm.state_dict().items() if k in uwm.state_dict()}, strict=False)
+    save_checkpoint(root / "idm_uwm", "idm", {"idm": uwm, "tokenizer": tok, "video": video, "video_state_norm": vnorm},
+                    uwm_cfg.to_dict())
     return root
 
 
@@ -123,6 +134,7 @@ def bundles(checkpoints, tmp_path_factory):
         "baseline_nostate": export_bundle(checkpoints / "baseline_nostate", root / "baseline_nostate", parity=False,
                                           log=quiet),
         "baseline_crop": export_bundle(checkpoints / "baseline_crop", root / "baseline_crop", parity=False, log=quiet),
+        "idm_uwm": export_bundle(checkpoints / "idm_uwm", root / "idm_uwm", log=quiet),
     }
 
 
@@ -142,7 +154,8 @@ def _noises(cfg, n, seed=1):
     g = torch.Generator().manual_seed(seed)
     K, cams, (C, h, w) = cfg.future_frames, len(cfg.cameras), cfg.latent_shape
     return [{"video": torch.randn(1, K, cams, C, h, w, generator=g),
-             "action": torch.randn(1, cfg.horizon, 10, generator=g)} for _ in range(n)]
+             "action": torch.randn(1, cfg.horizon, 10, generator=g),
+             "future": torch.randn(1, K, cams, C, h, w, generator=g)} for _ in range(n)]
 
 
 def _assert_actions_close(a, b, pos=POS_TOL, quat=QUAT_TOL):
@@ -231,9 +244,9 @@ def test_numpy_pose_and_grid_match_torch():
 # ---- parity: per stage, video rollout, end to end -------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["idm", "idm_recompute", "baseline"])
+@pytest.mark.parametrize("name", ["idm", "idm_recompute", "baseline", "idm_uwm"])
 def test_onnxruntime_matches_torch_per_stage(bundles, checkpoints, name):
-    policy = Policy.from_checkpoint(checkpoints / ("baseline" if name == "baseline" else "idm"))
+    policy = Policy.from_checkpoint(checkpoints / {"baseline": "baseline", "idm_uwm": "idm_uwm"}.get(name, "idm"))
     _, stages = build_stages(policy, bundles[name].video_mode or "kv")
     runner = OrtRunner(bundles[name], threads=1)
     g = torch.Generator().manual_seed(3)
@@ -275,13 +288,15 @@ def test_video_rollout_matches_torch_kv_cache(bundles, checkpoints, name):
     ("baseline", "onnxruntime", {"threads": 1}),
     ("baseline_nostate", "onnxruntime", {"threads": 1}),
     ("baseline_crop", "onnxruntime", {"threads": 1}),
+    ("idm_uwm", "onnxruntime", {"threads": 1}),
     ("idm", "torch", {"staged": True}),
+    ("idm_uwm", "torch", {"staged": True}),
     ("baseline_nostate", "torch", {"staged": True}),
     ("idm", "torch", {"staged": True, "video_mode": "recompute"}),
 ])
 def test_end_to_end_action_chunk_matches_torch(bundles, checkpoints, name, backend, options):
     kind = "baseline" if name.startswith("baseline") else "idm"
-    ckpt = checkpoints / (name if name.startswith("baseline") else kind)
+    ckpt = checkpoints / (name if name.startswith("baseline") or name == "idm_uwm" else kind)
     ref = Policy.from_checkpoint(ckpt)
     path = bundles[name].path if backend != "torch" else ckpt
     policy = load_policy(backend, path, "cpu", **options)
@@ -319,9 +334,13 @@ def test_end_to_end_action_chunk_matches_torch(bundles, checkpoints, name, backe
     policy.reset()
     ref.reset()
     policy.action_temperature = ref.action_temperature = 0.0
-    video_only = {"video": noises[0]["video"]}
+    video_only = {"video": noises[0]["video"], "future": noises[0]["future"]}
     _assert_actions_close(policy.infer(_obs(0), noise=video_only)["actions"],
                           ref.infer(_obs(0), noise=video_only)["actions"])
+    if name == "idm_uwm":  # future_t 1: the future is pure noise and the rollout is skipped, in both
+        policy.future_t = ref.future_t = 1.0
+        _assert_actions_close(policy.infer(_obs(1), noise=noises[1])["actions"],
+                              ref.infer(_obs(1), noise=noises[1])["actions"])
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])

@@ -13,7 +13,7 @@ import torch
 from avdp_ros import geometry
 from avdp_ros.model import flow, rotation
 from avdp_ros.model.checkpoint import load_checkpoint, save_checkpoint
-from avdp_ros.model.config import PRESETS, IDMConfig, PolicyConfig, VideoConfig, preset
+from avdp_ros.model.config import PRESETS, IDMConfig, PolicyConfig, VideoConfig, idm_head, preset
 from avdp_ros.model.idm import ActionBatch, ActionOnlyPolicy, InverseDynamics, Normalizer
 from avdp_ros.model.video import VideoModel, block_causal_mask
 
@@ -391,3 +391,63 @@ def test_policy_checkpoint_round_trip(cfg, tmp_path):
     batch, noise = _action_batch(cfg), torch.randn(4, cfg.horizon, 10)
     assert torch.equal(loaded.sample(batch, 2, noise), idm.sample(batch, 2, noise))
     assert torch.equal(loaded.action_norm.std, idm.action_norm.std)
+
+
+# ---- the UWM head: independent noise levels for the future and the action chunk ------------------
+
+def _uwm(cfg: PolicyConfig, **idm) -> InverseDynamics:
+    c = idm_head(cfg, "uwm")
+    return _scramble(InverseDynamics(dataclasses.replace(c, idm=dataclasses.replace(c.idm, **idm))))
+
+
+def test_idm_heads_are_presets_the_config_validates(cfg):
+    assert idm_head(cfg, "uwm").idm.future_noise == "independent" and idm_head(cfg, "uwm").idm.video_feature_dim == 0
+    assert idm_head(cfg, "teacher").idm == cfg.idm
+    with pytest.raises(ValueError, match="unknown IDM head 'vpp'"):
+        idm_head(cfg, "vpp")
+    with pytest.raises(ValueError, match="future_noise = 'sometimes'"):
+        IDMConfig(future_noise="sometimes")
+    with pytest.raises(ValueError, match=r"future_t = 1.5: expected in \[0, 1\]"):
+        IDMConfig(future_t=1.5)
+    assert PolicyConfig.from_dict(json.loads(json.dumps(idm_head(cfg, "uwm").to_dict()))) == idm_head(cfg, "uwm")
+
+
+def test_uwm_head_reads_its_future_at_the_flow_time_it_is_told(cfg):
+    idm = _uwm(cfg).eval()
+    batch = dataclasses.replace(_action_batch(cfg), video_features=None)
+    noise = torch.randn(4, cfg.horizon, 10)
+    with pytest.raises(ValueError, match="future_t is required"):
+        idm.sample(batch, 2, noise)
+    at = {t: dataclasses.replace(batch, future_t=torch.full((4,), t)) for t in (0.0, 1.0)}
+    a0, a1 = idm.sample(at[0.0], 2, noise), idm.sample(at[1.0], 2, noise)
+    assert a0.shape == (4, cfg.horizon, 10) and not torch.allclose(a0, a1)  # the level is an input
+    other = dataclasses.replace(at[0.0], future=torch.randn_like(batch.future))
+    assert not torch.allclose(a0, idm.sample(other, 2, noise))  # and so is the future
+    # noise_future: (1 - t) future + t eps, and the level it records
+    eps = torch.randn_like(batch.future)
+    moved = idm.noise_future(batch, torch.tensor([0.0, 0.25, 0.5, 1.0]), eps)
+    assert torch.equal(moved.future[0], batch.future[0]) and torch.equal(moved.future[3], eps[3])
+    assert torch.allclose(moved.future[1], 0.75 * batch.future[1] + 0.25 * eps[1])
+    assert torch.equal(moved.future_t, torch.tensor([0.0, 0.25, 0.5, 1.0]))
+
+
+def test_uwm_training_noises_the_future_and_drops_the_ones_that_do_not_show_the_labels(cfg):
+    """In training the future gets its own flow time: pure noise for every window with
+    future_drop 1, and for relabelled windows (future_valid False) whatever future_drop is; so
+    there the loss cannot depend on the frames given."""
+    batch = dataclasses.replace(_action_batch(cfg), video_features=None)
+    other = dataclasses.replace(batch, future=torch.randn_like(batch.future))
+
+    def loss(model, b):
+        return model.loss(b, generator=torch.Generator().manual_seed(7))[0].item()
+
+    dropped = _uwm(cfg, future_drop=1.0)
+    assert loss(dropped, batch) == loss(dropped, other)
+    kept = _uwm(cfg, future_drop=0.0)
+    assert loss(kept, batch) != loss(kept, other)
+    invalid = torch.zeros(4, dtype=torch.bool)
+    assert loss(kept, dataclasses.replace(batch, future_valid=invalid)) == \
+        loss(kept, dataclasses.replace(other, future_valid=invalid))
+    # the teacher head reads the future as given
+    teacher = _scramble(InverseDynamics(cfg))
+    assert teacher.encoder.future_t_embed is None and not teacher.noised_future

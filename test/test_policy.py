@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from avdp_ros.geometry import axis_angle_to_quat, quat_mul
-from avdp_ros.model.checkpoint import CheckpointError, save_checkpoint
-from avdp_ros.model.config import preset
+from avdp_ros.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from avdp_ros.model.config import idm_head, preset
 from avdp_ros.model.idm import ActionOnlyPolicy, InverseDynamics, Normalizer
 from avdp_ros.model.policy import Policy
-from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer
+from avdp_ros.model.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig
 from avdp_ros.model.video import VideoModel
 
 
@@ -207,3 +207,57 @@ def test_inpainting_sampler_keeps_known_entries_and_matches_plain_sampling_witho
     assert not torch.allclose(out[:, 2:], plain[:, 2:])  # the rest saw the known entries
     with pytest.raises(ValueError, match="both"):
         flow.euler_sample(v, noise, 4, known, None)
+
+
+def _no_rollout(*args, **kwargs):
+    raise AssertionError("the video model was rolled out")
+
+
+def test_future_sources_noise_oracle_images_and_future_t(checkpoints, tmp_path):
+    """What the IDM reads as its future: the rollout, pure noise (no rollout), given frames (the
+    oracle; encoded like observations), or for the UWM head the rollout re-noised to future_t
+    (1: pure noise and no rollout)."""
+    root, cfg = checkpoints
+    policy = Policy.from_checkpoint(root / "idm")
+    policy.action_temperature = 0.0
+    K = cfg.future_frames
+    frames = {cam: np.stack([_obs(10 + k)[cam] for k in range(K)]) for cam in cfg.cameras}
+    with torch.no_grad():
+        want = torch.stack([torch.cat([policy.tokenizer.camera_images(frames[cam][k], cam) for cam in cfg.cameras])
+                            for k in range(K)])  # (K, cams, 3, S, S)
+        want = policy.tokenizer.encode(want.flatten(0, 1)).unflatten(0, (K, len(cfg.cameras)))[None]
+    assert torch.allclose(policy._encode_future(frames), want, atol=1e-5)
+    real = policy.video.rollout
+    policy.video.rollout = _no_rollout
+    oracle = policy.infer(_obs(0), future_images=frames, return_frames=True)
+    assert oracle["actions"].shape == (cfg.horizon, 8) and oracle["predicted_frames"].shape[:2] == (K, 2)
+    with pytest.raises(ValueError, match=r"future_images\['wrist'\]: expected \(2, H, W, 3\) uint8"):
+        policy.infer(_obs(0), future_images={"camera": frames["camera"], "wrist": frames["wrist"][:1]})
+    policy.future_source = "noise"
+    policy.reset()
+    noise = torch.randn(1, K, len(cfg.cameras), *cfg.latent_shape)
+    a = policy.infer(_obs(0), noise={"future": noise})["actions"]
+    policy.reset()
+    assert not np.allclose(a, policy.infer(_obs(0), noise={"future": noise + 1})["actions"])
+    policy.video.rollout = real
+    # the UWM head
+    states, meta = load_checkpoint(root / "idm")
+    uwm_cfg = idm_head(cfg, "uwm")
+    uwm = InverseDynamics(uwm_cfg)
+    _perturb(uwm)
+    uwm.action_norm.fit(torch.randn(256, 10) * 0.05 + torch.tensor([0.5, 0, 0.3, 1, 0, 0, 0, -1, 0, 0.04]))
+    tok, video, vnorm = Tokenizer(TokenizerConfig.from_dict(cfg.tokenizer)), VideoModel(cfg), Normalizer(10)
+    for m, name in ((tok, "tokenizer"), (video, "video"), (vnorm, "video_state_norm")):
+        m.load_state_dict(states[name])
+    save_checkpoint(tmp_path / "uwm", "idm", {"idm": uwm, "tokenizer": tok, "video": video, "video_state_norm": vnorm},
+                    uwm_cfg.to_dict())
+    policy = Policy.from_checkpoint(tmp_path / "uwm")
+    assert policy.future_t == 0.0 and policy.actor.noised_future
+    seen = []
+    policy.actor.noise_future = (lambda f: lambda b, t, eps=None: seen.append(float(t)) or f(b, t, eps))(
+        policy.actor.noise_future)
+    policy.infer(_obs(0))
+    policy.future_t = 1.0
+    policy.video.rollout = _no_rollout
+    policy.infer(_obs(1))
+    assert seen == [0.0, 1.0]

@@ -59,6 +59,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                           "--steps", "10", "--batch-size", "8", "--val-every", "10", "--ckpt-every", "10",
                           "--early-weight", "3", "--early-frames", "2", "--override", "idm.use_state=false",
                           "--augment", "default", "--views", "2", *COMMON]) == 0
+    # the UWM head, its encoder and head started from the baseline's weights
+    r["uwm"] = base / "uwm"
+    assert main_idm(["--data", *data, "--out", str(r["uwm"]), "--video", str(r["video"] / tu.LATEST),
+                     "--head", "uwm", "--init-actor", str(r["baseline"] / tu.LATEST), "--steps", "30",
+                     "--batch-size", "16", "--lr", "2e-3", "--val-every", "30", "--ckpt-every", "30", *COMMON]) == 0
     r["data"] = [Path(d) for d in data]
     torch.set_num_threads(before)
     return r
@@ -366,3 +371,30 @@ def test_ema_checkpoint_holds_the_average_and_resume_trains_on(tmp_path: Path):
 def test_ema_flag_is_validated():
     with pytest.raises(SystemExit, match="--ema: ema_decay 1.5"):
         main_baseline(["--data", "x", "--out", "y", "--tokenizer", "z", "--ema", "1.5"])
+
+
+def test_uwm_idm_run_and_init_actor(runs):
+    """--head uwm: the config says so, the loss goes down, validation reads the predicted future at
+    future_t, the true one at 0 and none at 1; --init-actor copies what fits from a baseline."""
+    from avdp_ros.model.config import PolicyConfig
+    from avdp_ros.model.idm import InverseDynamics
+    from avdp_ros.train.jobs.action import init_actor
+
+    first, last = early_late(runs["uwm"])
+    assert last < first
+    states, meta = load_checkpoint(runs["uwm"] / tu.LATEST, expected_kind="idm")
+    cfg = PolicyConfig.from_dict(meta["config"])
+    assert cfg.idm.future_noise == "independent" and cfg.idm.video_feature_dim == 0
+    assert any(k.startswith("encoder.future_t_embed.") for k in states["idm"])
+    val = [h for h in history(runs["uwm"]) if "val/pos_mm" in h][-1]
+    assert {"val/gt_future/pos_mm", "val/no_future/pos_mm"} <= val.keys()
+    fresh = InverseDynamics(cfg)
+    line = init_actor(fresh, str(runs["baseline"] / tu.LATEST))
+    base = load_checkpoint(runs["baseline"] / tu.LATEST)[0]["baseline"]
+    got = fresh.state_dict()
+    assert torch.equal(got["head.action_out.weight"], base["head.action_out.weight"])
+    assert torch.equal(got["encoder.pos_frame"][:1], base["encoder.pos_frame"])  # the past frame
+    assert "encoder.future_t_embed" in line and "encoder.state_proj" in line  # the baseline had no state input
+    assert not torch.equal(got["action_norm.std"], base["action_norm.std"])  # fitted on this run's data
+    with pytest.raises(SystemExit, match="a 'video' checkpoint; expected a baseline or idm policy"):
+        init_actor(fresh, str(runs["video"] / tu.LATEST))

@@ -233,6 +233,8 @@ class LatentDataset(Dataset):
       where an episode stores the labeller's own chunk per observation (`action_chunk`, DAgger
       episodes of avdp-dagger) and it covers H rows, that chunk (see `sim.dagger.ExpertLabeller`)
     - `instr` () int64: index into `vocab`; `has_actions` () bool
+    - `future_valid` () bool: the future frames show what `actions` do. False where the labels are
+      a relabeller's chunks (DAgger): the frames follow the learner's actions, not the labels
 
     With augmented views (a cache given as (root, cache_dir, views_dir), see `cache_views`) every
     window is served once per view, view 0 being the clean latents: `index` holds (episode, t, view).
@@ -356,4 +358,5 @@ class LatentDataset(Dataset):
             "context": window[:self.Fc], "future": window[self.Fc:], "states": st, "state": st[self.Fc - 1],
             "actions": act, "instr": torch.tensor(self.instr[e], dtype=torch.long),
             "has_actions": torch.tensor(actions is not None),
+            "future_valid": torch.tensor(self.chunks[e] is None),
         }

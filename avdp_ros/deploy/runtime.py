@@ -120,6 +120,7 @@ class StagedPolicy:
         self.video_steps = video_steps or self.cfg.video_steps
         self.action_steps = action_steps or self.cfg.action_steps
         self.action_temperature = self.cfg.action_temperature  # scale of drawn (not injected) action noise
+        self.future_t = self.cfg.idm.future_t  # flow time a noised-future IDM reads its future at
         self._video_grid = npops.euler_grid(self.video_steps)
         self._action_grid = npops.euler_grid(self.action_steps)
         self._rng = np.random.default_rng(seed)
@@ -258,27 +259,38 @@ class StagedPolicy:
         states = np.stack([s for _, s in self._frames])[None]  # (1, Fc, 10) raw
         instr = r.asarray(np.array([cfg.instruction_index(str(obs.get("instruction", "")))], np.int64))
         timings = {"tokenizer_ms": tok_ms, "video_ms": 0.0}
-        pred = feats = None
+        pred = feats = future = None
+        noised = cfg.idm.future_noise == "independent"
         if kind_spec(self.kind).has_video:
             t0 = time.perf_counter()
-            mean, std = self.meta.norms["video_state"]
-            vstate = ((states - mean) / std).astype(np.float32)
-            vnoise = _noise(noise, "video", (1, cfg.future_frames) + self._frame_shape, self._rng)
-            rollout = self._rollout_kv if self.meta.video_mode == "kv" else self._rollout_recompute
-            pred, feats = rollout(context, instr, vstate, vnoise)
+            shape = (1, cfg.future_frames) + self._frame_shape
+            if noised and self.future_t >= 1.0:  # the future is pure noise: no rollout (Policy._future)
+                pred = r.asarray(_noise(noise, "future", shape, self._rng))
+            else:
+                mean, std = self.meta.norms["video_state"]
+                vstate = ((states - mean) / std).astype(np.float32)
+                vnoise = _noise(noise, "video", shape, self._rng)
+                rollout = self._rollout_kv if self.meta.video_mode == "kv" else self._rollout_recompute
+                pred, feats = rollout(context, instr, vstate, vnoise)
+            future = pred
+            if noised:  # the IDM reads (1 - t) prediction + t noise (InverseDynamics.noise_future)
+                t = float(self.future_t)
+                future = pred * (1.0 - t) + r.asarray(_noise(noise, "future", shape, self._rng)) * t
             r.sync()
             timings["video_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         mean, std = self.meta.norms["state"]
         last = states[:, -1]  # (1, 10) raw state the chunk is planned from
         P = cfg.idm.past_frames
-        frames = context[:, -P:] if pred is None else r.cat([context[:, -P:], pred], 1)
+        frames = context[:, -P:] if future is None else r.cat([context[:, -P:], future], 1)
         names = {s.name for s in self.meta.specs["idm_encoder"][0]}  # state / video_features are optional
         feeds = {"frames": frames, "instr": instr}
         if "state" in names:
             feeds["state"] = r.asarray(((last - mean) / std).astype(np.float32))
         if "video_features" in names:
             feeds["video_features"] = feats
+        if "future_t" in names:
+            feeds["future_t"] = r.asarray(np.array([self.future_t], np.float32))
         ctx = r.run("idm_encoder", feeds)["ctx"]
         anoise = _noise(noise, "action", (1, cfg.horizon, ACTION_DIM), self._rng, self.action_temperature)
         known = self._prefix(prefix, last) if prefix is not None and len(prefix) else None

@@ -10,7 +10,7 @@ graph per network evaluation, with the same control flow as `Policy.infer`:
     video_context  context, instr, state (normalised)          -> past_k, past_v, features  [idm]
     video_frame    x, t, instr, frame, past_k, past_v, past_bias -> velocity, k, v, feature  [idm, kv mode]
     video_sequence frames, t, instr, state                     -> velocity, features         [idm, recompute mode]
-    idm_encoder    frames[, state (normalised)], instr[, video_features] -> ctx
+    idm_encoder    frames[, state (normalised)], instr[, video_features][, future_t] -> ctx
     action_step    a, t, ctx                                   -> velocity
 
 KV cache with static shapes: `video_frame` takes the cache padded to its largest size,
@@ -72,6 +72,7 @@ class Dims:
     state: bool     # the IDM encoder reads the proprio state (idm.use_state)
     L: int          # IDM conditioning tokens
     Di: int         # IDM width
+    noised: bool = False  # the IDM reads a noised future and its flow time (idm.future_noise "independent")
 
     @property
     def head_dim(self) -> int:
@@ -95,7 +96,8 @@ class Dims:
             ((cfg.context_frames + cfg.future_frames) if Dv else 0)
         return cls(cams=cfg.n_cameras, C=C, h=h, w=w, S=int(cfg.tokenizer.get("image_size", 0)),
                    Fc=cfg.context_frames, K=cfg.future_frames, P=P, H=cfg.horizon, T=T, D=v.n_embd,
-                   n_head=v.n_head, n_layer=v.n_layer, Dv=Dv, L=L, Di=i.n_embd, state=i.use_state)
+                   n_head=v.n_head, n_layer=v.n_layer, Dv=Dv, L=L, Di=i.n_embd, state=i.use_state,
+                   noised=idm and i.future_noise == "independent")
 
 
 def _f(name, *shape):
@@ -137,6 +139,8 @@ def stage_specs(d: Dims, kind: str, video_mode: str = "kv") -> dict[str, tuple[l
     enc_in = [_f("frames", 1, frames, *lat)] + ([_f("state", 1, STATE_DIM)] if d.state else []) + [_i("instr", 1)]
     if d.Dv:
         enc_in.append(_f("video_features", 1, d.Fc + d.K, d.Dv))
+    if d.noised:
+        enc_in.append(_f("future_t", 1))
     specs["idm_encoder"] = (enc_in, [_f("ctx", 1, d.L, d.Di)])
     specs["action_step"] = ([_f("a", 1, d.H, ACTION_DIM), _f("t", 1), _f("ctx", 1, d.L, d.Di)],
                             [_f("velocity", 1, d.H, ACTION_DIM)])
@@ -252,11 +256,17 @@ class IdmEncoderStage(nn.Module):
         super().__init__()
         self.encoder = policy.actor.encoder
         self.use_state = policy.cfg.idm.use_state
+        self.features = policy.cfg.idm.video_feature_dim > 0 and policy.video is not None
+        self.noised = policy.actor.noised_future
 
     def forward(self, frames: Tensor, *rest: Tensor) -> Tensor:
-        """(frames, state, instr[, video_features]), or without state when idm.use_state is false."""
-        state, rest = (rest[0], rest[1:]) if self.use_state else (None, rest)
-        return self.encoder(frames, state, rest[0], rest[1] if len(rest) > 1 else None)
+        """(frames, state, instr[, video_features][, future_t]); no state when idm.use_state is false."""
+        rest = list(rest)
+        state = rest.pop(0) if self.use_state else None
+        instr = rest.pop(0)
+        feats = rest.pop(0) if self.features else None
+        future_t = rest.pop(0) if self.noised else None
+        return self.encoder(frames, state, instr, feats, future_t)
 
 
 class ActionStepStage(nn.Module):
@@ -289,7 +299,7 @@ def example_inputs(inputs: list[TensorSpec], cfg, generator: torch.Generator | N
         if spec.dtype == "int64":
             high = {"instr": len(cfg.instructions), "frame": cfg.context_frames + cfg.future_frames}[spec.name]
             out.append(torch.randint(0, high, spec.shape, generator=generator))
-        elif spec.name in ("t", "images"):
+        elif spec.name in ("t", "images", "future_t"):
             out.append(torch.rand(spec.shape, generator=generator))
         elif spec.name == "past_bias":
             out.append(torch.zeros(spec.shape))

@@ -199,8 +199,9 @@ def _expert_lead_in(sim, policy: PolicyLike, instruction: str, cfg: EvalConfig, 
     return np.asarray(target[:7], dtype=np.float64)
 
 
-def evaluate(policy: PolicyLike, cfg: EvalConfig, progress: bool = True) -> dict:
-    """Run `cfg.episodes` seeded episodes; returns success rate, lengths, latency percentiles."""
+def evaluate(policy: PolicyLike, cfg: EvalConfig, progress: bool = True, monitor: Monitor | None = None) -> dict:
+    """Run `cfg.episodes` seeded episodes; returns success rate, lengths, latency percentiles.
+    `monitor` sees every episode (`run_episode`)."""
     from tqdm import tqdm
 
     from avdp_ros.sim.env import PandaSim, SimConfig
@@ -210,7 +211,7 @@ def evaluate(policy: PolicyLike, cfg: EvalConfig, progress: bool = True) -> dict
     results: list[EpisodeResult] = []
     try:
         for i, seed in enumerate(tqdm(cfg.episode_seeds(), desc=f"eval {cfg.task}", disable=not progress)):
-            results.append(run_episode(sim, policy, seed, cfg, keep_frames=i < cfg.videos))
+            results.append(run_episode(sim, policy, seed, cfg, keep_frames=i < cfg.videos, monitor=monitor))
     finally:
         sim.close()
     return summarize(results, cfg)

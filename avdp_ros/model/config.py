@@ -72,6 +72,9 @@ class VideoConfig:
             raise ValueError(f"VideoConfig.clean_prefix_prob = {self.clean_prefix_prob}: expected in [0, 1]")
 
 
+FUTURE_NOISE = ("none", "independent")
+
+
 @dataclass
 class IDMConfig:
     """Architecture of the observation encoder + flow-matching action head (`model/idm.py`)."""
@@ -95,8 +98,23 @@ class IDMConfig:
     #                                  it then guesses. Relative actions still use the state outside
     #                                  the network, and the arm is visible in both cameras.
     logit_normal_t: bool = True      # training flow times ~ logit-normal (else uniform)
+    future_noise: str = "none"       # how the IDM learns to read its future frames (IDM_HEADS):
+    #                                  "none": the true future, clean (teacher forcing; at inference it
+    #                                  then reads predicted frames it never saw in training);
+    #                                  "independent": UWM-style, the future is noised to its own flow
+    #                                  time t_f in training and the encoder is told t_f, so one model
+    #                                  holds the action-only policy (t_f = 1) and the inverse dynamics
+    #                                  (t_f = 0), and learns how far to trust a future at each level
+    future_drop: float = 0.25        # "independent": share of training windows whose future is pure noise
+    future_t: float = 0.0            # "independent": flow time the predicted future is re-noised to at
+    #                                  inference; 1 = ignore it (no video rollout: the action-only mode)
 
     def __post_init__(self) -> None:
+        if self.future_noise not in FUTURE_NOISE:
+            raise ValueError(f"IDMConfig.future_noise = {self.future_noise!r}: expected one of {FUTURE_NOISE}")
+        for name in ("future_drop", "future_t"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"IDMConfig.{name} = {getattr(self, name)}: expected in [0, 1]")
         _check_positive("IDMConfig", patch_size=self.patch_size, n_embd=self.n_embd, n_head=self.n_head,
                         enc_layers=self.enc_layers, head_layers=self.head_layers, mlp_ratio=self.mlp_ratio,
                         past_frames=self.past_frames)
@@ -227,6 +245,24 @@ PRESETS: dict[str, PolicyConfig] = {
         idm=IDMConfig(patch_size=4, n_embd=128, n_head=4, enc_layers=2, head_layers=3, video_feature_dim=192),
     ),
 }
+
+
+# Action-head presets of the IDM: `avdp-train-idm --head NAME` applies one entry to the preset's idm
+# section (then --override edits win). Each names how the head meets its test-time inputs.
+IDM_HEADS: dict[str, dict[str, Any]] = {
+    # teacher forcing: clean true futures and mean-pooled video features of true clips (the original)
+    "teacher": {"future_noise": "none"},
+    # UWM-style independent noise levels for the future and the action chunk; no video features
+    # (features of a true clip are an input the policy never sees at test time)
+    "uwm": {"future_noise": "independent", "video_feature_dim": 0},
+}
+
+
+def idm_head(cfg: PolicyConfig, name: str) -> PolicyConfig:
+    """`cfg` with the IDM action-head preset `name` applied (see IDM_HEADS)."""
+    if name not in IDM_HEADS:
+        raise ValueError(f"unknown IDM head {name!r}: expected one of {sorted(IDM_HEADS)}")
+    return dataclasses.replace(cfg, idm=dataclasses.replace(cfg.idm, **IDM_HEADS[name]))
 
 
 def preset(name: str) -> PolicyConfig:

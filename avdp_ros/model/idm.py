@@ -17,6 +17,7 @@ States and actions in an `ActionBatch` are normalised; each policy owns `state_n
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,10 @@ class ActionBatch:
     future: Tensor | None = None           # (B, K, cams, C, h, w) future latents (truth / predicted)
     actions: Tensor | None = None          # (B, H, 10) normalised action chunk (training only)
     video_features: Tensor | None = None   # (B, Fv, n_embd_video) video-model features, or None
+    future_t: Tensor | None = None         # (B,) flow time the future was noised to (future_noise "independent")
+    future_valid: Tensor | None = None     # (B,) bool, training: the future shows what `actions` do. False
+    #                                        for relabelled (DAgger) windows, whose frames follow the
+    #                                        learner's actions, not the expert's label: pure noise there
 
 
 class ObsEncoder(nn.Module):
@@ -60,7 +65,7 @@ class ObsEncoder(nn.Module):
     few bidirectional transformer blocks mix everything.
     """
 
-    def __init__(self, cfg: PolicyConfig, max_frames: int, video_feature_dim: int = 0):
+    def __init__(self, cfg: PolicyConfig, max_frames: int, video_feature_dim: int = 0, future_from: int | None = None):
         super().__init__()
         c = cfg.idm
         C, h, w = cfg.latent_shape
@@ -75,15 +80,26 @@ class ObsEncoder(nn.Module):
         self.instr_embed = nn.Embedding(len(cfg.instructions), D)
         self.feature_proj = nn.Linear(video_feature_dim, D) if video_feature_dim else None
         self.pos_feature = nn.Parameter(torch.randn(cfg.video.max_frames, D) * 0.02) if video_feature_dim else None
+        # frames from index `future_from` on are a noised future: their tokens are told its flow time
+        self.future_from = future_from
+        self.future_t_embed = (TimestepEmbedder(D) if future_from is not None and c.future_noise == "independent"
+                               else None)
         self.blocks = nn.ModuleList([EncoderBlock(D, c.n_head, c.mlp_ratio) for _ in range(c.enc_layers)])
         self.norm = nn.LayerNorm(D)
 
     def forward(self, frames: Tensor, state: Tensor, instr: Tensor,
-                video_features: Tensor | None = None) -> Tensor:
-        """frames (B, F, cams, C, h, w), state (B, 10), instr (B,), video_features (B, Fv, Dv)."""
+                video_features: Tensor | None = None, future_t: Tensor | None = None) -> Tensor:
+        """frames (B, F, cams, C, h, w), state (B, 10), instr (B,), video_features (B, Fv, Dv),
+        future_t (B,) the flow time of frames[:, future_from:] (future_noise "independent" only)."""
         B, Fr = frames.shape[:2]
         tok = self.patch_in(patchify(frames, self.patch_size))  # (B, F, cams, N, D)
         tok = tok + self.pos_spatial + self.pos_camera[:, None, :] + self.pos_frame[:Fr, None, None, :]
+        if self.future_t_embed is not None:
+            if future_t is None:
+                raise ValueError("this IDM reads noised futures (idm.future_noise 'independent'): "
+                                 "ActionBatch.future_t is required")
+            P = self.future_from  # observed frames keep their tokens
+            tok = torch.cat([tok[:, :P], tok[:, P:] + self.future_t_embed(future_t)[:, None, None, None, :]], dim=1)
         parts = [tok.reshape(B, -1, tok.shape[-1])]  # (B, F*cams*N, D)
         if self.state_proj is not None:
             parts.append(self.state_proj(state.to(tok.dtype))[:, None, :])  # (B, 1, D)
@@ -149,10 +165,10 @@ class ActionHead(nn.Module):
 class _ChunkPolicy(nn.Module):
     """Backbone + action head + normalisers; subclasses choose the frames (and features) seen."""
 
-    def __init__(self, cfg: PolicyConfig, max_frames: int, video_feature_dim: int):
+    def __init__(self, cfg: PolicyConfig, max_frames: int, video_feature_dim: int, future_from: int | None = None):
         super().__init__()
         self.cfg = cfg
-        self.encoder = ObsEncoder(cfg, max_frames, video_feature_dim)
+        self.encoder = ObsEncoder(cfg, max_frames, video_feature_dim, future_from)
         self.head = ActionHead(cfg)
         self.state_norm = Normalizer(STATE_DIM)
         self.action_norm = Normalizer(ACTION_DIM)
@@ -160,6 +176,8 @@ class _ChunkPolicy(nn.Module):
         for lin in [b.ada[1] for b in self.head.blocks] + [self.head.ada_out[1], self.head.action_out]:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+
+    noised_future = False  # InverseDynamics with idm.future_noise "independent" reads a noised future
 
     def _frames(self, batch: ActionBatch) -> Tensor:
         raise NotImplementedError
@@ -183,7 +201,8 @@ class _ChunkPolicy(nn.Module):
 
     def encode(self, batch: ActionBatch) -> Tensor:
         """Conditioning tokens (B, L, n_embd) for the action head (computed once per chunk)."""
-        return self.encoder(self._frames(batch), batch.state, batch.instr, self._video_features(batch))
+        return self.encoder(self._frames(batch), batch.state, batch.instr, self._video_features(batch),
+                            batch.future_t)
 
     def loss(self, batch: ActionBatch, t: Tensor | None = None, noise: Tensor | None = None,
              generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
@@ -239,13 +258,43 @@ class InverseDynamics(_ChunkPolicy):
     """pi(a_t..t+H | last past frames, future frames, state, instruction[, video features])."""
 
     def __init__(self, cfg: PolicyConfig):
-        super().__init__(cfg, cfg.idm.past_frames + cfg.future_frames, cfg.idm.video_feature_dim)
+        super().__init__(cfg, cfg.idm.past_frames + cfg.future_frames, cfg.idm.video_feature_dim,
+                         future_from=cfg.idm.past_frames)
+
+    @property
+    def noised_future(self) -> bool:
+        """UWM-style: the future is read at a flow time the encoder is told (idm.future_noise)."""
+        return self.cfg.idm.future_noise == "independent"
 
     def _frames(self, batch: ActionBatch) -> Tensor:
         if batch.future is None:
             raise ValueError("InverseDynamics: ActionBatch.future (B, K, cams, C, h, w) is required")
         past = batch.context[:, -self.cfg.idm.past_frames:]
         return torch.cat([past, batch.future], dim=1)  # (B, P + K, cams, C, h, w)
+
+    def noise_future(self, batch: ActionBatch, t: Tensor, noise: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> ActionBatch:
+        """`batch` with its future moved to flow time t (B,): (1 - t) future + t noise."""
+        if noise is None:
+            noise = torch.randn(batch.future.shape, device=batch.future.device, dtype=batch.future.dtype,
+                                generator=generator)
+        return dataclasses.replace(batch, future=flow.interpolate(batch.future, noise, t), future_t=t)
+
+    def loss(self, batch: ActionBatch, t: Tensor | None = None, noise: Tensor | None = None,
+             generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        """The flow-matching loss; with future_noise "independent" the (true) future is first noised
+        to a flow time of its own, independent of the action chunk's: uniform in [0, 1], pure noise
+        for a share `idm.future_drop` of windows and for every window whose future does not show
+        its labels (`future_valid` False). `batch.future_t` given: used as is."""
+        if self.noised_future and batch.future_t is None and batch.future is not None:
+            B, dev = batch.future.shape[0], batch.future.device
+            tf = torch.rand(B, device=dev, generator=generator)
+            drop = torch.rand(B, device=dev, generator=generator) < self.cfg.idm.future_drop
+            if batch.future_valid is not None:
+                drop = drop | ~batch.future_valid.to(dev)
+            tf = torch.where(drop, torch.ones_like(tf), tf).to(batch.future.dtype)
+            batch = self.noise_future(batch, tf, generator=generator)
+        return super().loss(batch, t, noise, generator)
 
     def _video_features(self, batch: ActionBatch) -> Tensor | None:
         return batch.video_features

@@ -62,6 +62,11 @@ class Policy:
         self.action_steps = action_steps or cfg.action_steps
         # scale of the drawn (never the injected) action noise; callers may set it after loading
         self.action_temperature = cfg.action_temperature
+        # what an IDM reads as its future: "model" (the video rollout) or "noise" (pure noise
+        # latents: the diagnostic of how much the future matters); `infer(future_images=...)`
+        # passes a given future instead (the oracle diagnostic)
+        self.future_source = "model"
+        self.future_t = cfg.idm.future_t  # flow time a noised-future IDM reads its future at
         self.device = next(actor.parameters()).device
         self._frames: deque[tuple[torch.Tensor, np.ndarray]] = deque(maxlen=cfg.context_frames)
 
@@ -136,18 +141,52 @@ class Policy:
         absolute = torch.cat([pose7_to_pose9(t[:, :7]), t[:, 7:8]], dim=-1)[None]  # (1, P, 10)
         return self.actor.normalize_actions(absolute, state)
 
+    def _future(self, context: torch.Tensor, instr: torch.Tensor, states: torch.Tensor, noise: dict,
+                future_images: dict[str, np.ndarray] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The future latents (1, K, cams, C, h, w) the IDM reads and the video features of the
+        clip (1, Fc + K, D) (None when the IDM takes none)."""
+        K, shape = self.cfg.future_frames, context.shape[2:]
+        vstate = self.video_state_norm.normalize(states)
+        if future_images is not None:
+            pred = self._encode_future(future_images)
+        elif self.future_source == "noise" or (self.actor.noised_future and self.future_t >= 1.0):
+            # pure noise: the IDM then plans from the past alone; no rollout to pay for
+            pred = noise.get("future")
+            pred = torch.randn((1, K) + tuple(shape), device=self.device) if pred is None else pred.to(self.device)
+        else:
+            return self.video.rollout(context, instr, vstate, k=K, steps=self.video_steps, noise=noise.get("video"))
+        feats = (self.video.features(torch.cat([context, pred], dim=1), instr, vstate)
+                 if self.cfg.idm.video_feature_dim > 0 else None)
+        return pred, feats
+
+    def _encode_future(self, future_images: dict[str, np.ndarray]) -> torch.Tensor:
+        K = self.cfg.future_frames
+        frames = []
+        for cam in self.cfg.cameras:
+            imgs = np.asarray(future_images.get(cam)) if cam in future_images else None
+            if imgs is None or imgs.ndim != 4 or len(imgs) != K or imgs.shape[-1] != 3 or imgs.dtype != np.uint8:
+                raise ValueError(f"future_images[{cam!r}]: expected ({K}, H, W, 3) uint8 frames, got "
+                                 f"{None if imgs is None else (imgs.shape, imgs.dtype)}")
+            frames.append(torch.cat([self.tokenizer.camera_images(img, cam) for img in imgs]))  # (K, 3, S, S)
+        images = torch.stack(frames, dim=1).flatten(0, 1)  # (K*cams, 3, S, S)
+        return self.tokenizer.encode(images).to(self.device).unflatten(0, (K, len(frames)))[None]
+
     @torch.no_grad()
     def infer(self, obs: dict, noise: dict[str, torch.Tensor] | None = None,
-              return_frames: bool = False, prefix: np.ndarray | None = None) -> dict:
+              return_frames: bool = False, prefix: np.ndarray | None = None,
+              future_images: dict[str, np.ndarray] | None = None) -> dict:
         """Plan an action chunk for `obs` (see the module docstring for keys and shapes).
 
         Args:
             noise: optional fixed noise for determinism: {"video": (1, K, cams, C, h, w),
-                "action": (1, H, 10)}.
+                "action": (1, H, 10), "future": (1, K, cams, C, h, w) (what a noised-future IDM
+                mixes into its future, and the future itself with future_source "noise")}.
             return_frames: also decode the predicted frames (costs a decoder pass).
             prefix: (P, 8) actions in robot units (pose7 + width), P < H, due at t_obs + i / obs_hz:
                 what the robot will execute anyway before this chunk can take over. The chunk
                 starts with them exactly and continues from them (real-time chunking by inpainting).
+            future_images: {camera: (K, H, W, 3) uint8} the frames to read as the future instead of
+                the video model's (video policies; the oracle diagnostic of `avdp-eval --future oracle`).
         """
         noise = noise or {}
         t_start = time.perf_counter()
@@ -159,9 +198,7 @@ class Policy:
         pred = feats = None
         if self.video is not None:
             t0 = time.perf_counter()
-            pred, feats = self.video.rollout(context, instr, self.video_state_norm.normalize(states),
-                                             k=self.cfg.future_frames, steps=self.video_steps,
-                                             noise=noise.get("video"))  # (1, K, cams, C, h, w), (1, Fc+K, D)
+            pred, feats = self._future(context, instr, states, noise, future_images)
             timings["video_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         prefix_norm = None
@@ -170,6 +207,9 @@ class Policy:
         batch = ActionBatch(context=context, state=self.actor.state_norm.normalize(states[:, -1]), instr=instr,
                             future=pred,
                             video_features=feats if self.cfg.idm.video_feature_dim > 0 and feats is not None else None)
+        if pred is not None and self.actor.noised_future:
+            t = torch.full((1,), float(self.future_t), device=self.device)
+            batch = self.actor.noise_future(batch, t, noise.get("future"))
         anoise = noise.get("action")
         if anoise is None:
             anoise = self.action_temperature * torch.randn(1, self.cfg.horizon, ACTION_DIM, device=self.device)

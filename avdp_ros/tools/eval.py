@@ -76,6 +76,10 @@ def add_policy_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--action-steps", type=int, default=None, help="denoising steps of the action head")
     ap.add_argument("--action-temperature", type=float, default=None,
                     help="scale of the action sampler's noise (default: the checkpoint's action_temperature)")
+    ap.add_argument("--future-t", type=float, default=None, metavar="T",
+                    help="IDM heads that read a noised future (--head uwm): the flow time its predicted future "
+                         "is re-noised to, 0 = trust it .. 1 = ignore it (no video rollout); default: the "
+                         "checkpoint's idm.future_t")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="torch",
                     help="torch (checkpoint dir) | onnxruntime | tensorrt (bundle dir from avdp-export); "
@@ -106,6 +110,13 @@ def load_cli_policy(a: argparse.Namespace, seed: int | None = None):
                          action_steps=a.action_steps, **options)
     if a.action_temperature is not None:
         policy.action_temperature = a.action_temperature
+    if getattr(a, "future_t", None) is not None:
+        if not 0.0 <= a.future_t <= 1.0:
+            raise SystemExit(f"--future-t {a.future_t}: expected in [0, 1]")
+        if policy.cfg.idm.future_noise != "independent" or policy.kind != "idm":
+            raise SystemExit(f"--future-t: {a.policy} does not read a noised future (its idm.future_noise is "
+                             f"'{policy.cfg.idm.future_noise}', kind {policy.kind}); train one with --head uwm")
+        policy.future_t = a.future_t
     return policy
 
 
@@ -154,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expert-start", type=float, default=0.0, metavar="SECONDS",
                     help="diagnostic: the scripted expert drives the first SECONDS, then the policy takes "
                          "over; shows whether a policy fails at the start or later (default 0: policy only)")
+    ap.add_argument("--future", choices=("model", "oracle", "noise"), default="model",
+                    help="diagnostic, video policies (torch backend): what the IDM reads as its future: the video "
+                         "model's prediction (default), the true frames of the expert driving on from each "
+                         "state in a what-if branch of the sim (the upper bound), or pure noise latents")
     add_seeds_arg(ap)
     add_appearance_arg(ap)
     add_policy_args(ap)
@@ -177,8 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         policy = load_cli_policy(a, seed=a.seed)
         cfg.obs_hz = policy.obs_hz
-        result = evaluate(policy, cfg, progress=not a.no_progress)
-        result["action_temperature"] = policy.action_temperature
+        monitor = None
+        if a.future != "model":
+            if policy.kind != "idm" or a.backend != "torch":
+                ap.error(f"--future {a.future}: needs a video policy ('idm' checkpoint) on the torch backend; "
+                         f"{a.policy} is a '{policy.kind}' policy on {a.backend}")
+            if a.future == "oracle":
+                from avdp_ros.evaluation.oracle import OracleFuture
+
+                policy = monitor = OracleFuture(policy, a.task, obs_hz=cfg.obs_hz, stream_hz=cfg.stream_hz)
+            else:
+                policy.future_source = "noise"
+        result = evaluate(policy, cfg, progress=not a.no_progress, monitor=monitor)
+        result["action_temperature"] = (monitor.policy if monitor else policy).action_temperature
+        result["future"] = a.future
     frames = result.pop("frames")
     result["appearance"] = cfg.appearance
     print(f"{a.policy} on {a.task} ({cfg.appearance} scenes): success {result['success_rate'] * 100:.0f}% "

@@ -28,7 +28,13 @@ def resume_states(out: Path, kind: str) -> tuple[dict[str, dict[str, torch.Tenso
 
 
 # Fields an --override may change on --resume: how the trained model samples, not what it is.
-RESUME_OVERRIDABLE = ("action_temperature", "action_steps", "video_steps")
+RESUME_OVERRIDABLE = ("action_temperature", "action_steps", "video_steps", "idm.future_t")
+
+
+def _flat(d: dict) -> dict:
+    """{"idm": {"future_t": 0}} -> {"idm.future_t": 0}: one level, as --override names fields."""
+    return {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in d.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
 
 
 def resume_config(args: argparse.Namespace, ckpt_cfg: dict) -> dict:
@@ -36,7 +42,8 @@ def resume_config(args: argparse.Namespace, ckpt_cfg: dict) -> dict:
     (RESUME_OVERRIDABLE); any other edit would not fit the trained weights: an error, not ignored."""
     d = json.loads(json.dumps(ckpt_cfg))
     apply_overrides(d, getattr(args, "override", None) or [])
-    changed = sorted(k for k in set(d) | set(ckpt_cfg) if d.get(k) != ckpt_cfg.get(k))
+    new, old = _flat(d), _flat(ckpt_cfg)
+    changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
     bad = [k for k in changed if k not in RESUME_OVERRIDABLE]
     if bad:
         raise SystemExit(f"--override changes {bad} of the checkpoint being resumed; with --resume only "
@@ -52,7 +59,7 @@ def init_source(args: argparse.Namespace, kind: str) -> tuple[dict, dict[str, to
     states, meta = load_checkpoint(args.init, expected_kind=kind)
     cfg = resume_config(args, meta["config"])
     if args.tokenizer:
-        new_tok = Tokenizer.from_checkpoint(args.tokenizer)
+        new_tok = load_tokenizer(args.tokenizer, torch.device("cpu"))
         cfg = dict(cfg, tokenizer=new_tok.config.to_dict())
         states = dict(states, tokenizer=new_tok.state_dict())
     return cfg, states
@@ -74,9 +81,12 @@ def apply_overrides(d: dict, overrides: list[str]) -> None:
 
 def preset_with_overrides(args: argparse.Namespace):
     """The --preset PolicyConfig with --override SECTION.FIELD=VALUE edits (validated by the config)."""
-    from avdp_ros.model.config import PolicyConfig, preset
+    from avdp_ros.model.config import PolicyConfig, idm_head, preset
 
-    d = preset(args.preset).to_dict()
+    cfg = preset(args.preset)
+    if getattr(args, "head", None):
+        cfg = idm_head(cfg, args.head)
+    d = cfg.to_dict()
     apply_overrides(d, getattr(args, "override", None) or [])
     try:
         return PolicyConfig.from_dict(d)
@@ -99,7 +109,15 @@ def frozen_tokenizer(config: dict[str, Any], state: dict[str, torch.Tensor], dev
 
 
 def load_tokenizer(path: str, device: torch.device) -> Tokenizer:
-    tok = Tokenizer.from_checkpoint(path, map_location=device)
+    """The frozen tokenizer of a tokenizer checkpoint or of any checkpoint that stores one (a
+    policy, a video model): `--tokenizer models/avdp_default` trains on the shipped latents."""
+    from avdp_ros.deploy.backends import checkpoint_dir  # the one run / latest/ rule of every loader
+    from avdp_ros.model.tokenizer import checkpoint_tokenizer
+
+    try:
+        tok = checkpoint_tokenizer(checkpoint_dir(path) or path).to(device)
+    except ValueError as exc:
+        raise SystemExit(f"--tokenizer {path}: {exc}") from None
     for prm in tok.parameters():
         prm.requires_grad_(False)
     return tok

@@ -17,7 +17,7 @@ import torch
 
 from avdp_ros.model import idm as heads
 from avdp_ros.model.checkpoint import load_checkpoint, load_into
-from avdp_ros.model.config import ACTION_DIM, STATE_DIM
+from avdp_ros.model.config import ACTION_DIM, IDM_HEADS, STATE_DIM
 from avdp_ros.model.idm import ActionBatch, Normalizer
 from avdp_ros.model.video import VideoModel
 from avdp_ros.train import engine
@@ -48,9 +48,13 @@ class ActionJob(LatentJob):
     def setup_video(self, states: dict[str, Any]) -> None:
         """Load whatever frozen model the head reads besides the latents (nothing by default)."""
 
-    def futures(self, b: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor | None]:
-        """Metric-name prefix -> the future the head is validated on (None: it sees none)."""
-        return {"": None}
+    def futures(self, b: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, tuple]:
+        """Metric-name prefix -> (the future the head is validated on (None: it sees none), the flow
+        time a noised-future head reads it at)."""
+        return {"": (None, None)}
+
+    def val_batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor | None, t: float | None) -> ActionBatch:
+        return self.batch(m, b, future)
 
     def batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor | None = None) -> ActionBatch:
         return ActionBatch(context=b["context"], state=m.state_norm.normalize(b["state"]), instr=b["instr"],
@@ -98,6 +102,8 @@ class ActionJob(LatentJob):
             load_into(policy, states[kind], f"{out / engine.LATEST} {kind}")
         elif getattr(args, "init", None):
             load_into(policy, src_states[kind], f"--init {args.init} {kind}")
+        elif getattr(args, "init_actor", None):
+            self.log(init_actor(policy, args.init_actor))
         self.log(f"{kind}: {n_params(policy)}, device {self.device}")
         self.dataset = self.train_set(s.train)
         if args.early_weight > 1:
@@ -123,8 +129,8 @@ class ActionJob(LatentJob):
         noise = torch.randn((n, s.cfg.horizon, ACTION_DIM), generator=gen).to(self.device)
         metrics: dict[str, float] = {}
         for prefix, fut in self.futures(b, gen).items():
-            a = m.unnormalize_actions(m.sample(self.batch(m, b, fut), steps=self.args.action_steps, noise=noise),
-                                      b["state"])
+            a = m.unnormalize_actions(m.sample(self.val_batch(m, b, *fut), steps=self.args.action_steps,
+                                               noise=noise), b["state"])
             metrics.update({prefix + k: v for k, v in action_errors(a, b["actions"]).items()})
         return metrics
 
@@ -154,6 +160,13 @@ class IDMJob(ActionJob):
     def add_source_args(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--video", help="video checkpoint directory (gives the tokenizer, the config and the "
                                        "frozen video model; required unless --resume)")
+        p.add_argument("--head", choices=sorted(IDM_HEADS), default="teacher",
+                       help="action-head preset: how the IDM meets its test-time inputs (model/config.py "
+                            "IDM_HEADS; default %(default)s)")
+        p.add_argument("--init-actor", metavar="CHECKPOINT",
+                       help="start the observation encoder and action head from this baseline or idm "
+                            "checkpoint's weights where shapes allow (e.g. a trained action-only policy: "
+                            "a comparison at equal training budget)")
 
     def source(self, args: argparse.Namespace) -> tuple[dict | None, dict[str, Any]]:
         if not args.video:
@@ -199,7 +212,19 @@ class IDMJob(ActionJob):
 
     def batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor | None = None) -> ActionBatch:
         future = b["future"] if future is None else future
-        return dataclasses.replace(super().batch(m, b), future=future, video_features=self.features(b, future))
+        return dataclasses.replace(super().batch(m, b), future=future, video_features=self.features(b, future),
+                                   future_valid=b.get("future_valid"))
+
+    def validate(self, m, step: int) -> dict[str, float]:
+        self._val_gen = torch.Generator(device="cpu").manual_seed(self.args.seed + 1)  # the future's noise
+        return super().validate(m, step)
+
+    def val_batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor, t: float | None) -> ActionBatch:
+        batch = self.batch(m, b, future)
+        if m.noised_future:
+            eps = torch.randn(future.shape, generator=self._val_gen).to(self.device)
+            batch = m.noise_future(batch, torch.full((len(future),), t, device=self.device), eps)
+        return batch
 
     def futures(self, b: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor | None]:
         cfg = self.setup.cfg
@@ -207,7 +232,39 @@ class IDMJob(ActionJob):
                              generator=gen).to(self.device)
         state = self.video_norm.normalize(b["states"][:, :cfg.context_frames])
         pred, _ = self.video.rollout(b["context"], b["instr"], state, k=cfg.future_frames, noise=vnoise)
-        return {"": pred, "gt_future/": b["future"]}  # as at inference / teacher-forced
+        out = {"": (pred, cfg.idm.future_t), "gt_future/": (b["future"], 0.0)}  # as at inference / teacher-forced
+        if self.model.noised_future:
+            out["no_future/"] = (b["future"], 1.0)  # pure noise: the action-only mode inside the IDM
+        return out
 
     def modules(self, m) -> dict[str, torch.nn.Module]:
         return dict(super().modules(m), video=self.video, video_state_norm=self.video_norm)
+
+
+def init_actor(policy: torch.nn.Module, path: str) -> str:
+    """Copy the encoder and head weights of a baseline or idm checkpoint into `policy` where names
+    and shapes match; frame position embeddings are copied for the frames both have (the past
+    frames first in both). The normalisers stay the ones fitted on this run's data. Returns a
+    log line naming what was copied and what starts fresh."""
+    states, meta = load_checkpoint(path)
+    kind = meta.get("kind")
+    if kind not in ("baseline", "idm"):
+        raise SystemExit(f"--init-actor {path}: a '{kind}' checkpoint; expected a baseline or idm policy")
+    src = states[kind]
+    own = policy.state_dict()
+    copied, fresh = 0, []
+    for name, value in own.items():
+        if name.startswith(("state_norm.", "action_norm.")):
+            continue
+        w = src.get(name)
+        if w is not None and w.shape == value.shape:
+            own[name] = w.to(value.dtype)
+            copied += 1
+        elif w is not None and name == "encoder.pos_frame" and w.shape[1:] == value.shape[1:]:
+            n = min(len(w), len(value))
+            own[name][:n] = w[:n]
+            copied += 1
+        else:
+            fresh.append(name)
+    policy.load_state_dict(own)
+    return f"--init-actor {path}: {copied} tensors from its {kind}; new: {', '.join(fresh) or 'none'}"

@@ -32,7 +32,8 @@ class LatentJob(Job):
 
     def add_tokenizer_and_init_args(self, p: argparse.ArgumentParser) -> None:
         """--tokenizer (a fresh model) and --init (fine-tune one of this kind, optionally onto --tokenizer)."""
-        p.add_argument("--tokenizer", help="tokenizer checkpoint directory (required unless --resume or --init)")
+        p.add_argument("--tokenizer", help="tokenizer checkpoint directory, or a policy / video checkpoint whose "
+                                           "tokenizer to use (required unless --resume or --init)")
         p.add_argument("--init", metavar="CHECKPOINT",
                        help=f"start from this {self.kind} checkpoint's weights and config (a fine-tune with a new "
                             "schedule); with --tokenizer, on that tokenizer's latents (same latent shape)")

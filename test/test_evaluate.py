@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,41 @@ def test_report_tables_eval_summaries_only(tmp_path):
     assert len(lines) == 3
     # the binomial standard error in points: sqrt(0.92 * 0.08 / 50) = 3.8
     assert lines[2] == "| eval_idm_push | push | heldout_light | 92% (3.8) | 50 | 5.3 | 101 / 181 |"
+
+
+class FutureReader(ConstantPolicy):
+    """A stand-in video policy: holds its pose and keeps the future frames it is handed."""
+
+    def __init__(self, k=3):
+        super().__init__([0.0, 0.0, 0.0])
+        self.video = object()  # OracleFuture refuses policies without a video model
+        self.cfg = SimpleNamespace(future_frames=k, cameras=("camera", "wrist"))
+        self.futures = []
+
+    def infer(self, obs, future_images=None):
+        self.futures.append((obs, future_images))
+        return super().infer(obs)
+
+
+def test_oracle_future_is_the_expert_driving_on_in_a_branch(sim):
+    """--future oracle: before every plan the expert drives a what-if copy of the physics for K
+    observation periods; the frames rendered there are the future the IDM reads, and the episode
+    itself continues as if no branch had run."""
+    from avdp_ros.evaluation.oracle import OracleFuture
+
+    cfg = EvalConfig(task="push", time_limit=1.0, execute_steps=4, image_size=(64, 64))
+    reader = FutureReader(k=3)
+    oracle = OracleFuture(reader, "push")
+    res = run_episode(sim, oracle, seed=0, cfg=cfg, monitor=oracle)
+    assert reader.calls == len(reader.futures) == 3 and reader.observed == 7 and not res.success
+    for _, future in reader.futures:
+        assert set(future) == {"camera", "wrist"}
+        assert future["camera"].shape == (3, 64, 64, 3) and future["camera"].dtype == np.uint8
+    obs, future = reader.futures[0]
+    # the expert sets off at once: each predicted wrist frame differs more from the observed one
+    change = [np.abs(future["wrist"][k].astype(int) - obs["wrist"]).mean() for k in range(3)]
+    assert 0 < change[0] < change[2]
+    # a branch leaves the episode untouched: the policy held its pose, the arm stayed put
+    assert np.linalg.norm(sim.ee_pose()[:3] - reader.goal[:3]) < 0.01
+    with pytest.raises(ValueError, match="needs a video policy"):
+        OracleFuture(ConstantPolicy([0, 0, 0]), "push")

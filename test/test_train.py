@@ -375,7 +375,8 @@ def test_ema_flag_is_validated():
 
 def test_uwm_idm_run_and_init_actor(runs):
     """--head uwm: the config says so, the loss goes down, validation reads the predicted future at
-    future_t, the true one at 0 and none at 1; --init-actor copies what fits from a baseline."""
+    future_t, the true one at 0 and none at 1; --init-actor copies what fits from a baseline, its
+    normalisers included."""
     from avdp_ros.model.config import PolicyConfig
     from avdp_ros.model.idm import InverseDynamics
     from avdp_ros.train.jobs.action import init_actor
@@ -395,6 +396,36 @@ def test_uwm_idm_run_and_init_actor(runs):
     assert torch.equal(got["head.action_out.weight"], base["head.action_out.weight"])
     assert torch.equal(got["encoder.pos_frame"][:1], base["encoder.pos_frame"])  # the past frame
     assert "encoder.future_t_embed" in line and "encoder.state_proj" in line  # the baseline had no state input
-    assert not torch.equal(got["action_norm.std"], base["action_norm.std"])  # fitted on this run's data
+    assert torch.equal(got["action_norm.std"], base["action_norm.std"])  # what its weights learned under
     with pytest.raises(SystemExit, match="a 'video' checkpoint; expected a baseline or idm policy"):
         init_actor(fresh, str(runs["video"] / tu.LATEST))
+
+
+def test_attach_video_swaps_the_video_model_of_a_head_that_reads_none(runs, tmp_path):
+    """avdp-attach-video: the UWM head never read its video model in training, so another one on
+    the same tokenizer goes in as it is; a head that learned from the old model's features, or a
+    video model of other shapes, is refused with the reason."""
+    from avdp_ros.model.policy import Policy
+    from avdp_ros.tools.attach_video import main as attach_video
+
+    other = tmp_path / "video2"
+    assert main_video(["--data", *map(str, runs["data"]), "--out", str(other), "--init", str(runs["video"] / tu.LATEST),
+                       "--steps", "2", "--batch-size", "8", *COMMON]) == 0
+    out = tmp_path / "uwm2"
+    assert attach_video(["--policy", str(runs["uwm"] / tu.LATEST), "--video", str(other / tu.LATEST),
+                         "--out", str(out)]) == 0
+    new = load_checkpoint(out)[0]
+    want = load_checkpoint(other / tu.LATEST)[0]
+    assert all(torch.equal(new["video"][k], want["video"][k]) for k in want["video"])
+    assert all(torch.equal(new["video_state_norm"][k], want["state_norm"][k]) for k in want["state_norm"])
+    assert all(torch.equal(new["idm"][k], v) for k, v in load_checkpoint(runs["uwm"] / tu.LATEST)[0]["idm"].items())
+    Policy.from_checkpoint(out)  # loads as a policy
+    with pytest.raises(SystemExit):
+        attach_video(["--policy", str(runs["idm"] / tu.LATEST), "--video", str(other / tu.LATEST),
+                      "--out", str(tmp_path / "teacher")])
+    from avdp_ros.tools.attach_video import attach
+
+    with pytest.raises(ValueError, match="reads the features of its own video model"):
+        attach(runs["idm"] / tu.LATEST, other / tu.LATEST, tmp_path / "teacher")
+    with pytest.raises(ValueError, match="expected a video \\+ IDM policy"):
+        attach(runs["baseline"] / tu.LATEST, other / tu.LATEST, tmp_path / "base")

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 def attach(policy: str | Path, tokenizer: str | Path, out: str | Path) -> Path:
     """Write `policy` with `tokenizer`'s weights to `out`; ValueError when the tokenizer was not
     trained (`--target-look`) against `policy`'s own tokenizer."""
-    from avdp_ros.model.checkpoint import load_checkpoint, save_checkpoint
+    from avdp_ros.model.checkpoint import load_checkpoint
     from avdp_ros.model.kinds import KINDS
     from avdp_ros.train.sources import frozen_tokenizer
 
@@ -47,9 +47,15 @@ def attach(policy: str | Path, tokenizer: str | Path, out: str | Path) -> Path:
     config = dict(meta["config"], tokenizer=tmeta["config"])
     extra = dict(meta["extra"], attached_tokenizer={"path": str(tokenizer), "fingerprint": new.fingerprint(),
                                                     "target_look": target["look"]})
-    # save_checkpoint takes modules; these are state dicts already
+    return write_policy(out, meta["kind"], states, config, extra)
+
+
+def write_policy(out: str | Path, kind: str, states: dict, config: dict, extra: dict) -> Path:
+    """save_checkpoint for state dicts (it takes modules): a checkpoint rebuilt from parts."""
+    from avdp_ros.model.checkpoint import save_checkpoint
+
     modules = {name: SimpleNamespace(state_dict=lambda s=s: s) for name, s in states.items()}
-    return save_checkpoint(out, meta["kind"], modules, config, extra)
+    return save_checkpoint(out, kind, modules, config, extra)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -244,8 +244,8 @@ class IDMJob(ActionJob):
 def init_actor(policy: torch.nn.Module, path: str) -> str:
     """Copy the encoder and head weights of a baseline or idm checkpoint into `policy` where names
     and shapes match; frame position embeddings are copied for the frames both have (the past
-    frames first in both). The normalisers stay the ones fitted on this run's data. Returns a
-    log line naming what was copied and what starts fresh."""
+    frames first in both). The normalisers come along: the weights learned under those statistics
+    (as `--init` keeps them). Returns a log line naming what was copied and what starts fresh."""
     states, meta = load_checkpoint(path)
     kind = meta.get("kind")
     if kind not in ("baseline", "idm"):
@@ -254,8 +254,6 @@ def init_actor(policy: torch.nn.Module, path: str) -> str:
     own = policy.state_dict()
     copied, fresh = 0, []
     for name, value in own.items():
-        if name.startswith(("state_norm.", "action_norm.")):
-            continue
         w = src.get(name)
         if w is not None and w.shape == value.shape:
             own[name] = w.to(value.dtype)

@@ -1,0 +1,72 @@
+"""avdp-attach-video: a video + IDM policy with its video model replaced by another, without
+training the IDM.
+
+An IDM whose head was trained on true futures (`avdp-train-idm --head uwm`: no video features)
+never read its video model's output in training, so a video model trained further (or better)
+can be swapped in as it is; the policy then plans from the new model's predictions:
+
+    avdp-attach-video --policy runs/uwm/latest --video runs/video/latest --out runs/uwm_v2
+
+Refused unless both read the same tokenizer (its weights' fingerprint) and agree on everything the
+video model's input and output are made of (latent shape, cameras, frame counts, vocabulary,
+architecture), and for an IDM that reads video-model features (the teacher head's
+`idm.video_feature_dim`): those were learned from the old model's, so it needs retraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SHARED = ("latent_shape", "cameras", "context_frames", "future_frames", "instructions", "video")
+
+
+def attach(policy: str | Path, video: str | Path, out: str | Path) -> Path:
+    """Write `policy` with `video`'s video model and state statistics to `out`; ValueError where
+    they do not fit (see the module docstring)."""
+    from avdp_ros.model.checkpoint import load_checkpoint
+    from avdp_ros.tools.attach_tokenizer import write_policy
+    from avdp_ros.train.sources import frozen_tokenizer
+
+    states, meta = load_checkpoint(policy)
+    if meta["kind"] != "idm":
+        raise ValueError(f"--policy {policy}: a '{meta['kind']}' checkpoint; expected a video + IDM policy (idm)")
+    if meta["config"]["idm"].get("video_feature_dim", 0):
+        raise ValueError(f"--policy {policy} reads the features of its own video model (idm.video_feature_dim "
+                         f"{meta['config']['idm']['video_feature_dim']}); retrain it on the new one "
+                         "(avdp-train-idm --video), or train a head without them (--head uwm)")
+    vstates, vmeta = load_checkpoint(video, expected_kind="video")
+    differ = [k for k in SHARED if meta["config"].get(k) != vmeta["config"].get(k)]
+    if differ:
+        raise ValueError(f"--video {video} differs from {policy} in {differ}: "
+                         + "; ".join(f"{k}: {vmeta['config'].get(k)} vs {meta['config'].get(k)}" for k in differ))
+    own, new = (frozen_tokenizer(m["config"]["tokenizer"], s["tokenizer"], "cpu", f"{p}: tokenizer").fingerprint()
+                for p, s, m in ((policy, states, meta), (video, vstates, vmeta)))
+    if own != new:
+        raise ValueError(f"--video {video} was trained on another tokenizer's latents than {policy} "
+                         f"(fingerprints {new} vs {own})")
+    states = dict(states, video=vstates["video"], video_state_norm=vstates["state_norm"])
+    extra = dict(meta["extra"], attached_video={"path": str(video), "step": vmeta["extra"].get("step")})
+    return write_policy(out, meta["kind"], states, meta["config"], extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="avdp-attach-video", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", required=True, help="video + IDM policy checkpoint directory")
+    ap.add_argument("--video", required=True, help="video model checkpoint (avdp-train-video) on the same tokenizer")
+    ap.add_argument("--out", required=True, type=Path, help="directory of the new policy checkpoint")
+    a = ap.parse_args(argv)
+    if a.out.exists() and any(a.out.iterdir()):
+        ap.error(f"--out {a.out} exists and is not empty")
+    try:
+        path = attach(a.policy, a.video, a.out)
+    except ValueError as err:
+        ap.error(str(err))
+    print(f"wrote {path}: {a.policy} planning from the predictions of {a.video}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

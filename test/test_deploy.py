@@ -118,6 +118,17 @@ def checkpoints(tmp_path_factory):
     uwm.load_state_dict({k: v for k, v in idm.state_dict().items() if k in uwm.state_dict()}, strict=False)
     save_checkpoint(root / "idm_uwm", "idm", {"idm": uwm, "tokenizer": tok, "video": video, "video_state_norm": vnorm},
                     uwm_cfg.to_dict())
+    # the VPP head: pooled video tokens of one pass over the context and pure-noise slots
+    vpp_cfg = idm_head(preset("tiny"), "vpp")
+    vpp_cfg.tokenizer = tok_cfg.to_dict()
+    vpp = InverseDynamics(vpp_cfg)
+    with torch.no_grad():
+        for p in vpp.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    vpp.load_state_dict({k: v for k, v in idm.state_dict().items()
+                         if k in vpp.state_dict() and v.shape == vpp.state_dict()[k].shape}, strict=False)
+    save_checkpoint(root / "idm_vpp", "idm", {"idm": vpp, "tokenizer": tok, "video": video, "video_state_norm": vnorm},
+                    vpp_cfg.to_dict())
     return root
 
 
@@ -135,6 +146,7 @@ def bundles(checkpoints, tmp_path_factory):
                                           log=quiet),
         "baseline_crop": export_bundle(checkpoints / "baseline_crop", root / "baseline_crop", parity=False, log=quiet),
         "idm_uwm": export_bundle(checkpoints / "idm_uwm", root / "idm_uwm", log=quiet),
+        "idm_vpp": export_bundle(checkpoints / "idm_vpp", root / "idm_vpp", log=quiet),
     }
 
 
@@ -244,9 +256,9 @@ def test_numpy_pose_and_grid_match_torch():
 # ---- parity: per stage, video rollout, end to end -------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["idm", "idm_recompute", "baseline", "idm_uwm"])
+@pytest.mark.parametrize("name", ["idm", "idm_recompute", "baseline", "idm_uwm", "idm_vpp"])
 def test_onnxruntime_matches_torch_per_stage(bundles, checkpoints, name):
-    policy = Policy.from_checkpoint(checkpoints / {"baseline": "baseline", "idm_uwm": "idm_uwm"}.get(name, "idm"))
+    policy = Policy.from_checkpoint(checkpoints / {"idm_recompute": "idm"}.get(name, name))
     _, stages = build_stages(policy, bundles[name].video_mode or "kv")
     runner = OrtRunner(bundles[name], threads=1)
     g = torch.Generator().manual_seed(3)
@@ -289,14 +301,16 @@ def test_video_rollout_matches_torch_kv_cache(bundles, checkpoints, name):
     ("baseline_nostate", "onnxruntime", {"threads": 1}),
     ("baseline_crop", "onnxruntime", {"threads": 1}),
     ("idm_uwm", "onnxruntime", {"threads": 1}),
+    ("idm_vpp", "onnxruntime", {"threads": 1}),
     ("idm", "torch", {"staged": True}),
     ("idm_uwm", "torch", {"staged": True}),
+    ("idm_vpp", "torch", {"staged": True}),
     ("baseline_nostate", "torch", {"staged": True}),
     ("idm", "torch", {"staged": True, "video_mode": "recompute"}),
 ])
 def test_end_to_end_action_chunk_matches_torch(bundles, checkpoints, name, backend, options):
     kind = "baseline" if name.startswith("baseline") else "idm"
-    ckpt = checkpoints / (name if name.startswith("baseline") or name == "idm_uwm" else kind)
+    ckpt = checkpoints / (name if name.startswith("baseline") or name in ("idm_uwm", "idm_vpp") else kind)
     ref = Policy.from_checkpoint(ckpt)
     path = bundles[name].path if backend != "torch" else ckpt
     policy = load_policy(backend, path, "cpu", **options)

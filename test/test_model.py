@@ -403,8 +403,8 @@ def _uwm(cfg: PolicyConfig, **idm) -> InverseDynamics:
 def test_idm_heads_are_presets_the_config_validates(cfg):
     assert idm_head(cfg, "uwm").idm.future_noise == "independent" and idm_head(cfg, "uwm").idm.video_feature_dim == 0
     assert idm_head(cfg, "teacher").idm == cfg.idm
-    with pytest.raises(ValueError, match="unknown IDM head 'vpp'"):
-        idm_head(cfg, "vpp")
+    with pytest.raises(ValueError, match="unknown IDM head 'seer'"):
+        idm_head(cfg, "seer")
     with pytest.raises(ValueError, match="future_noise = 'sometimes'"):
         IDMConfig(future_noise="sometimes")
     with pytest.raises(ValueError, match=r"future_t = 1.5: expected in \[0, 1\]"):
@@ -451,3 +451,45 @@ def test_uwm_training_noises_the_future_and_drops_the_ones_that_do_not_show_the_
     # the teacher head reads the future as given
     teacher = _scramble(InverseDynamics(cfg))
     assert teacher.encoder.future_t_embed is None and not teacher.noised_future
+
+
+# ---- the VPP head: pooled video-model tokens of one pass over pure-noise future slots -------------
+
+def test_video_tokens_are_one_causal_pass_with_pure_noise_slots(cfg):
+    video = _scramble(VideoModel(cfg)).eval()
+    context = _latents(cfg, 2, cfg.context_frames)
+    noise = _latents(cfg, 2, cfg.future_frames)
+    instr = torch.tensor([1, 2])
+    tokens = video.tokens(context, instr, None, noise)
+    T = cfg.n_cameras * (cfg.latent_shape[1] // cfg.video.patch_size) ** 2
+    assert tokens.shape == (2, (cfg.context_frames + cfg.future_frames) * T, cfg.video.n_embd)
+    # the context's tokens are the clean pass's (block-causal: the slots after them change nothing)
+    t = torch.cat([torch.zeros(2, cfg.context_frames), torch.ones(2, cfg.future_frames)], dim=1)
+    hidden, _ = video._backbone(torch.cat([context, noise], 1), video._cond(t, instr, None, None), 0, None)
+    assert torch.allclose(tokens, hidden.flatten(1, 2), atol=1e-6)
+    other = video.tokens(context, instr, None, torch.randn_like(noise))
+    assert torch.allclose(tokens[:, :cfg.context_frames * T], other[:, :cfg.context_frames * T], atol=1e-6)
+    assert not torch.allclose(tokens[:, cfg.context_frames * T:], other[:, cfg.context_frames * T:])
+
+
+def test_vpp_head_reads_pooled_tokens_not_frames_and_trains_no_video_weight(cfg):
+    c = idm_head(cfg, "vpp")
+    assert c.idm.future_input == "tokens" and c.idm.video_feature_dim == 0
+    with pytest.raises(ValueError, match="future_input 'tokens' reads no future frames"):
+        dataclasses.replace(c.idm, future_noise="independent")
+    video, idm = _scramble(VideoModel(c)), _scramble(InverseDynamics(c))
+    batch = dataclasses.replace(_action_batch(c), video_features=None, future=None)
+    with pytest.raises(ValueError, match="video_tokens is required"):
+        idm.loss(batch)
+    batch.video_tokens = video.tokens(batch.context, batch.instr, None, _latents(c, 4, c.future_frames))
+    loss, _ = idm.loss(batch)
+    loss.backward()
+    assert all(p.grad is None for p in video.parameters())  # two-stage: the video model stays frozen
+    assert idm.encoder.token_pool.queries.grad is not None
+    assert idm.encoder.pos_frame.shape[0] == c.idm.past_frames  # no future frames
+    noise = torch.randn(4, c.horizon, 10)
+    idm.eval()
+    with torch.no_grad():
+        a = idm.sample(batch, 2, noise)
+        other = dataclasses.replace(batch, video_tokens=torch.randn_like(batch.video_tokens))
+        assert a.shape == (4, c.horizon, 10) and not torch.allclose(a, idm.sample(other, 2, noise))

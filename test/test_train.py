@@ -64,6 +64,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     assert main_idm(["--data", *data, "--out", str(r["uwm"]), "--video", str(r["video"] / tu.LATEST),
                      "--head", "uwm", "--init-actor", str(r["baseline"] / tu.LATEST), "--steps", "30",
                      "--batch-size", "16", "--lr", "2e-3", "--val-every", "30", "--ckpt-every", "30", *COMMON]) == 0
+    # the VPP head (video tokens, no frames)
+    r["vpp"] = base / "vpp"
+    assert main_idm(["--data", *data, "--out", str(r["vpp"]), "--video", str(r["video"] / tu.LATEST),
+                     "--head", "vpp", "--steps", "30", "--batch-size", "16", "--lr", "2e-3", "--val-every", "30",
+                     "--ckpt-every", "30", *COMMON]) == 0
     r["data"] = [Path(d) for d in data]
     torch.set_num_threads(before)
     return r
@@ -429,3 +434,28 @@ def test_attach_video_swaps_the_video_model_of_a_head_that_reads_none(runs, tmp_
         attach(runs["idm"] / tu.LATEST, other / tu.LATEST, tmp_path / "teacher")
     with pytest.raises(ValueError, match="expected a video \\+ IDM policy"):
         attach(runs["baseline"] / tu.LATEST, other / tu.LATEST, tmp_path / "base")
+
+
+def test_vpp_idm_run_plans_from_video_tokens(runs):
+    """--head vpp: the loss goes down, validation has no frame futures to compare, and the policy
+    plans from the video model's tokens (frames only when asked for, to show them)."""
+    import numpy as np
+
+    from avdp_ros.model.policy import Policy
+
+    first, last = early_late(runs["vpp"])
+    assert last < first
+    states, meta = load_checkpoint(runs["vpp"] / tu.LATEST, expected_kind="idm")
+    assert meta["config"]["idm"]["future_input"] == "tokens"
+    assert any(k.startswith("encoder.token_pool.") for k in states["idm"])
+    val = [h for h in history(runs["vpp"]) if "val/pos_mm" in h][-1]
+    assert "val/gt_future/pos_mm" not in val
+    policy = Policy.from_checkpoint(runs["vpp"] / tu.LATEST)
+    rng = np.random.default_rng(0)
+    obs = {"camera": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+           "wrist": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+           "ee_pose": np.array([0.45, 0, 0.3, 1, 0, 0, 0]), "gripper": 0.04, "instruction": ""}
+    out = policy.infer(obs, return_frames=True)
+    assert out["actions"].shape == (policy.cfg.horizon, 8) and out["predicted_frames"].shape[0] == 2
+    with pytest.raises(ValueError, match="future_images do not apply"):
+        policy.infer(obs, future_images={})

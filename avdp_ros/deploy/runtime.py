@@ -259,20 +259,28 @@ class StagedPolicy:
         states = np.stack([s for _, s in self._frames])[None]  # (1, Fc, 10) raw
         instr = r.asarray(np.array([cfg.instruction_index(str(obs.get("instruction", "")))], np.int64))
         timings = {"tokenizer_ms": tok_ms, "video_ms": 0.0}
-        pred = feats = future = None
+        pred = feats = future = tokens = None
         noised = cfg.idm.future_noise == "independent"
+        reads_tokens = cfg.idm.future_input == "tokens"
         if kind_spec(self.kind).has_video:
             t0 = time.perf_counter()
             shape = (1, cfg.future_frames) + self._frame_shape
-            if noised and self.future_t >= 1.0:  # the future is pure noise: no rollout (Policy._future)
+            mean, std = self.meta.norms["video_state"]
+            vstate = ((states - mean) / std).astype(np.float32)
+            if reads_tokens:  # one pass over the context and pure-noise slots (Policy.infer)
+                vnoise = _noise(noise, "video", shape, self._rng)
+                tokens = r.copy(r.run("video_tokens", {"context": context, "instr": instr, "state": r.asarray(vstate),
+                                                       "noise": r.asarray(vnoise)})["tokens"])
+                if return_frames:  # the frames only to show them
+                    rollout = self._rollout_kv if self.meta.video_mode == "kv" else self._rollout_recompute
+                    pred, _ = rollout(context, instr, vstate, vnoise)
+            elif noised and self.future_t >= 1.0:  # the future is pure noise: no rollout (Policy._future)
                 pred = r.asarray(_noise(noise, "future", shape, self._rng))
             else:
-                mean, std = self.meta.norms["video_state"]
-                vstate = ((states - mean) / std).astype(np.float32)
                 vnoise = _noise(noise, "video", shape, self._rng)
                 rollout = self._rollout_kv if self.meta.video_mode == "kv" else self._rollout_recompute
                 pred, feats = rollout(context, instr, vstate, vnoise)
-            future = pred
+            future = None if reads_tokens else pred
             if noised:  # the IDM reads (1 - t) prediction + t noise (InverseDynamics.noise_future)
                 t = float(self.future_t)
                 future = pred * (1.0 - t) + r.asarray(_noise(noise, "future", shape, self._rng)) * t
@@ -291,6 +299,8 @@ class StagedPolicy:
             feeds["video_features"] = feats
         if "future_t" in names:
             feeds["future_t"] = r.asarray(np.array([self.future_t], np.float32))
+        if "video_tokens" in names:
+            feeds["video_tokens"] = tokens
         ctx = r.run("idm_encoder", feeds)["ctx"]
         anoise = _noise(noise, "action", (1, cfg.horizon, ACTION_DIM), self._rng, self.action_temperature)
         known = self._prefix(prefix, last) if prefix is not None and len(prefix) else None

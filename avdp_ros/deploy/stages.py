@@ -10,7 +10,8 @@ graph per network evaluation, with the same control flow as `Policy.infer`:
     video_context  context, instr, state (normalised)          -> past_k, past_v, features  [idm]
     video_frame    x, t, instr, frame, past_k, past_v, past_bias -> velocity, k, v, feature  [idm, kv mode]
     video_sequence frames, t, instr, state                     -> velocity, features         [idm, recompute mode]
-    idm_encoder    frames[, state (normalised)], instr[, video_features][, future_t] -> ctx
+    video_tokens   context, instr, state, noise                -> tokens                     [idm, future_input tokens]
+    idm_encoder    frames[, state (normalised)], instr[, video_features][, future_t][, video_tokens] -> ctx
     action_step    a, t, ctx                                   -> velocity
 
 KV cache with static shapes: `video_frame` takes the cache padded to its largest size,
@@ -73,6 +74,7 @@ class Dims:
     L: int          # IDM conditioning tokens
     Di: int         # IDM width
     noised: bool = False  # the IDM reads a noised future and its flow time (idm.future_noise "independent")
+    tokens: int = 0       # video tokens the IDM pools (idm.future_input "tokens"; then it reads no future frames)
 
     @property
     def head_dim(self) -> int:
@@ -89,15 +91,16 @@ class Dims:
         v, i = cfg.video, cfg.idm
         T = cfg.n_cameras * (h // v.patch_size) * (w // v.patch_size)
         idm = kind_spec(kind).has_video
+        tokens = i.video_tokens if idm and i.future_input == "tokens" else 0
         P = i.past_frames
-        frames = P + (cfg.future_frames if idm else 0)
+        frames = P + (cfg.future_frames if idm and not tokens else 0)
         Dv = i.video_feature_dim if idm else 0
         L = frames * cfg.n_cameras * (h // i.patch_size) * (w // i.patch_size) + 1 + int(i.use_state) + \
-            ((cfg.context_frames + cfg.future_frames) if Dv else 0)
+            ((cfg.context_frames + cfg.future_frames) if Dv else 0) + tokens
         return cls(cams=cfg.n_cameras, C=C, h=h, w=w, S=int(cfg.tokenizer.get("image_size", 0)),
                    Fc=cfg.context_frames, K=cfg.future_frames, P=P, H=cfg.horizon, T=T, D=v.n_embd,
                    n_head=v.n_head, n_layer=v.n_layer, Dv=Dv, L=L, Di=i.n_embd, state=i.use_state,
-                   noised=idm and i.future_noise == "independent")
+                   noised=idm and i.future_noise == "independent", tokens=tokens)
 
 
 def _f(name, *shape):
@@ -134,13 +137,20 @@ def stage_specs(d: Dims, kind: str, video_mode: str = "kv") -> dict[str, tuple[l
                 [_f("velocity", 1, n, *lat), _f("features", 1, n, d.D)])
         else:
             raise ValueError(f"video_mode '{video_mode}': expected one of {VIDEO_MODES}")
-    frames = d.P + (d.K if has_video else 0)
+        if d.tokens:
+            specs["video_tokens"] = (
+                [_f("context", 1, d.Fc, *lat), _i("instr", 1), _f("state", 1, d.Fc, STATE_DIM),
+                 _f("noise", 1, d.K, *lat)],
+                [_f("tokens", 1, (d.Fc + d.K) * d.T, d.D)])
+    frames = d.P + (d.K if has_video and not d.tokens else 0)
     # a state-free encoder (idm.use_state false) has no state input: ONNX prunes unused inputs
     enc_in = [_f("frames", 1, frames, *lat)] + ([_f("state", 1, STATE_DIM)] if d.state else []) + [_i("instr", 1)]
     if d.Dv:
         enc_in.append(_f("video_features", 1, d.Fc + d.K, d.Dv))
     if d.noised:
         enc_in.append(_f("future_t", 1))
+    if d.tokens:
+        enc_in.append(_f("video_tokens", 1, (d.Fc + d.K) * d.T, d.D))
     specs["idm_encoder"] = (enc_in, [_f("ctx", 1, d.L, d.Di)])
     specs["action_step"] = ([_f("a", 1, d.H, ACTION_DIM), _f("t", 1), _f("ctx", 1, d.L, d.Di)],
                             [_f("velocity", 1, d.H, ACTION_DIM)])
@@ -251,6 +261,17 @@ class VideoSequenceStage(nn.Module):
         return m._velocity(hidden, cond), hidden.mean(dim=2)
 
 
+class VideoTokensStage(nn.Module):
+    """`VideoModel.tokens`: one pass over the clean context and pure-noise future slots."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.m = policy.video
+
+    def forward(self, context: Tensor, instr: Tensor, state: Tensor, noise: Tensor) -> Tensor:
+        return self.m.tokens(context, instr, state, noise)
+
+
 class IdmEncoderStage(nn.Module):
     def __init__(self, policy: Policy):
         super().__init__()
@@ -258,15 +279,18 @@ class IdmEncoderStage(nn.Module):
         self.use_state = policy.cfg.idm.use_state
         self.features = policy.cfg.idm.video_feature_dim > 0 and policy.video is not None
         self.noised = policy.actor.noised_future
+        self.tokens = policy.video is not None and not policy.actor.reads_frames
 
     def forward(self, frames: Tensor, *rest: Tensor) -> Tensor:
-        """(frames, state, instr[, video_features][, future_t]); no state when idm.use_state is false."""
+        """(frames, state, instr[, video_features][, future_t][, video_tokens]); no state when
+        idm.use_state is false."""
         rest = list(rest)
         state = rest.pop(0) if self.use_state else None
         instr = rest.pop(0)
         feats = rest.pop(0) if self.features else None
         future_t = rest.pop(0) if self.noised else None
-        return self.encoder(frames, state, instr, feats, future_t)
+        tokens = rest.pop(0) if self.tokens else None
+        return self.encoder(frames, state, instr, feats, future_t, tokens)
 
 
 class ActionStepStage(nn.Module):
@@ -280,7 +304,8 @@ class ActionStepStage(nn.Module):
 
 STAGE_MODULES = {
     "encoder": EncoderStage, "decoder": DecoderStage, "video_context": VideoContextStage,
-    "video_frame": VideoFrameStage, "video_sequence": VideoSequenceStage, "idm_encoder": IdmEncoderStage,
+    "video_frame": VideoFrameStage, "video_sequence": VideoSequenceStage, "video_tokens": VideoTokensStage,
+    "idm_encoder": IdmEncoderStage,
     "action_step": ActionStepStage,
 }
 

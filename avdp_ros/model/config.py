@@ -73,6 +73,7 @@ class VideoConfig:
 
 
 FUTURE_NOISE = ("none", "independent")
+FUTURE_INPUT = ("frames", "tokens")
 
 
 @dataclass
@@ -108,10 +109,25 @@ class IDMConfig:
     future_drop: float = 0.25        # "independent": share of training windows whose future is pure noise
     future_t: float = 0.0            # "independent": flow time the predicted future is re-noised to at
     #                                  inference; 1 = ignore it (no video rollout: the action-only mode)
+    future_input: str = "frames"     # "frames": the IDM reads K future frames (true in training, predicted
+    #                                  at inference); "tokens": VPP-style, no frames: the video model's
+    #                                  hidden states of one pass over the clean context and K pure-noise
+    #                                  future slots (its first denoising step), pooled by attention into
+    #                                  `video_tokens` tokens. Pure noise in training and at inference
+    #                                  alike, so what the head reads never changes between the two
+    video_tokens: int = 16           # "tokens": pooled video tokens the encoder reads
 
     def __post_init__(self) -> None:
         if self.future_noise not in FUTURE_NOISE:
             raise ValueError(f"IDMConfig.future_noise = {self.future_noise!r}: expected one of {FUTURE_NOISE}")
+        if self.future_input not in FUTURE_INPUT:
+            raise ValueError(f"IDMConfig.future_input = {self.future_input!r}: expected one of {FUTURE_INPUT}")
+        if self.future_input == "tokens" and (self.future_noise != "none" or self.video_feature_dim):
+            raise ValueError("IDMConfig.future_input 'tokens' reads no future frames and no mean-pooled features: "
+                             f"future_noise must be 'none' (got {self.future_noise!r}) and video_feature_dim 0 "
+                             f"(got {self.video_feature_dim})")
+        if self.video_tokens < 1:
+            raise ValueError(f"IDMConfig.video_tokens = {self.video_tokens}: expected >= 1")
         for name in ("future_drop", "future_t"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"IDMConfig.{name} = {getattr(self, name)}: expected in [0, 1]")
@@ -251,10 +267,13 @@ PRESETS: dict[str, PolicyConfig] = {
 # section (then --override edits win). Each names how the head meets its test-time inputs.
 IDM_HEADS: dict[str, dict[str, Any]] = {
     # teacher forcing: clean true futures and mean-pooled video features of true clips (the original)
-    "teacher": {"future_noise": "none"},
+    "teacher": {"future_noise": "none", "future_input": "frames"},
     # UWM-style independent noise levels for the future and the action chunk; no video features
     # (features of a true clip are an input the policy never sees at test time)
     "uwm": {"future_noise": "independent", "video_feature_dim": 0},
+    # VPP-style: no frames; the video model's tokens of its first denoising step from pure noise,
+    # attention-pooled (the same input in training and at inference; no rollout needed to act)
+    "vpp": {"future_input": "tokens", "future_noise": "none", "video_feature_dim": 0},
 }
 
 

@@ -53,9 +53,26 @@ class ActionBatch:
     actions: Tensor | None = None          # (B, H, 10) normalised action chunk (training only)
     video_features: Tensor | None = None   # (B, Fv, n_embd_video) video-model features, or None
     future_t: Tensor | None = None         # (B,) flow time the future was noised to (future_noise "independent")
+    video_tokens: Tensor | None = None     # (B, L, n_embd_video) VideoModel.tokens (future_input "tokens")
     future_valid: Tensor | None = None     # (B,) bool, training: the future shows what `actions` do. False
     #                                        for relabelled (DAgger) windows, whose frames follow the
     #                                        learner's actions, not the expert's label: pure noise there
+
+
+class TokenPool(nn.Module):
+    """Attention pooling (VPP's Video Former, one layer): `n` learned queries read a long sequence
+    of video-model tokens (B, L, Dv) and return (B, n, D) for the observation encoder."""
+
+    def __init__(self, video_dim: int, n_embd: int, n_head: int, n: int):
+        super().__init__()
+        self.proj = nn.Linear(video_dim, n_embd)
+        self.norm = nn.LayerNorm(n_embd)
+        self.queries = nn.Parameter(torch.randn(n, n_embd) * 0.02)
+        self.cross = CrossAttention(n_embd, n_head)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        q = self.queries.expand(tokens.shape[0], -1, -1)
+        return q + self.cross(q, self.norm(self.proj(tokens.detach())))  # detach: the video model stays frozen
 
 
 class ObsEncoder(nn.Module):
@@ -84,13 +101,17 @@ class ObsEncoder(nn.Module):
         self.future_from = future_from
         self.future_t_embed = (TimestepEmbedder(D) if future_from is not None and c.future_noise == "independent"
                                else None)
+        self.token_pool = (TokenPool(cfg.video.n_embd, D, c.n_head, c.video_tokens)
+                           if future_from is not None and c.future_input == "tokens" else None)
         self.blocks = nn.ModuleList([EncoderBlock(D, c.n_head, c.mlp_ratio) for _ in range(c.enc_layers)])
         self.norm = nn.LayerNorm(D)
 
     def forward(self, frames: Tensor, state: Tensor, instr: Tensor,
-                video_features: Tensor | None = None, future_t: Tensor | None = None) -> Tensor:
+                video_features: Tensor | None = None, future_t: Tensor | None = None,
+                video_tokens: Tensor | None = None) -> Tensor:
         """frames (B, F, cams, C, h, w), state (B, 10), instr (B,), video_features (B, Fv, Dv),
-        future_t (B,) the flow time of frames[:, future_from:] (future_noise "independent" only)."""
+        future_t (B,) the flow time of frames[:, future_from:] (future_noise "independent" only),
+        video_tokens (B, L, Dv) (future_input "tokens" only)."""
         B, Fr = frames.shape[:2]
         tok = self.patch_in(patchify(frames, self.patch_size))  # (B, F, cams, N, D)
         tok = tok + self.pos_spatial + self.pos_camera[:, None, :] + self.pos_frame[:Fr, None, None, :]
@@ -111,6 +132,11 @@ class ObsEncoder(nn.Module):
             # detach: the action loss must not train the video model (two-stage training)
             feats = video_features.detach().to(tok.dtype)
             parts.append(self.feature_proj(feats) + self.pos_feature[:feats.shape[1]])  # (B, Fv, D)
+        if self.token_pool is not None:
+            if video_tokens is None:
+                raise ValueError("this IDM reads video-model tokens (idm.future_input 'tokens'): "
+                                 "ActionBatch.video_tokens is required")
+            parts.append(self.token_pool(video_tokens.to(tok.dtype)))  # (B, n, D)
         x = torch.cat(parts, dim=1)
         for block in self.blocks:
             x = block(x)
@@ -178,6 +204,7 @@ class _ChunkPolicy(nn.Module):
             nn.init.zeros_(lin.bias)
 
     noised_future = False  # InverseDynamics with idm.future_noise "independent" reads a noised future
+    reads_frames = False   # InverseDynamics reads future frames unless idm.future_input is "tokens"
 
     def _frames(self, batch: ActionBatch) -> Tensor:
         raise NotImplementedError
@@ -202,7 +229,7 @@ class _ChunkPolicy(nn.Module):
     def encode(self, batch: ActionBatch) -> Tensor:
         """Conditioning tokens (B, L, n_embd) for the action head (computed once per chunk)."""
         return self.encoder(self._frames(batch), batch.state, batch.instr, self._video_features(batch),
-                            batch.future_t)
+                            batch.future_t, batch.video_tokens)
 
     def loss(self, batch: ActionBatch, t: Tensor | None = None, noise: Tensor | None = None,
              generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
@@ -258,8 +285,13 @@ class InverseDynamics(_ChunkPolicy):
     """pi(a_t..t+H | last past frames, future frames, state, instruction[, video features])."""
 
     def __init__(self, cfg: PolicyConfig):
-        super().__init__(cfg, cfg.idm.past_frames + cfg.future_frames, cfg.idm.video_feature_dim,
-                         future_from=cfg.idm.past_frames)
+        super().__init__(cfg, cfg.idm.past_frames + (cfg.future_frames if cfg.idm.future_input == "frames" else 0),
+                         cfg.idm.video_feature_dim, future_from=cfg.idm.past_frames)
+
+    @property
+    def reads_frames(self) -> bool:
+        """The future as K frames (idm.future_input "frames"), else as video-model tokens."""
+        return self.cfg.idm.future_input == "frames"
 
     @property
     def noised_future(self) -> bool:
@@ -267,9 +299,11 @@ class InverseDynamics(_ChunkPolicy):
         return self.cfg.idm.future_noise == "independent"
 
     def _frames(self, batch: ActionBatch) -> Tensor:
+        past = batch.context[:, -self.cfg.idm.past_frames:]
+        if not self.reads_frames:
+            return past  # the future comes as video tokens
         if batch.future is None:
             raise ValueError("InverseDynamics: ActionBatch.future (B, K, cams, C, h, w) is required")
-        past = batch.context[:, -self.cfg.idm.past_frames:]
         return torch.cat([past, batch.future], dim=1)  # (B, P + K, cams, C, h, w)
 
     def noise_future(self, batch: ActionBatch, t: Tensor, noise: Tensor | None = None,

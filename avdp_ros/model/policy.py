@@ -195,17 +195,29 @@ class Policy:
         states = torch.from_numpy(np.stack([s for _, s in self._frames]))[None].to(self.device)  # (1, Fc, 10)
         instr = torch.tensor([self.cfg.instruction_index(str(obs.get("instruction", "")))], device=self.device)
         timings = {"tokenizer_ms": tok_ms, "video_ms": 0.0}
-        pred = feats = None
+        pred = feats = tokens = None
         if self.video is not None:
             t0 = time.perf_counter()
-            pred, feats = self._future(context, instr, states, noise, future_images)
+            if self.actor.reads_frames:
+                pred, feats = self._future(context, instr, states, noise, future_images)
+            elif future_images is not None:
+                raise ValueError("this IDM reads video-model tokens, not future frames (idm.future_input "
+                                 "'tokens'): future_images do not apply")
+            else:  # VPP-style: one pass over the context and pure-noise slots; frames only to show them
+                vnoise = noise.get("video")
+                if vnoise is None:
+                    vnoise = torch.randn((1, self.cfg.future_frames) + tuple(context.shape[2:]), device=self.device)
+                vstate = self.video_state_norm.normalize(states)
+                tokens = self.video.tokens(context, instr, vstate, vnoise.to(self.device))
+                if return_frames:
+                    pred, _ = self.video.rollout(context, instr, vstate, steps=self.video_steps, noise=vnoise)
             timings["video_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         prefix_norm = None
         if prefix is not None and len(prefix):
             prefix_norm = self._prefix(prefix, states[:, -1])
         batch = ActionBatch(context=context, state=self.actor.state_norm.normalize(states[:, -1]), instr=instr,
-                            future=pred,
+                            future=pred if tokens is None else None, video_tokens=tokens,
                             video_features=feats if self.cfg.idm.video_feature_dim > 0 and feats is not None else None)
         if pred is not None and self.actor.noised_future:
             t = torch.full((1,), float(self.future_t), device=self.device)

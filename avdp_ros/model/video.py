@@ -183,6 +183,23 @@ class VideoModel(nn.Module):
         hidden, _ = self._backbone(latents, self._cond(t, instr, st, has), 0, None)
         return hidden.mean(dim=2)
 
+    def tokens(self, context: Tensor, instr: Tensor, state: Tensor | None, noise: Tensor) -> Tensor:
+        """The last hidden states (B, (Fc + K) * T, D) of one pass over the clean context and K
+        pure-noise future slots (t = 1): the model's first denoising step of the whole future at
+        once, read by a VPP-style action head (idm.future_input "tokens") instead of frames.
+
+        Args:
+            context: (B, Fc, cams, C, h, w) clean latents; state: (B, Fc, 10) normalised, or None.
+            noise: (B, K, cams, C, h, w) the future slots.
+        """
+        x = torch.cat([context, noise.to(context.dtype)], dim=1)
+        self._check(x, instr)
+        Fc, n = context.shape[1], x.shape[1]
+        t = torch.cat([context.new_zeros(context.shape[:2]), context.new_ones((context.shape[0], n - Fc))], dim=1)
+        st, has = self._state_for_frames(state, 0, n, x)
+        hidden, _ = self._backbone(x, self._cond(t, instr, st, has), 0, None)  # (B, F, T, D)
+        return hidden.flatten(1, 2)
+
     def loss(self, latents: Tensor, instr: Tensor, state: Tensor | None = None, t: Tensor | None = None,
              noise: Tensor | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         """Diffusion-forcing flow-matching loss on a clip.

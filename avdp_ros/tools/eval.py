@@ -194,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.obs_hz = policy.obs_hz
         monitor = None
         if a.future != "model":
-            if policy.kind != "idm" or a.backend != "torch":
-                ap.error(f"--future {a.future}: needs a video policy ('idm' checkpoint) on the torch backend; "
-                         f"{a.policy} is a '{policy.kind}' policy on {a.backend}")
+            if policy.kind != "idm" or a.backend != "torch" or policy.cfg.idm.future_input != "frames":
+                ap.error(f"--future {a.future}: needs a video policy ('idm' checkpoint) that reads future frames, "
+                         f"on the torch backend; {a.policy} is a '{policy.kind}' policy reading "
+                         f"{policy.cfg.idm.future_input} on {a.backend}")
             if a.future == "oracle":
                 from avdp_ros.evaluation.oracle import OracleFuture
 

@@ -210,7 +210,23 @@ class IDMJob(ActionJob):
             state = self.video_norm.normalize(b["states"][:, :self.setup.cfg.context_frames])
             return self.video.features(seq, b["instr"], state)  # (B, Fc+K, n_embd)
 
+    @property
+    def reads_frames(self) -> bool:
+        return self.setup.cfg.idm.future_input == "frames"
+
+    def tokens(self, b: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> torch.Tensor:
+        """VideoModel.tokens of the window's context and pure-noise future slots (a fresh draw each
+        training step, as each plan at inference draws its own)."""
+        cfg = self.setup.cfg
+        if noise is None:
+            noise = torch.randn(b["future"].shape, device=self.device)
+        with torch.no_grad():
+            state = self.video_norm.normalize(b["states"][:, :cfg.context_frames])
+            return self.video.tokens(b["context"], b["instr"], state, noise)
+
     def batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor | None = None) -> ActionBatch:
+        if not self.reads_frames:
+            return dataclasses.replace(super().batch(m, b), video_tokens=self.tokens(b))
         future = b["future"] if future is None else future
         return dataclasses.replace(super().batch(m, b), future=future, video_features=self.features(b, future),
                                    future_valid=b.get("future_valid"))
@@ -220,6 +236,9 @@ class IDMJob(ActionJob):
         return super().validate(m, step)
 
     def val_batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor, t: float | None) -> ActionBatch:
+        if not self.reads_frames:
+            noise = torch.randn(b["future"].shape, generator=self._val_gen).to(self.device)
+            return dataclasses.replace(ActionJob.batch(self, m, b), video_tokens=self.tokens(b, noise))
         batch = self.batch(m, b, future)
         if m.noised_future:
             eps = torch.randn(future.shape, generator=self._val_gen).to(self.device)
@@ -228,6 +247,8 @@ class IDMJob(ActionJob):
 
     def futures(self, b: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor | None]:
         cfg = self.setup.cfg
+        if not self.reads_frames:
+            return {"": (None, None)}  # the tokens of pure-noise slots: the same in training and at inference
         vnoise = torch.randn((len(b["context"]), cfg.future_frames) + b["context"].shape[2:],
                              generator=gen).to(self.device)
         state = self.video_norm.normalize(b["states"][:, :cfg.context_frames])

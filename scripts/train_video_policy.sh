@@ -10,11 +10,11 @@
 #      action-only policy the comparison is against) and trained IDM_STEPS on the labelled episodes
 #      with the recipe of train_invariant.sh's fine-tune (lr 1e-4, EMA, failed DAgger rollouts
 #      included, start windows x8), so it differs from that fine-tune only by the future it reads
-#   3. the latest video model attached (avdp-attach-video): OUT/policy
+#   3. the latest video model attached (avdp-attach-video): OUT/policy_step<video step>
 #   4. on VAL_EPISODES validation seeds (13000+) per task, nominal scene: the IDM reading the
 #      expert's true future (--future oracle, the upper bound), pure noise (--future-t 1: its
 #      action-only mode) and the video model's prediction at future_t 0 and 0.5; `avdp-eval
-#      --report OUT/diag` tables them
+#      --report OUT/diag_step<video step>` tables them
 # VIDEO_ONLY=1 runs stage 1 alone; SKIP_VIDEO=1 skips it (uses OUT/video/latest as it is).
 # Every stage skips what is already there.
 set -euo pipefail
@@ -37,7 +37,8 @@ if [ -z "${SKIP_VIDEO:-}" ] && [ "$(step "$OUT/video")" -lt "$VIDEO_STEPS" ]; th
 fi
 [ -n "${VIDEO_ONLY:-}" ] && exit 0
 [ -d "$OUT/video/latest" ] || { echo "$0: no video model in $OUT/video yet (run stage 1)" >&2; exit 2; }
-snap="$OUT/video_step$(step "$OUT/video")"  # a copy: the running trainer rewrites latest/
+VSTEP="$(step "$OUT/video")"
+snap="$OUT/video_step$VSTEP"  # a copy: the running trainer rewrites latest/
 [ -d "$snap" ] || { mkdir -p "$snap" && cp "$OUT/video/latest/checkpoint.json" "$OUT/video/latest/model.safetensors" "$snap/"; }
 
 if [ "$(step "$OUT/uwm")" -lt "$IDM_STEPS" ]; then
@@ -47,21 +48,21 @@ if [ "$(step "$OUT/uwm")" -lt "$IDM_STEPS" ]; then
     --ema 0.999 --include-failed --early-weight 8 --early-frames 4 --override action_temperature=0 --threads 2 \
     --no-progress "${resume[@]}"
 fi
-rm -rf "$OUT/policy"
-"$VENV/bin/avdp-attach-video" --policy "$OUT/uwm/latest" --video "$snap" --out "$OUT/policy"
+POLICY="$OUT/policy_step$VSTEP"
+[ -d "$POLICY" ] || "$VENV/bin/avdp-attach-video" --policy "$OUT/uwm/latest" --video "$snap" --out "$POLICY"
 
 if [ "$VAL_EPISODES" -gt 0 ]; then
   for task in push pick_place; do
     for arm in "oracle --future oracle" "noise --future-t 1" "model_t0 --future-t 0" "model_t05 --future-t 0.5"; do
       read -r name flags <<< "$arm"
-      e="$OUT/diag/${name}_$task"
-      mkdir -p "$OUT/diag"
+      e="$OUT/diag_step$VSTEP/${name}_$task"
+      mkdir -p "$OUT/diag_step$VSTEP"
       # shellcheck disable=SC2086
-      [ -f "$e/summary.json" ] || "$VENV/bin/avdp-eval" --policy "$OUT/policy" --task "$task" $flags \
+      [ -f "$e/summary.json" ] || "$VENV/bin/avdp-eval" --policy "$POLICY" --task "$task" $flags \
         --episodes "$VAL_EPISODES" --seed 13000 --threads 1 --out "$e" --no-progress > "$e.log" 2>&1 &
       [ "$(jobs -rp | wc -l)" -lt 2 ] || wait -n
     done
   done
   wait
-  "$VENV/bin/avdp-eval" --report "$OUT/diag"
+  "$VENV/bin/avdp-eval" --report "$OUT/diag_step$VSTEP"
 fi

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -72,9 +71,31 @@ def measure(video, norm, tok, cfg, ds, idx: list[int], steps: int, seeds: int, r
     return {k: [round(float(x), 4) for x in v] for k, v in out.items()}
 
 
+def real_future(ds, tok, cfg, idx: list[int], nominal: bool = True) -> torch.Tensor:
+    """Real frames t+1..t+K of windows `idx` as (N, K, cams, 3, S, S) in [0, 1], as the tokenizer's
+    decoder should show them: an appearance-invariant tokenizer (trained with --target-look) decodes
+    every scene as the nominal one, so with `nominal`, where an episode stores its frames' nominal
+    views (`<camera>_nominal`, avdp-dagger --nominal-pairs), those are the truth."""
+    from avdp_ros.model.tokenizer import resize_uint8
+
+    S, out = tok.config.image_size, []
+    for i in idx:
+        e, t, _ = ds.index[i]
+        ref = ds.refs[e]
+        folder = Path(ref.root) / "episodes" / ref.name
+        frames = np.clip(np.arange(t + 1, t + cfg.future_frames + 1), 0, ref.length - 1)
+        cams = []
+        for c in cfg.cameras:
+            view = folder / f"{c}_nominal.npy"
+            video = np.load(view if nominal and view.exists() else folder / f"{c}.npy", mmap_mode="r")
+            cams.append(torch.as_tensor(resize_uint8(np.asarray(video[frames]), S, tok.config.crops.get(c))))
+        out.append(torch.stack(cams, dim=1).float() / 255.0)  # (K, cams, 3, S, S)
+    return torch.stack(out)
+
+
 def main() -> None:
     from avdp_ros.data.latents import LatentDataset, cache_latents
-    from avdp_ros.train.data import decode_frames, future_images, stack_windows
+    from avdp_ros.train.data import decode_frames, stack_windows
     from avdp_ros.train.metrics import psnr
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +106,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--all-episodes", action="store_true",
                     help="draw from every episode, not only the checkpoint's validation episodes")
+    ap.add_argument("--truth", choices=("nominal", "real"), default="nominal",
+                    help="what decoded frames are compared with where an episode has nominal views: those "
+                         "(default; an appearance-invariant tokenizer decodes every look as the nominal one) "
+                         "or the frames as recorded")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -98,7 +123,7 @@ def main() -> None:
                          "(pass the data it was trained on, or --all-episodes)")
     rng = np.random.default_rng(0)
     idx = sorted(rng.choice(len(ds), size=min(a.windows, len(ds)), replace=False).tolist())
-    real = future_images(SimpleNamespace(val=ds, tokenizer=tok, cfg=cfg), idx, cfg.future_frames)
+    real = real_future(ds, tok, cfg, idx, nominal=a.truth == "nominal")
     with torch.no_grad():
         recon = decode_frames(tok, stack_windows(ds, idx, torch.device("cpu"))["future"])
     ceiling = [round(float(psnr(recon[:, j].flatten(0, 1), real[:, j].flatten(0, 1)).mean()), 2)

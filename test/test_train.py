@@ -459,3 +459,30 @@ def test_vpp_idm_run_plans_from_video_tokens(runs):
     assert out["actions"].shape == (policy.cfg.horizon, 8) and out["predicted_frames"].shape[0] == 2
     with pytest.raises(ValueError, match="future_images do not apply"):
         policy.infer(obs, future_images={})
+
+
+def test_pseudo_labels_from_the_true_future(runs, tmp_path):
+    """avdp-pseudo-label: every episode, action-free or not, comes out labelled by the IDM (one
+    action per observation, the frames untouched) in a dataset the trainers read; where true
+    labels exist the summary reports the IDM's error against them. A head without frames is refused."""
+    import numpy as np
+
+    from avdp_ros.data.dataset import EpisodeDataset
+    from avdp_ros.tools.pseudo_label import pseudo_label
+
+    out = tmp_path / "labelled"
+    summary = pseudo_label(runs["uwm"] / tu.LATEST, [runs["data"][0]], out, progress=False)
+    src, new = EpisodeDataset(runs["data"][0]), EpisodeDataset(out, verify_hashes=True)
+    assert summary["episodes"] == len(new) == len(src) == 6
+    assert summary["labelled_episodes_compared"] == 4 and summary["error_vs_true_labels"]["pos_mm"] > 0
+    for i in range(len(src)):
+        a, b = src[i], new[i]
+        assert np.array_equal(a["camera"], b["camera"]) and np.array_equal(a["ee_pose"], b["ee_pose"])
+        assert b["action"].shape == (len(a["ee_pose"]), 8) and np.isfinite(b["action"]).all()
+        assert new.episodes[i]["has_actions"] and "pseudo-label" in new.episodes[i]["action_topic"]
+    assert new.action_ratio == 1
+    # the trainers take it
+    assert main_baseline(["--data", str(out), "--out", str(tmp_path / "base"), "--tokenizer",
+                          str(runs["tok"] / tu.LATEST), "--steps", "2", "--batch-size", "4", *COMMON]) == 0
+    with pytest.raises(ValueError, match="expected an inverse dynamics model that reads future frames"):
+        pseudo_label(runs["vpp"] / tu.LATEST, [runs["data"][0]], tmp_path / "x", progress=False)

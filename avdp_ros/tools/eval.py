@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avdp_ros.model.kinds import KINDS
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
@@ -113,7 +115,7 @@ def load_cli_policy(a: argparse.Namespace, seed: int | None = None):
     if getattr(a, "future_t", None) is not None:
         if not 0.0 <= a.future_t <= 1.0:
             raise SystemExit(f"--future-t {a.future_t}: expected in [0, 1]")
-        if policy.cfg.idm.future_noise != "independent" or policy.kind != "idm":
+        if policy.cfg.idm.future_noise != "independent" or not KINDS[policy.kind].has_video:
             raise SystemExit(f"--future-t: {a.policy} does not read a noised future (its idm.future_noise is "
                              f"'{policy.cfg.idm.future_noise}', kind {policy.kind}); train one with --head uwm")
         policy.future_t = a.future_t
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.obs_hz = policy.obs_hz
         monitor = None
         if a.future != "model":
-            if policy.kind != "idm" or a.backend != "torch" or policy.cfg.idm.future_input != "frames":
+            if not KINDS[policy.kind].has_video or a.backend != "torch" or policy.cfg.idm.future_input != "frames":
                 ap.error(f"--future {a.future}: needs a video policy ('idm' checkpoint) that reads future frames, "
                          f"on the torch backend; {a.policy} is a '{policy.kind}' policy reading "
                          f"{policy.cfg.idm.future_input} on {a.backend}")

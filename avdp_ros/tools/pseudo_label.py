@@ -65,10 +65,10 @@ def pseudo_label(idm: str | Path, roots: list[str | Path], out: str | Path, over
     from avdp_ros.train.metrics import action_errors
 
     policy = Policy.from_checkpoint(idm)
-    if policy.kind != "idm" or not policy.actor.reads_frames:
-        raise ValueError(f"--idm {idm}: a {policy.kind} policy reading "
-                         f"{'frames' if policy.kind != 'idm' else policy.cfg.idm.future_input}; expected an "
-                         "inverse dynamics model that reads future frames (avdp-train-idm --head teacher or uwm)")
+    if policy.video is None or not policy.actor.reads_frames:
+        reads = policy.cfg.idm.future_input if policy.video is not None else "no future"
+        raise ValueError(f"--idm {idm}: a {policy.kind} policy reading {reads}; expected an inverse dynamics "
+                         "model that reads future frames (avdp-train-idm --head teacher or uwm)")
     sources = [EpisodeDataset(r) for r in roots]
     hz = {float(ds.manifest["obs_hz"]) for ds in sources}
     if len(hz) > 1 or abs(next(iter(hz)) - policy.cfg.obs_hz) > 1e-9:

@@ -58,21 +58,28 @@ def write_policy(out: str | Path, kind: str, states: dict, config: dict, extra: 
     return save_checkpoint(out, kind, modules, config, extra)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="avdp-attach-tokenizer", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def attach_cli(argv: list[str] | None, prog: str, doc: str, part: str, part_help: str, attach_fn, done: str) -> int:
+    """The CLI of an avdp-attach-* tool: --policy, --<part>, --out (a new folder); `done` is
+    formatted with the policy and the part."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", required=True, help="policy checkpoint directory")
-    ap.add_argument("--tokenizer", required=True, help="tokenizer trained with --target-look --init POLICY")
+    ap.add_argument(f"--{part}", required=True, help=part_help)
     ap.add_argument("--out", required=True, type=Path, help="directory of the new policy checkpoint")
     a = ap.parse_args(argv)
     if a.out.exists() and any(a.out.iterdir()):
         ap.error(f"--out {a.out} exists and is not empty")
     try:
-        path = attach(a.policy, a.tokenizer, a.out)
+        path = attach_fn(a.policy, getattr(a, part), a.out)
     except ValueError as err:
         ap.error(str(err))
-    print(f"wrote {path}: {a.policy} reading the encoder of {a.tokenizer}")
+    print(f"wrote {path}: " + done.format(policy=a.policy, part=getattr(a, part)))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return attach_cli(argv, "avdp-attach-tokenizer", __doc__, "tokenizer",
+                      "tokenizer trained with --target-look --init POLICY", attach,
+                      "{policy} reading the encoder of {part}")
 
 
 if __name__ == "__main__":

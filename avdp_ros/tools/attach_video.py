@@ -15,7 +15,6 @@ architecture), and for an IDM that reads video-model features (the teacher head'
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -52,20 +51,11 @@ def attach(policy: str | Path, video: str | Path, out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="avdp-attach-video", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", required=True, help="video + IDM policy checkpoint directory")
-    ap.add_argument("--video", required=True, help="video model checkpoint (avdp-train-video) on the same tokenizer")
-    ap.add_argument("--out", required=True, type=Path, help="directory of the new policy checkpoint")
-    a = ap.parse_args(argv)
-    if a.out.exists() and any(a.out.iterdir()):
-        ap.error(f"--out {a.out} exists and is not empty")
-    try:
-        path = attach(a.policy, a.video, a.out)
-    except ValueError as err:
-        ap.error(str(err))
-    print(f"wrote {path}: {a.policy} planning from the predictions of {a.video}")
-    return 0
+    from avdp_ros.tools.attach_tokenizer import attach_cli
+
+    return attach_cli(argv, "avdp-attach-video", __doc__, "video",
+                      "video model checkpoint (avdp-train-video) on the same tokenizer", attach,
+                      "{policy} planning from the predictions of {part}")
 
 
 if __name__ == "__main__":

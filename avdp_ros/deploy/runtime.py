@@ -267,18 +267,17 @@ class StagedPolicy:
             shape = (1, cfg.future_frames) + self._frame_shape
             mean, std = self.meta.norms["video_state"]
             vstate = ((states - mean) / std).astype(np.float32)
+            rollout = self._rollout_kv if self.meta.video_mode == "kv" else self._rollout_recompute
             if reads_tokens:  # one pass over the context and pure-noise slots (Policy.infer)
                 vnoise = _noise(noise, "video", shape, self._rng)
                 tokens = r.copy(r.run("video_tokens", {"context": context, "instr": instr, "state": r.asarray(vstate),
                                                        "noise": r.asarray(vnoise)})["tokens"])
                 if return_frames:  # the frames only to show them
-                    rollout = self._rollout_kv if self.meta.video_mode == "kv" else self._rollout_recompute
                     pred, _ = rollout(context, instr, vstate, vnoise)
             elif noised and self.future_t >= 1.0:  # the future is pure noise: no rollout (Policy._future)
                 pred = r.asarray(_noise(noise, "future", shape, self._rng))
             else:
                 vnoise = _noise(noise, "video", shape, self._rng)
-                rollout = self._rollout_kv if self.meta.video_mode == "kv" else self._rollout_recompute
                 pred, feats = rollout(context, instr, vstate, vnoise)
             future = None if reads_tokens else pred
             if noised:  # the IDM reads (1 - t) prediction + t noise (InverseDynamics.noise_future)

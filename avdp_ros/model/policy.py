@@ -167,7 +167,7 @@ class Policy:
             if imgs is None or imgs.ndim != 4 or len(imgs) != K or imgs.shape[-1] != 3 or imgs.dtype != np.uint8:
                 raise ValueError(f"future_images[{cam!r}]: expected ({K}, H, W, 3) uint8 frames, got "
                                  f"{None if imgs is None else (imgs.shape, imgs.dtype)}")
-            frames.append(torch.cat([self.tokenizer.camera_images(img, cam) for img in imgs]))  # (K, 3, S, S)
+            frames.append(self.tokenizer.camera_images(imgs, cam))  # (K, 3, S, S), cropped as observations
         images = torch.stack(frames, dim=1).flatten(0, 1)  # (K*cams, 3, S, S)
         return self.tokenizer.encode(images).to(self.device).unflatten(0, (K, len(frames)))[None]
 

@@ -19,6 +19,7 @@ from avdp_ros.model import idm as heads
 from avdp_ros.model.checkpoint import load_checkpoint, load_into
 from avdp_ros.model.config import ACTION_DIM, IDM_HEADS, STATE_DIM
 from avdp_ros.model.idm import ActionBatch, Normalizer
+from avdp_ros.model.kinds import POLICY_KINDS
 from avdp_ros.model.video import VideoModel
 from avdp_ros.train import engine
 from avdp_ros.train.data import (
@@ -269,7 +270,7 @@ def init_actor(policy: torch.nn.Module, path: str) -> str:
     (as `--init` keeps them). Returns a log line naming what was copied and what starts fresh."""
     states, meta = load_checkpoint(path)
     kind = meta.get("kind")
-    if kind not in ("baseline", "idm"):
+    if kind not in POLICY_KINDS:
         raise SystemExit(f"--init-actor {path}: a '{kind}' checkpoint; expected a baseline or idm policy")
     src = states[kind]
     own = policy.state_dict()

@@ -129,6 +129,16 @@ def checkpoints(tmp_path_factory):
                          if k in vpp.state_dict() and v.shape == vpp.state_dict()[k].shape}, strict=False)
     save_checkpoint(root / "idm_vpp", "idm", {"idm": vpp, "tokenizer": tok, "video": video, "video_state_norm": vnorm},
                     vpp_cfg.to_dict())
+    # the shared backbone (--head shared): the VPP graph; its video model is the jointly trained one
+    shared_cfg = idm_head(preset("tiny"), "shared")
+    shared_cfg.tokenizer = tok_cfg.to_dict()
+    joint_video = VideoModel(shared_cfg)
+    joint_video.load_state_dict(video.state_dict())
+    with torch.no_grad():
+        for p in joint_video.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(root / "idm_shared", "idm", {"idm": vpp, "tokenizer": tok, "video": joint_video,
+                                                 "video_state_norm": vnorm}, shared_cfg.to_dict())
     return root
 
 
@@ -147,6 +157,7 @@ def bundles(checkpoints, tmp_path_factory):
         "baseline_crop": export_bundle(checkpoints / "baseline_crop", root / "baseline_crop", parity=False, log=quiet),
         "idm_uwm": export_bundle(checkpoints / "idm_uwm", root / "idm_uwm", log=quiet),
         "idm_vpp": export_bundle(checkpoints / "idm_vpp", root / "idm_vpp", log=quiet),
+        "idm_shared": export_bundle(checkpoints / "idm_shared", root / "idm_shared", log=quiet),
     }
 
 
@@ -256,7 +267,7 @@ def test_numpy_pose_and_grid_match_torch():
 # ---- parity: per stage, video rollout, end to end -------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["idm", "idm_recompute", "baseline", "idm_uwm", "idm_vpp"])
+@pytest.mark.parametrize("name", ["idm", "idm_recompute", "baseline", "idm_uwm", "idm_vpp", "idm_shared"])
 def test_onnxruntime_matches_torch_per_stage(bundles, checkpoints, name):
     policy = Policy.from_checkpoint(checkpoints / {"idm_recompute": "idm"}.get(name, name))
     _, stages = build_stages(policy, bundles[name].video_mode or "kv")
@@ -302,6 +313,7 @@ def test_video_rollout_matches_torch_kv_cache(bundles, checkpoints, name):
     ("baseline_crop", "onnxruntime", {"threads": 1}),
     ("idm_uwm", "onnxruntime", {"threads": 1}),
     ("idm_vpp", "onnxruntime", {"threads": 1}),
+    ("idm_shared", "onnxruntime", {"threads": 1}),
     ("idm", "torch", {"staged": True}),
     ("idm_uwm", "torch", {"staged": True}),
     ("idm_vpp", "torch", {"staged": True}),
@@ -310,7 +322,7 @@ def test_video_rollout_matches_torch_kv_cache(bundles, checkpoints, name):
 ])
 def test_end_to_end_action_chunk_matches_torch(bundles, checkpoints, name, backend, options):
     kind = "baseline" if name.startswith("baseline") else "idm"
-    ckpt = checkpoints / (name if name.startswith("baseline") or name in ("idm_uwm", "idm_vpp") else kind)
+    ckpt = checkpoints / (name if name.startswith("baseline") or name in ("idm_uwm", "idm_vpp", "idm_shared") else kind)
     ref = Policy.from_checkpoint(ckpt)
     path = bundles[name].path if backend != "torch" else ckpt
     policy = load_policy(backend, path, "cpu", **options)

@@ -493,3 +493,22 @@ def test_vpp_head_reads_pooled_tokens_not_frames_and_trains_no_video_weight(cfg)
         a = idm.sample(batch, 2, noise)
         other = dataclasses.replace(batch, video_tokens=torch.randn_like(batch.video_tokens))
         assert a.shape == (4, c.horizon, 10) and not torch.allclose(a, idm.sample(other, 2, noise))
+
+
+def test_shared_head_trains_the_video_model_through_its_tokens(cfg):
+    """--head shared (Seer / UVA style): the VPP input, but the action loss reaches the video model
+    (joint training); only a tokens head can be joint."""
+    c = idm_head(cfg, "shared")
+    assert c.idm.future_input == "tokens" and c.idm.video_train == "joint" and c.idm.video_loss_weight > 0
+    with pytest.raises(ValueError, match="video_train 'joint' .* future_input must be 'tokens'"):
+        dataclasses.replace(idm_head(cfg, "uwm").idm, video_train="joint")
+    with pytest.raises(ValueError, match="video_train = 'both'"):
+        dataclasses.replace(c.idm, video_train="both")
+    with pytest.raises(ValueError, match="video_loss_weight = -1"):
+        dataclasses.replace(c.idm, video_loss_weight=-1)
+    video, idm = _scramble(VideoModel(c)), _scramble(InverseDynamics(c))
+    batch = dataclasses.replace(_action_batch(c), video_features=None, future=None)
+    batch.video_tokens = video.tokens(batch.context, batch.instr, None, _latents(c, 4, c.future_frames))
+    idm.loss(batch)[0].backward()
+    grads = [p.grad for p in video.blocks.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)

@@ -69,6 +69,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     assert main_idm(["--data", *data, "--out", str(r["vpp"]), "--video", str(r["video"] / tu.LATEST),
                      "--head", "vpp", "--steps", "30", "--batch-size", "16", "--lr", "2e-3", "--val-every", "30",
                      "--ckpt-every", "30", *COMMON]) == 0
+    # the shared backbone (joint): the video model trains on with the head, EMA'd, resumed
+    r["shared"] = base / "shared"
+    shared = ["--data", *data, "--out", str(r["shared"]), "--video", str(r["video"] / tu.LATEST), "--head", "shared",
+              "--batch-size", "16", "--lr", "2e-3", "--ema", "0.9", "--val-every", "15", "--ckpt-every", "15", *COMMON]
+    assert main_idm([*shared, "--steps", "15"]) == 0
+    assert main_idm([*shared, "--steps", "30", "--resume"]) == 0
     r["data"] = [Path(d) for d in data]
     torch.set_num_threads(before)
     return r
@@ -459,6 +465,28 @@ def test_vpp_idm_run_plans_from_video_tokens(runs):
     assert out["actions"].shape == (policy.cfg.horizon, 8) and out["predicted_frames"].shape[0] == 2
     with pytest.raises(ValueError, match="future_images do not apply"):
         policy.infer(obs, future_images={})
+
+
+def test_shared_idm_run_trains_its_video_model(runs, tmp_path):
+    """--head shared: both losses logged and falling, the checkpoint's video model moved away from
+    the one it started from (and is what the policy plans with), validation reports the video
+    loss, and avdp-attach-video refuses a head that reads its own video model's tokens."""
+    from avdp_ros.model.policy import Policy
+    from avdp_ros.tools.attach_video import attach
+
+    h = history(runs["shared"])
+    assert all("video_loss" in e for e in h if "action_loss" in e)
+    assert [e["step"] for e in h if "val/video_loss" in e] == [15, 30]
+    first, last = early_late(runs["shared"], "action_loss")
+    assert last < first
+    states, meta = load_checkpoint(runs["shared"] / tu.LATEST, expected_kind="idm")
+    assert meta["config"]["idm"]["video_train"] == "joint" and meta["extra"]["step"] == 30
+    start = load_checkpoint(runs["video"] / tu.LATEST)[0]["video"]
+    assert any(not torch.equal(states["video"][k], start[k]) for k in start)
+    policy = Policy.from_checkpoint(runs["shared"] / tu.LATEST)
+    assert all(torch.equal(policy.video.state_dict()[k], v) for k, v in states["video"].items())
+    with pytest.raises(ValueError, match="reads its own video model's hidden states"):
+        attach(runs["shared"] / tu.LATEST, runs["video"] / tu.LATEST, tmp_path / "x")
 
 
 def test_pseudo_labels_from_the_true_future(runs, tmp_path):

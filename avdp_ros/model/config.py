@@ -74,6 +74,7 @@ class VideoConfig:
 
 FUTURE_NOISE = ("none", "independent")
 FUTURE_INPUT = ("frames", "tokens")
+VIDEO_TRAIN = ("frozen", "joint")
 
 
 @dataclass
@@ -116,6 +117,13 @@ class IDMConfig:
     #                                  `video_tokens` tokens. Pure noise in training and at inference
     #                                  alike, so what the head reads never changes between the two
     video_tokens: int = 16           # "tokens": pooled video tokens the encoder reads
+    video_train: str = "frozen"      # "frozen": two-stage, the video model is fixed and no action
+    #                                  gradient reaches it; "joint" (future_input "tokens" only, the one
+    #                                  input an action gradient can flow back through): the video model
+    #                                  is the shared backbone of both objectives, trained on with the
+    #                                  action loss + video_loss_weight * its own diffusion loss on the
+    #                                  same windows (Seer / UVA style)
+    video_loss_weight: float = 1.0   # "joint": weight of the auxiliary video loss (0 = the action loss alone)
 
     def __post_init__(self) -> None:
         if self.future_noise not in FUTURE_NOISE:
@@ -126,6 +134,14 @@ class IDMConfig:
             raise ValueError("IDMConfig.future_input 'tokens' reads no future frames and no mean-pooled features: "
                              f"future_noise must be 'none' (got {self.future_noise!r}) and video_feature_dim 0 "
                              f"(got {self.video_feature_dim})")
+        if self.video_train not in VIDEO_TRAIN:
+            raise ValueError(f"IDMConfig.video_train = {self.video_train!r}: expected one of {VIDEO_TRAIN}")
+        if self.video_train == "joint" and self.future_input != "tokens":
+            raise ValueError("IDMConfig.video_train 'joint' trains the video model through the tokens the head "
+                             f"reads: future_input must be 'tokens' (got {self.future_input!r}; a frames head "
+                             "reads true futures in training, which no gradient turns into predictions)")
+        if self.video_loss_weight < 0:
+            raise ValueError(f"IDMConfig.video_loss_weight = {self.video_loss_weight}: expected >= 0")
         if self.video_tokens < 1:
             raise ValueError(f"IDMConfig.video_tokens = {self.video_tokens}: expected >= 1")
         for name in ("future_drop", "future_t"):
@@ -267,13 +283,17 @@ PRESETS: dict[str, PolicyConfig] = {
 # section (then --override edits win). Each names how the head meets its test-time inputs.
 IDM_HEADS: dict[str, dict[str, Any]] = {
     # teacher forcing: clean true futures and mean-pooled video features of true clips (the original)
-    "teacher": {"future_noise": "none", "future_input": "frames"},
+    "teacher": {"future_noise": "none", "future_input": "frames", "video_train": "frozen"},
     # UWM-style independent noise levels for the future and the action chunk; no video features
     # (features of a true clip are an input the policy never sees at test time)
-    "uwm": {"future_noise": "independent", "video_feature_dim": 0},
+    "uwm": {"future_noise": "independent", "future_input": "frames", "video_feature_dim": 0, "video_train": "frozen"},
     # VPP-style: no frames; the video model's tokens of its first denoising step from pure noise,
     # attention-pooled (the same input in training and at inference; no rollout needed to act)
-    "vpp": {"future_input": "tokens", "future_noise": "none", "video_feature_dim": 0},
+    "vpp": {"future_input": "tokens", "future_noise": "none", "video_feature_dim": 0, "video_train": "frozen"},
+    # Seer / UVA-style shared backbone: the VPP input, but the video model trains on with the action
+    # loss through the tokens plus its own diffusion loss as an auxiliary objective (joint training)
+    "shared": {"future_input": "tokens", "future_noise": "none", "video_feature_dim": 0, "video_train": "joint",
+               "video_loss_weight": 1.0},
 }
 
 

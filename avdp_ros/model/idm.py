@@ -7,7 +7,9 @@ cross-attends to the conditioning tokens). They differ only in which frames they
 - `InverseDynamics`: the last `idm.past_frames` context frames plus the K future frames (ground
   truth in training, predicted by the video model at inference), optionally with video-model
   features, which are detached so no action gradient reaches the video model (Video Policy's
-  two-stage training).
+  two-stage training). Or, with idm.future_input "tokens", no future frames but the video
+  model's attention-pooled hidden states (VPP), detached unless idm.video_train is "joint"
+  (the video model then is a shared backbone trained by both losses: `train/jobs/action.py`).
 - `ActionOnlyPolicy`: the same last `idm.past_frames` frames and nothing predicted: the honest
   baseline (it differs from the IDM only by the predicted frames and video features).
 
@@ -61,10 +63,13 @@ class ActionBatch:
 
 class TokenPool(nn.Module):
     """Attention pooling (VPP's Video Former, one layer): `n` learned queries read a long sequence
-    of video-model tokens (B, L, Dv) and return (B, n, D) for the observation encoder."""
+    of video-model tokens (B, L, Dv) and return (B, n, D) for the observation encoder. `frozen`:
+    the tokens are detached, so no action gradient reaches the video model (two-stage training);
+    else (idm.video_train "joint") it flows back into the shared backbone."""
 
-    def __init__(self, video_dim: int, n_embd: int, n_head: int, n: int):
+    def __init__(self, video_dim: int, n_embd: int, n_head: int, n: int, frozen: bool = True):
         super().__init__()
+        self.frozen = frozen
         self.proj = nn.Linear(video_dim, n_embd)
         self.norm = nn.LayerNorm(n_embd)
         self.queries = nn.Parameter(torch.randn(n, n_embd) * 0.02)
@@ -72,7 +77,9 @@ class TokenPool(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         q = self.queries.expand(tokens.shape[0], -1, -1)
-        return q + self.cross(q, self.norm(self.proj(tokens.detach())))  # detach: the video model stays frozen
+        if self.frozen:
+            tokens = tokens.detach()
+        return q + self.cross(q, self.norm(self.proj(tokens)))
 
 
 class ObsEncoder(nn.Module):
@@ -101,7 +108,7 @@ class ObsEncoder(nn.Module):
         self.future_from = future_from
         self.future_t_embed = (TimestepEmbedder(D) if future_from is not None and c.future_noise == "independent"
                                else None)
-        self.token_pool = (TokenPool(cfg.video.n_embd, D, c.n_head, c.video_tokens)
+        self.token_pool = (TokenPool(cfg.video.n_embd, D, c.n_head, c.video_tokens, frozen=c.video_train == "frozen")
                            if future_from is not None and c.future_input == "tokens" else None)
         self.blocks = nn.ModuleList([EncoderBlock(D, c.n_head, c.mlp_ratio) for _ in range(c.enc_layers)])
         self.norm = nn.LayerNorm(D)

@@ -9,8 +9,9 @@ can be swapped in as it is; the policy then plans from the new model's predictio
 
 Refused unless both read the same tokenizer (its weights' fingerprint) and agree on everything the
 video model's input and output are made of (latent shape, cameras, frame counts, vocabulary,
-architecture), and for an IDM that reads video-model features (the teacher head's
-`idm.video_feature_dim`): those were learned from the old model's, so it needs retraining.
+architecture), and for an IDM that reads what its own video model computes: features (the teacher
+head's `idm.video_feature_dim`) or tokens (`--head vpp` / `shared`): it learned to read the old
+model's, so it needs retraining.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ def attach(policy: str | Path, video: str | Path, out: str | Path) -> Path:
         raise ValueError(f"--policy {policy} reads the features of its own video model (idm.video_feature_dim "
                          f"{meta['config']['idm']['video_feature_dim']}); retrain it on the new one "
                          "(avdp-train-idm --video), or train a head without them (--head uwm)")
+    if meta["config"]["idm"].get("future_input", "frames") == "tokens":
+        raise ValueError(f"--policy {policy} reads its own video model's hidden states (idm.future_input "
+                         "'tokens'), which another video model computes differently; retrain it on the new "
+                         "one (avdp-train-idm --video), or train a head that reads frames (--head uwm)")
     vstates, vmeta = load_checkpoint(video, expected_kind="video")
     differ = [k for k in SHARED if meta["config"].get(k) != vmeta["config"].get(k)]
     if differ:

@@ -1,9 +1,11 @@
 """avdp-train-idm and avdp-train-baseline: the action heads, trained on action-labelled episodes.
 
-`IDMJob`: inverse dynamics on the frozen video model's futures (and its features); the video
-model, its state statistics and the tokenizer come from `--video`. `BaselineJob`: the same
-backbone and head on past frames only. Both share data, schedule, normalisers, start weighting
-and validation (`ActionJob`), so a comparison between them differs only in the video model.
+`IDMJob`: inverse dynamics on the video model's futures, features or tokens; the video model, its
+state statistics and the tokenizer come from `--video`. The video model is frozen (two-stage)
+unless the head says idm.video_train "joint" (`--head shared`): then it is trained on with the
+policy (`SharedBackbone`). `BaselineJob`: the same backbone and head on past frames only. Both share
+data, schedule, normalisers, start weighting and validation (`ActionJob`), so a comparison between
+them differs only in the video model.
 """
 
 from __future__ import annotations
@@ -36,8 +38,24 @@ from avdp_ros.train.metrics import action_errors
 from avdp_ros.train.sources import init_source, preset_with_overrides, resume_config, resume_states
 
 
+class SharedBackbone(torch.nn.Module):
+    """What a joint run (idm.video_train "joint") optimises: the policy and the video model whose
+    tokens it reads, in one module so the optimiser, the EMA and the resume weights cover both.
+    The checkpoint stores them apart as every loader expects (`IDMJob.modules`)."""
+
+    def __init__(self, policy: torch.nn.Module, video: VideoModel):
+        super().__init__()
+        self.policy, self.video = policy, video
+
+
 class ActionJob(LatentJob):
-    """What the IDM and the baseline share; subclasses say where their inputs come from."""
+    """What the IDM and the baseline share; subclasses say where their inputs come from.
+
+    Methods take `m`, the module the engine trains (or its EMA); `actor(m)` is the policy in it.
+    """
+
+    def actor(self, m) -> torch.nn.Module:
+        return m
 
     def add_source_args(self, p: argparse.ArgumentParser) -> None:
         raise NotImplementedError
@@ -58,8 +76,9 @@ class ActionJob(LatentJob):
         return self.batch(m, b, future)
 
     def batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor | None = None) -> ActionBatch:
-        return ActionBatch(context=b["context"], state=m.state_norm.normalize(b["state"]), instr=b["instr"],
-                           future=None, actions=m.normalize_actions(b["actions"], b["state"]))
+        a = self.actor(m)
+        return ActionBatch(context=b["context"], state=a.state_norm.normalize(b["state"]), instr=b["instr"],
+                           future=None, actions=a.normalize_actions(b["actions"], b["state"]))
 
     # -- the shared job ------------------------------------------------------------------------
 
@@ -118,7 +137,7 @@ class ActionJob(LatentJob):
         return windows
 
     def loss(self, m, b: dict[str, torch.Tensor]):
-        loss, logs = m.loss(self.batch(m, b))
+        loss, logs = self.actor(m).loss(self.batch(m, b))
         return loss, dict(logs, loss=loss.item())
 
     def validate(self, m, step: int) -> dict[str, float]:
@@ -129,14 +148,15 @@ class ActionJob(LatentJob):
         gen = torch.Generator(device="cpu").manual_seed(self.args.seed)
         noise = torch.randn((n, s.cfg.horizon, ACTION_DIM), generator=gen).to(self.device)
         metrics: dict[str, float] = {}
+        actor = self.actor(m)
         for prefix, fut in self.futures(b, gen).items():
-            a = m.unnormalize_actions(m.sample(self.val_batch(m, b, *fut), steps=self.args.action_steps,
-                                               noise=noise), b["state"])
+            a = actor.unnormalize_actions(actor.sample(self.val_batch(m, b, *fut), steps=self.args.action_steps,
+                                                       noise=noise), b["state"])
             metrics.update({prefix + k: v for k, v in action_errors(a, b["actions"]).items()})
         return metrics
 
     def modules(self, m) -> dict[str, torch.nn.Module]:
-        return {self.kind: m, "tokenizer": self.tok}
+        return {self.kind: self.actor(m), "tokenizer": self.tok}
 
     def extra(self) -> dict[str, Any]:
         return dict(super().extra(), label_fraction=self.args.label_fraction,
@@ -156,7 +176,8 @@ class BaselineJob(ActionJob):
 
 class IDMJob(ActionJob):
     kind = "idm"
-    description = "Train the inverse dynamics policy on action-labelled episodes (video model frozen)."
+    description = ("Train the inverse dynamics policy on action-labelled episodes (the video model frozen, "
+                   "or trained on jointly with --head shared).")
 
     def add_source_args(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--video", help="video checkpoint directory (gives the tokenizer, the config and the "
@@ -186,13 +207,33 @@ class IDMJob(ActionJob):
     def use_features(self) -> bool:
         return self.setup.cfg.idm.video_feature_dim > 0
 
+    @property
+    def joint(self) -> bool:
+        """The video model trains on with the policy (idm.video_train "joint")."""
+        return self.setup.cfg.idm.video_train == "joint"
+
+    def actor(self, m) -> torch.nn.Module:
+        return m.policy if isinstance(m, SharedBackbone) else m
+
+    def video_of(self, m) -> VideoModel:
+        """The video model `m` reads: its own when trained jointly (the EMA's in validation)."""
+        return m.video if isinstance(m, SharedBackbone) else self.video
+
+    def build(self, args: argparse.Namespace) -> None:
+        super().build(args)
+        if self.joint:  # the video model becomes part of what is optimised (and averaged, and resumed)
+            self.model = SharedBackbone(self.model, self.video.train().requires_grad_(True))
+            w = self.setup.cfg.idm.video_loss_weight
+            self.log(f"joint training: the action loss reaches the video model through its tokens; "
+                     f"auxiliary video loss weight {w}; {n_params(self.model)} trained")
+
     def setup_video(self, states: dict[str, Any]) -> None:
         video = VideoModel(self.setup.cfg)
         load_into(video, states["video"], "video")
         norm = Normalizer(STATE_DIM)
         load_into(norm, states["video_state_norm"], "video_state_norm")
         self.video = video.to(self.device).eval().requires_grad_(False)
-        self.video_norm = norm.to(self.device)
+        self.video_norm = norm.to(self.device)  # fixed in joint runs too: the statistics the model learned under
 
     def train_set(self, windows) -> torch.utils.data.Dataset:
         if not self.use_features:
@@ -215,35 +256,56 @@ class IDMJob(ActionJob):
     def reads_frames(self) -> bool:
         return self.setup.cfg.idm.future_input == "frames"
 
-    def tokens(self, b: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> torch.Tensor:
+    def tokens(self, b: dict[str, torch.Tensor], video: VideoModel, noise: torch.Tensor | None = None) -> torch.Tensor:
         """VideoModel.tokens of the window's context and pure-noise future slots (a fresh draw each
-        training step, as each plan at inference draws its own)."""
+        training step, as each plan at inference draws its own); with gradient in joint runs."""
         cfg = self.setup.cfg
         if noise is None:
             noise = torch.randn(b["future"].shape, device=self.device)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.joint and torch.is_grad_enabled()):
             state = self.video_norm.normalize(b["states"][:, :cfg.context_frames])
-            return self.video.tokens(b["context"], b["instr"], state, noise)
+            return video.tokens(b["context"], b["instr"], state, noise)
+
+    def video_loss(self, video: VideoModel, b: dict[str, torch.Tensor],
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """The video model's own diffusion-forcing loss on the window's clip (as avdp-train-video's)."""
+        clip = torch.cat([b["context"], b["future"]], dim=1)  # (B, Fc+K, cams, C, h, w)
+        return video.loss(clip, b["instr"], self.video_norm.normalize(b["states"]), generator=generator)[0]
+
+    def loss(self, m, b: dict[str, torch.Tensor]):
+        loss, logs = super().loss(m, b)
+        w = self.setup.cfg.idm.video_loss_weight
+        if self.joint and w > 0:  # the auxiliary objective keeps the shared backbone a video model
+            vloss = self.video_loss(self.video_of(m), b)
+            loss = loss + w * vloss
+            logs = dict(logs, video_loss=vloss.item(), loss=loss.item())
+        return loss, logs
 
     def batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor | None = None) -> ActionBatch:
         if not self.reads_frames:
-            return dataclasses.replace(super().batch(m, b), video_tokens=self.tokens(b))
+            return dataclasses.replace(super().batch(m, b), video_tokens=self.tokens(b, self.video_of(m)))
         future = b["future"] if future is None else future
         return dataclasses.replace(super().batch(m, b), future=future, video_features=self.features(b, future),
                                    future_valid=b.get("future_valid"))
 
     def validate(self, m, step: int) -> dict[str, float]:
         self._val_gen = torch.Generator(device="cpu").manual_seed(self.args.seed + 1)  # the future's noise
-        return super().validate(m, step)
+        metrics = super().validate(m, step)
+        if self.joint and self.val_idx:  # is the shared backbone still a video model? (fixed t and noise)
+            b = stack_windows(self.setup.val, self.val_idx, self.device)
+            gen = torch.Generator(device="cpu").manual_seed(self.args.seed + 2)
+            metrics["video_loss"] = self.video_loss(self.video_of(m), b, gen).item()
+        return metrics
 
     def val_batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor, t: float | None) -> ActionBatch:
         if not self.reads_frames:
             noise = torch.randn(b["future"].shape, generator=self._val_gen).to(self.device)
-            return dataclasses.replace(ActionJob.batch(self, m, b), video_tokens=self.tokens(b, noise))
+            tokens = self.tokens(b, self.video_of(m), noise)
+            return dataclasses.replace(ActionJob.batch(self, m, b), video_tokens=tokens)
         batch = self.batch(m, b, future)
-        if m.noised_future:
+        if self.actor(m).noised_future:
             eps = torch.randn(future.shape, generator=self._val_gen).to(self.device)
-            batch = m.noise_future(batch, torch.full((len(future),), t, device=self.device), eps)
+            batch = self.actor(m).noise_future(batch, torch.full((len(future),), t, device=self.device), eps)
         return batch
 
     def futures(self, b: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor | None]:
@@ -255,12 +317,12 @@ class IDMJob(ActionJob):
         state = self.video_norm.normalize(b["states"][:, :cfg.context_frames])
         pred, _ = self.video.rollout(b["context"], b["instr"], state, k=cfg.future_frames, noise=vnoise)
         out = {"": (pred, cfg.idm.future_t), "gt_future/": (b["future"], 0.0)}  # as at inference / teacher-forced
-        if self.model.noised_future:
+        if self.actor(self.model).noised_future:
             out["no_future/"] = (b["future"], 1.0)  # pure noise: the action-only mode inside the IDM
         return out
 
     def modules(self, m) -> dict[str, torch.nn.Module]:
-        return dict(super().modules(m), video=self.video, video_state_norm=self.video_norm)
+        return dict(super().modules(m), video=self.video_of(m), video_state_norm=self.video_norm)
 
 
 def init_actor(policy: torch.nn.Module, path: str) -> str:

@@ -1,6 +1,7 @@
 """Per-stage and end-to-end latency of every inference backend available here (a benchmark, not a test).
 
-For each Euler step count s (video steps = action steps = s) it builds every backend's policy
+For each Euler step count s (video steps = action steps = s; with `--action-steps N` the action
+head keeps N and s is the video steps alone) it builds every backend's policy
 and feeds `--warmup` + `--calls` observations, one `infer` per observation (as a controller
 replanning every frame would, batch 1), round-robin over the backends so that load on a shared
 machine hits all of them alike. It reports p50 / p99 of the `timings` every backend returns
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", default=None, help="bundle exported with the KV-cache graphs (avdp-export)")
     ap.add_argument("--bundle-recompute", default=None, help="bundle exported with --video-mode recompute")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="Euler steps (video = action)")
+    ap.add_argument("--action-steps", type=int, default=None,
+                    help="keep the action head at this many steps: --steps then sweeps the video steps alone")
+    ap.add_argument("--future-t", type=float, default=None,
+                    help="flow time a noised-future IDM (--head uwm) reads its future at; 1 = no video rollout")
     ap.add_argument("--calls", type=int, default=50, help="timed infer calls per row (default %(default)s)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed calls first (default %(default)s)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch and onnxruntime")
@@ -116,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             opts = dict(opts)
             device = opts.pop("device")
             try:
-                policies[label] = load_policy(backend, path, device, video_steps=steps, action_steps=steps, **opts)
+                policies[label] = load_policy(backend, path, device, video_steps=steps,
+                                              action_steps=a.action_steps or steps, **opts)
+                if a.future_t is not None:
+                    policies[label].future_t = a.future_t
             except Exception as err:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
                 skipped.append((label, f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"))
         if not policies:
@@ -134,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"steps {steps}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    sweep = f"{a.action_steps} action steps, steps = video steps" if a.action_steps else "video steps = action steps"
     lines = [f"`{a.policy}`, batch 1, {a.calls} calls per row after {a.warmup} warm-up, {a.threads} CPU thread(s), "
-             f"{a.image_size}x{a.image_size} images, video steps = action steps; CPU {cpu}, GPU {gpu}, "
+             f"{a.image_size}x{a.image_size} images, "
+             + sweep
+             + (f", future_t {a.future_t}" if a.future_t is not None else "") + f"; CPU {cpu}, GPU {gpu}, "
              f"torch {torch.__version__}", "",
              "| backend | steps | " + " | ".join(f"{k[:-3]} p50 / p99 (ms)" for k in STAGES)
              + " | CPU time p50 (ms) | speed-up vs torch eager (total p50 / CPU time) |",

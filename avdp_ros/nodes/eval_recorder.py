@@ -130,8 +130,9 @@ class EvalRecorder(EpisodeDriver):
         if self.origin_ns is None:
             return
         t = self.rel(msg.header.stamp)
-        if self.frames is not None:
-            self._film(i, t, msg)
+        frames = self.frames  # once: the caller's thread ends a filmed episode by setting it to None
+        if frames is not None:
+            self._film(i, t, msg, frames)
         pub = self._relay_pubs.get(i)
         if pub is None:
             return
@@ -145,12 +146,14 @@ class EvalRecorder(EpisodeDriver):
         self.relayed["forwarded"] += 1
         pub.publish(msg)
 
-    def _film(self, i: int, t: float, msg) -> None:
+    def _film(self, i: int, t: float, msg, frames: list) -> None:
         self._last_cam[i] = (t, msg)
         if len(self._last_cam) == 2 and self._last_cam[0][0] == self._last_cam[1][0] and i == 1:
             rgb = [to_rgb(self._last_cam[k][1]) for k in (0, 1)]
             if rgb[0].shape == rgb[1].shape:
-                self.frames.append((t, np.concatenate(rgb, axis=1)))
+                with self._lock:  # the episode may have ended during the conversion: keep its frames as handed over
+                    if self.frames is frames:
+                        frames.append((t, np.concatenate(rgb, axis=1)))
 
     # ----- episodes (caller's thread) ---------------------------------------------------------
     def wait_ready(self, timeout: float, alive=None) -> None:

@@ -5,6 +5,10 @@ for each number of Euler steps per frame: the video model predicts the K frames 
 window's context from `--seeds` different noises, and the table gives, per frame ahead (1..K):
 
 - `sample MSE`: latent MSE of one sample against the true future (latents have unit variance);
+- `one-ahead MSE`: the same when frame j is predicted from the *true* frames before it (teacher
+  forcing: context + true frames 1..j-1, one frame sampled at the same position). The rollout's
+  excess over it is drift: error compounding through the model's own predicted frames, what
+  context-noise augmentation and rollout losses address; the rest is the future's uncertainty;
 - `mean MSE`: the same for the mean of the samples;
 - `spread`: the standard deviation across samples (latent units): ~0 means the sampler returns one
   frame whatever the noise (at 1 step from noise a flow model returns its conditional mean);
@@ -63,7 +67,12 @@ def measure(video, norm, tok, cfg, ds, idx: list[int], steps: int, seeds: int, r
     truth = b["future"]
     per = lambda x: x.transpose(0, 1).flatten(1).mean(1)  # noqa: E731  (N, K, ...) -> (K,)
     imgs = decode_frames(tok, samples[0])  # (N, K, cams, 3, S, S)
-    out = {"sample_mse": per((samples[0] - truth) ** 2), "mean_mse": per((samples.mean(0) - truth) ** 2),
+    g = torch.Generator().manual_seed(0)  # the first sample's noise again, frame by frame
+    noise0 = torch.randn(b["future"].shape, generator=g)
+    one_ahead = torch.cat([video.rollout(torch.cat([b["context"], truth[:, :j]], dim=1), b["instr"], state, k=1,
+                                         steps=steps, noise=noise0[:, j:j + 1])[0] for j in range(K)], dim=1)
+    out = {"sample_mse": per((samples[0] - truth) ** 2), "one_ahead_mse": per((one_ahead - truth) ** 2),
+           "mean_mse": per((samples.mean(0) - truth) ** 2),
            "spread": per(samples.std(0)) if seeds > 1 else torch.zeros(K)}
     out["psnr"] = torch.stack([psnr(imgs[:, j].flatten(0, 1), real[:, j].flatten(0, 1)).mean() for j in range(K)])
     out["object_l1"] = torch.stack([object_l1(imgs[:, j].flatten(0, 1), real[:, j].flatten(0, 1)).nanmean()
@@ -133,11 +142,13 @@ def main() -> None:
     print(f"{len(idx)} windows from {len(set(ds.index[i][0] for i in idx))} episodes, {a.seeds} samples each; "
           f"tokenizer PSNR (ceiling) {ceiling}")
     print("| steps | " + " | ".join(f"{m} (1..{K} ahead)" for m in
-                                     ("sample MSE", "mean MSE", "spread", "PSNR dB", "object L1")) + " |")
-    print("| --- " * 6 + "|")
+                                     ("sample MSE", "one-ahead MSE", "mean MSE", "spread", "PSNR dB", "object L1"))
+          + " |")
+    print("| --- " * 7 + "|")
     for s, r in rows.items():
-        print(f"| {s} | " + " | ".join(" / ".join(f"{x:.3g}" for x in r[k])
-                                       for k in ("sample_mse", "mean_mse", "spread", "psnr", "object_l1")) + " |")
+        print(f"| {s} | " + " | ".join(" / ".join(f"{x:.3g}" for x in r[k]) for k in
+                                       ("sample_mse", "one_ahead_mse", "mean_mse", "spread", "psnr", "object_l1"))
+              + " |")
     if a.out:
         a.out.write_text(json.dumps({"video": a.video, "windows": len(idx), "seeds": a.seeds,
                                      "tokenizer_psnr": ceiling, "by_steps": rows}, indent=2))

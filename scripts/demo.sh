@@ -4,9 +4,9 @@
 #      `baseline`) doing both sim tasks closed loop through ROS (MuJoCo bridge + policy node, one
 #      process each, as `avdp-run policy` starts them; avdp-eval-ros drives seeded episodes over
 #      the topics), printing success, latency and command-rate jitter, with a video, plots and a
-#      report per task in runs/demo/policy_<task>/. On sim time at a quarter of real time (RTF):
-#      on a 2-core CPU the renderer, the bridge and the policy cannot all keep up at real time
-#      (docs/benchmarks.md); on a machine that can, pass --real-time-factor 1;
+#      report per task in runs/demo/policy_<task>/. At wall time (real-time factor 1), which the
+#      action-only default holds on an otherwise idle 2-core CPU (docs/benchmarks.md); on a busy or
+#      slower machine slow the whole graph down: scripts/demo.sh policy --use-sim-time --real-time-factor 0.25;
 #   2. the simulated Panda with the scripted expert doing the task through the robot's topics while
 #      the recorder writes a rosbag2 MCAP; a summary, a video of the episode and the converted
 #      dataset in runs/demo/.
@@ -24,7 +24,7 @@ if [ "$stage" != record ]; then
   policy_args=(); [ "$stage" = policy ] && policy_args=("$@")
   for task in push pick_place; do
     "$VENV/bin/avdp-eval-ros" --policy models/avdp_default --task "$task" --episodes 1 --videos 1 \
-      --seed 100000 --threads 1 --use-sim-time --real-time-factor 0.25 --out "runs/demo/policy_$task" \
+      --seed 100000 --threads 1 --out "runs/demo/policy_$task" \
       "${policy_args[@]}"
   done
 fi

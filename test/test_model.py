@@ -280,6 +280,34 @@ def _synthetic_clips(cfg: PolicyConfig, batch: int, frames: int) -> torch.Tensor
     return (amp * torch.sin(xs + ys + phase)).contiguous()  # (B, F, cams, C, h, w)
 
 
+def test_context_frames_are_clean_or_slightly_noised_and_carry_no_loss(cfg):
+    """Diffusion forcing's noise levels: a random prefix of context frames (never the whole clip)
+    is clean, or with video.context_noise at most that noisy; every other frame draws its own
+    level; context frames carry no loss whatever their level."""
+    B, Fr = 256, cfg.video.max_frames
+    g = torch.Generator().manual_seed(0)
+    split = torch.randint(1, Fr, (B, 1), generator=g)
+    in_prefix = torch.arange(Fr)[None, :] < split
+    for noise in (0.0, 0.2):
+        c = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, context_noise=noise, clean_prefix_prob=0.5))
+        t, context = VideoModel(c).noise_levels(in_prefix, split, g)
+        assert context.any() and not context.all(dim=1).any() and not (context & ~in_prefix).any()
+        assert (t[context] <= noise).all() and (t[context] > 0).any() == (noise > 0)
+        assert (t[~context] > 0).all() and t[~context].max() > 0.9
+    with pytest.raises(ValueError, match="context_noise = 1.5"):
+        dataclasses.replace(cfg.video, context_noise=1.5)
+    c = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, context_noise=0.2))
+    model = _scramble(VideoModel(c))
+    lat, instr = _synthetic_clips(c, 2, Fr), torch.tensor([1, 2])
+    t = torch.full((2, Fr), 0.5)
+    t[:, 0] = 0.0  # a given t marks context frames with 0
+    noise = torch.randn(lat.shape, generator=g)
+    other = noise.clone()
+    other[:, 0] = torch.randn(other[:, 0].shape, generator=g)  # moves frame 0's target only (x_t = latents)
+    with torch.no_grad():
+        assert model.loss(lat, instr, t=t, noise=noise)[0] == model.loss(lat, instr, t=t, noise=other)[0]
+
+
 def test_video_loss_decreases(cfg):
     model = VideoModel(cfg)
     B, Fr = 4, cfg.video.max_frames

@@ -63,13 +63,19 @@ class VideoConfig:
     logit_normal_t: bool = True      # training noise levels ~ logit-normal (else uniform)
     clean_prefix_prob: float = 0.5   # per sample: probability that a random prefix of frames is clean
     #                                  (t = 0, no loss), the rollout situation of clean context frames
+    context_noise: float = 0.0       # those context frames are noised to a flow time ~ U(0, context_noise)
+    #                                  instead (the model is told it; still no loss): it learns to read
+    #                                  imperfect context, as its own predicted frames are at rollout,
+    #                                  where the error otherwise compounds frame by frame (drift:
+    #                                  bench/video_spread.py's one-ahead MSE against the rollout's)
 
     def __post_init__(self) -> None:
         _check_positive("VideoConfig", patch_size=self.patch_size, n_embd=self.n_embd, n_head=self.n_head,
                         n_layer=self.n_layer, mlp_ratio=self.mlp_ratio, max_frames=self.max_frames)
         _check_heads("VideoConfig", self.n_embd, self.n_head)
-        if not 0.0 <= self.clean_prefix_prob <= 1.0:
-            raise ValueError(f"VideoConfig.clean_prefix_prob = {self.clean_prefix_prob}: expected in [0, 1]")
+        for name in ("clean_prefix_prob", "context_noise"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"VideoConfig.{name} = {getattr(self, name)}: expected in [0, 1]")
 
 
 FUTURE_NOISE = ("none", "independent")

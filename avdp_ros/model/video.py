@@ -208,9 +208,9 @@ class VideoModel(nn.Module):
             latents: (B, F, cams, C, h, w) clean latents.
             state: (B, F, 10) normalised proprio, or None. Only a random prefix of frames keeps its
                 state (the rest see "no state"), as at rollout where predicted frames have none.
-            t: (B, F) per-frame flow times; None samples them, and with probability
-                `clean_prefix_prob` a random prefix of frames is made clean (t = 0). Frames with
-                t = 0 carry no loss (their velocity target is unpredictable noise).
+            t: (B, F) per-frame flow times; None samples them (`noise_levels`: a random prefix of
+                frames may become context, clean or slightly noised). Context frames carry no
+                loss (they are given, not predicted); a given `t` marks them with t = 0.
             noise: (B, F, cams, C, h, w) eps; None draws it.
         Returns:
             (scalar loss, logs {"video_loss", "video_t_mean"}).
@@ -221,9 +221,10 @@ class VideoModel(nn.Module):
         split = torch.randint(1, max(Fr - 1, 1) + 1, (B, 1), device=dev, generator=generator)  # (B, 1)
         in_prefix = torch.arange(Fr, device=dev)[None, :] < split  # (B, F)
         if t is None:
-            t = flow.sample_t((B, Fr), generator, dev, self.cfg.video.logit_normal_t).to(latents.dtype)
-            clean = torch.rand(B, 1, device=dev, generator=generator) < self.cfg.video.clean_prefix_prob
-            t = torch.where(in_prefix & clean & (split < Fr), torch.zeros_like(t), t)
+            t, context = self.noise_levels(in_prefix, split, generator)
+            t = t.to(latents.dtype)
+        else:
+            context = t == 0
         if noise is None:
             noise = torch.randn(latents.shape, device=dev, dtype=latents.dtype, generator=generator)
         x_t = flow.interpolate(latents, noise, t)
@@ -232,9 +233,25 @@ class VideoModel(nn.Module):
         hidden, _ = self._backbone(x_t, cond, 0, None)
         v = self._velocity(hidden, cond)
         per_frame = (v - flow.velocity_target(latents, noise)).pow(2).flatten(2).mean(-1)  # (B, F)
-        weight = (t > 0).to(per_frame.dtype)
+        weight = (~context).to(per_frame.dtype)
         loss = (per_frame * weight).sum() / weight.sum().clamp(min=1.0)
         return loss, {"video_loss": loss.item(), "video_t_mean": t.mean().item()}
+
+    def noise_levels(self, in_prefix: Tensor, split: Tensor,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Training flow times (B, F) and the context mask (B, F) (frames given as context: no loss).
+        Each frame draws its own level; with probability `clean_prefix_prob` a sample's random prefix
+        `in_prefix` (B, F) (`split` (B, 1) frames long, never all of them) becomes context: clean
+        (t = 0), or with `video.context_noise` > 0 noised to t ~ U(0, context_noise)."""
+        B, Fr = in_prefix.shape
+        dev, v = in_prefix.device, self.cfg.video
+        t = flow.sample_t((B, Fr), generator, dev, v.logit_normal_t)
+        clean = torch.rand(B, 1, device=dev, generator=generator) < v.clean_prefix_prob
+        context = in_prefix & clean & (split < Fr)
+        level = torch.zeros_like(t)
+        if v.context_noise > 0:
+            level = torch.rand((B, Fr), device=dev, generator=generator) * v.context_noise
+        return torch.where(context, level, t), context
 
     @torch.no_grad()
     def rollout(self, context: Tensor, instr: Tensor, state: Tensor | None = None, k: int | None = None,

@@ -27,8 +27,10 @@ def resume_states(out: Path, kind: str) -> tuple[dict[str, dict[str, torch.Tenso
     return load_checkpoint(path, expected_kind=kind)
 
 
-# Fields an --override may change on --resume: how the trained model samples, not what it is.
-RESUME_OVERRIDABLE = ("action_temperature", "action_steps", "video_steps", "idm.future_t")
+# Fields an --override may change on --resume or --init: how the trained model samples and how its
+# training draws noise levels, not what the model is.
+RESUME_OVERRIDABLE = ("action_temperature", "action_steps", "video_steps", "idm.future_t",
+                      "video.context_noise", "video.clean_prefix_prob", "idm.future_drop", "idm.video_loss_weight")
 
 
 def _flat(d: dict) -> dict:
@@ -38,8 +40,9 @@ def _flat(d: dict) -> dict:
 
 
 def resume_config(args: argparse.Namespace, ckpt_cfg: dict) -> dict:
-    """The resumed checkpoint's config with the --override edits that only change sampling
-    (RESUME_OVERRIDABLE); any other edit would not fit the trained weights: an error, not ignored."""
+    """The resumed checkpoint's config with the --override edits that only change sampling or the
+    training noise levels (RESUME_OVERRIDABLE); any other edit would not fit the trained weights:
+    an error, not ignored."""
     d = json.loads(json.dumps(ckpt_cfg))
     apply_overrides(d, getattr(args, "override", None) or [])
     new, old = _flat(d), _flat(ckpt_cfg)
@@ -53,7 +56,7 @@ def resume_config(args: argparse.Namespace, ckpt_cfg: dict) -> dict:
 
 def init_source(args: argparse.Namespace, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """--init CKPT [--tokenizer NEW]: the config and weights of a trained `kind` checkpoint to
-    fine-tune from (sampling-only --override edits allowed, as on --resume). With --tokenizer, the
+    fine-tune from (the --override edits of --resume allowed). With --tokenizer, the
     model is carried over to that tokenizer's latents (a re-cropped or longer-trained one of the
     same latent shape, checked when the data is set up)."""
     states, meta = load_checkpoint(args.init, expected_kind=kind)

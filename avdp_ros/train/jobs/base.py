@@ -113,7 +113,8 @@ class Job:
                        help="no progress bars (latent caching, training): for logs")
         p.add_argument("--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="edit the preset's config, e.g. --override idm.patch_size=2 (repeatable); with "
-                            "--resume only the sampling fields action_temperature, action_steps, video_steps")
+                            "--resume or --init only the fields of train/sources.py RESUME_OVERRIDABLE (sampling "
+                            "and training noise levels, e.g. video.context_noise)")
         self.add_args(p)
         return p
 

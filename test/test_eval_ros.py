@@ -127,3 +127,29 @@ def test_nan_actions_wraps_only_the_window():
     assert got == [False] * 5 + [True] * 3 + [False] * 2 and p.obs_hz == 10.0
     p.reset()  # a new episode: the window counts from its first observation again
     assert not np.isnan(p.infer({"t_obs": 50.0})["actions"]).any()
+
+
+def test_a_frame_filmed_as_the_episode_ends_is_dropped_quietly():
+    """An image callback that began converting a frame before the caller's thread ended the
+    filmed episode adds nothing and raises nothing (an AttributeError there once stopped the
+    evaluator's executor: 'no /diagnostics')."""
+    import threading
+
+    from sensor_msgs.msg import Image
+
+    from avdp_ros.nodes.eval_recorder import EvalRecorder
+
+    def image() -> Image:
+        return Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(range(12)))
+
+    rec = object.__new__(EvalRecorder)  # its filming alone: no node, no graph
+    rec._lock, rec._last_cam = threading.Lock(), {}
+    ended = rec.frames = []
+    rec._film(0, 1.0, image(), ended)
+    rec.frames = None  # the caller's thread ends the episode between the two cameras
+    rec._film(1, 1.0, image(), ended)
+    assert ended == []
+    kept = rec.frames = []
+    rec._film(0, 2.0, image(), kept)
+    rec._film(1, 2.0, image(), kept)
+    assert len(kept) == 1 and kept[0][1].shape == (2, 4, 3)

@@ -320,6 +320,23 @@ def test_preset_overrides_are_validated():
         _preset_with_overrides(argparse.Namespace(preset="base", override=["idm.patch_size=3"]))
 
 
+def test_resume_overrides_reach_fields_an_older_checkpoint_lacks():
+    """--resume / --init may switch on a training option (video.context_noise) in a checkpoint
+    written before the field existed; architecture edits stay refused."""
+    import argparse
+
+    from avdp_ros.model.config import preset
+    from avdp_ros.train.sources import resume_config
+
+    old = preset("tiny").to_dict()
+    del old["video"]["context_noise"]
+    d = resume_config(argparse.Namespace(override=["video.context_noise=0.3", "idm.future_drop=0.5"]), old)
+    assert d["video"]["context_noise"] == 0.3 and d["idm"]["future_drop"] == 0.5
+    assert resume_config(argparse.Namespace(override=[]), old)["video"]["context_noise"] == 0.0
+    with pytest.raises(SystemExit, match="video.n_layer"):
+        resume_config(argparse.Namespace(override=["video.n_layer=3"]), old)
+
+
 def test_ema_update_ramps_its_decay_and_copies_buffers():
     model = torch.nn.BatchNorm1d(2)  # weight, bias + running stats (buffers)
     ema = tu.EMA(model, decay=0.999)

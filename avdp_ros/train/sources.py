@@ -43,6 +43,11 @@ def resume_config(args: argparse.Namespace, ckpt_cfg: dict) -> dict:
     """The resumed checkpoint's config with the --override edits that only change sampling or the
     training noise levels (RESUME_OVERRIDABLE); any other edit would not fit the trained weights:
     an error, not ignored."""
+    from avdp_ros.model.config import PolicyConfig
+
+    # through the dataclass: a checkpoint written before a field existed reads its default, which
+    # an --override may then name
+    ckpt_cfg = PolicyConfig.from_dict(ckpt_cfg).to_dict()
     d = json.loads(json.dumps(ckpt_cfg))
     apply_overrides(d, getattr(args, "override", None) or [])
     new, old = _flat(d), _flat(ckpt_cfg)

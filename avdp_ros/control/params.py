@@ -35,7 +35,9 @@ PARAMETERS: dict[str, tuple[object, str]] = {
                   "'' = models/avdp_default of the source tree or the installed package"),
     "backend": ("torch", f"inference backend, one of {BACKENDS}"),
     "device": ("cpu", "cpu, cuda, cuda:0 (onnxruntime picks its execution provider from it)"),
-    "torch_threads": (0, "torch intra-op threads (0 = torch's default); 1-2 on a shared CPU"),
+    "torch_threads": (0, "intra-op threads of the model: torch's, and each onnxruntime session's (0 = the "
+                         "runtime's default: every core, which fights the sim and the commander); 1-2 on a "
+                         "shared CPU"),
     "video_steps": (0, "Euler steps per predicted frame (0 = the checkpoint's)"),
     "action_steps": (0, "Euler steps per action chunk (0 = the checkpoint's)"),
     "action_temperature": (-1.0, "scale of the action sampler's noise, 0-2 (-1 = the checkpoint's)"),
@@ -234,6 +236,11 @@ class PolicyParams:
                              f"one command period (1 / command_rate_hz = {1.0 / p['command_rate_hz']:.4g} s)")
         check_backend(p["backend"])  # last: its message has no "parameter" prefix, as the loader's
         return cls(**p)
+
+    def backend_options(self) -> dict[str, object]:
+        """Options of `load_policy` these parameters set: torch takes its threads process-wide
+        (torch.set_num_threads), an onnxruntime bundle per session."""
+        return {"threads": self.torch_threads} if self.backend == "onnxruntime" and self.torch_threads > 0 else {}
 
     def cores(self, policy, model_path: Path, pose_topic: str, gripper_topic: str) -> Cores:
         """The core settings for a loaded `policy` (horizon, cameras and obs_hz are the model's).

@@ -134,7 +134,8 @@ class PolicyNode(LifecycleNode):
 
             torch.set_num_threads(p.torch_threads)
         try:
-            policy = load_policy(p.backend, path, p.device, p.video_steps or None, p.action_steps or None)
+            policy = load_policy(p.backend, path, p.device, p.video_steps or None, p.action_steps or None,
+                                 **p.backend_options())
         except (ImportError, RuntimeError) as exc:  # missing runtime, provider or GPU: a configure error
             raise ValueError(f"backend '{p.backend}' for model {path}: {exc}") from exc
         if p.action_temperature >= 0:

@@ -47,10 +47,10 @@ def resume_config(args: argparse.Namespace, ckpt_cfg: dict) -> dict:
 
     # through the dataclass: a checkpoint written before a field existed reads its default, which
     # an --override may then name
-    ckpt_cfg = PolicyConfig.from_dict(ckpt_cfg).to_dict()
-    d = json.loads(json.dumps(ckpt_cfg))
+    cfg = PolicyConfig.from_dict(ckpt_cfg)
+    d = cfg.to_dict()  # a fresh copy each call: the edits leave the checkpoint's own untouched
     apply_overrides(d, getattr(args, "override", None) or [])
-    new, old = _flat(d), _flat(ckpt_cfg)
+    new, old = _flat(d), _flat(cfg.to_dict())
     changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
     bad = [k for k in changed if k not in RESUME_OVERRIDABLE]
     if bad:

@@ -34,6 +34,7 @@ from avdp_ros.train.data import (
 )
 from avdp_ros.train.jobs.base import n_params
 from avdp_ros.train.jobs.latent import LatentJob
+from avdp_ros.train.jobs.video import clip_loss
 from avdp_ros.train.metrics import action_errors
 from avdp_ros.train.sources import init_source, preset_with_overrides, resume_config, resume_states
 
@@ -266,17 +267,11 @@ class IDMJob(ActionJob):
             state = self.video_norm.normalize(b["states"][:, :cfg.context_frames])
             return video.tokens(b["context"], b["instr"], state, noise)
 
-    def video_loss(self, video: VideoModel, b: dict[str, torch.Tensor],
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """The video model's own diffusion-forcing loss on the window's clip (as avdp-train-video's)."""
-        clip = torch.cat([b["context"], b["future"]], dim=1)  # (B, Fc+K, cams, C, h, w)
-        return video.loss(clip, b["instr"], self.video_norm.normalize(b["states"]), generator=generator)[0]
-
     def loss(self, m, b: dict[str, torch.Tensor]):
         loss, logs = super().loss(m, b)
         w = self.setup.cfg.idm.video_loss_weight
         if self.joint and w > 0:  # the auxiliary objective keeps the shared backbone a video model
-            vloss = self.video_loss(self.video_of(m), b)
+            vloss = clip_loss(self.video_of(m), self.video_norm, b)[0]
             loss = loss + w * vloss
             logs = dict(logs, video_loss=vloss.item(), loss=loss.item())
         return loss, logs
@@ -294,7 +289,7 @@ class IDMJob(ActionJob):
         if self.joint and self.val_idx:  # is the shared backbone still a video model? (fixed t and noise)
             b = stack_windows(self.setup.val, self.val_idx, self.device)
             gen = torch.Generator(device="cpu").manual_seed(self.args.seed + 2)
-            metrics["video_loss"] = self.video_loss(self.video_of(m), b, gen).item()
+            metrics["video_loss"] = clip_loss(self.video_of(m), self.video_norm, b, gen)[0].item()
         return metrics
 
     def val_batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor, t: float | None) -> ActionBatch:

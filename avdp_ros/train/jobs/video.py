@@ -23,6 +23,14 @@ from avdp_ros.train.sources import init_source, resume_config, resume_states
 GIF_NAME = "rollout.gif"
 
 
+def clip_loss(video: VideoModel, state_norm: Normalizer, b: dict[str, torch.Tensor],
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """VideoModel.loss on a training window's clip: its context and future latents, the proprio
+    of every frame normalised with the statistics the model trains under."""
+    latents = torch.cat([b["context"], b["future"]], dim=1)  # (B, Fc+K, cams, C, h, w)
+    return video.loss(latents, b["instr"], state_norm.normalize(b["states"]), generator=generator)
+
+
 class VideoJob(LatentJob):
     kind = "video"
     description = "Train the latent video model (diffusion forcing)."
@@ -59,8 +67,7 @@ class VideoJob(LatentJob):
         self.real = future_images(s, self.val_idx, s.cfg.future_frames) if self.val_idx else None  # (N,K,cams,3,S,S)
 
     def loss(self, m: VideoModel, b: dict[str, torch.Tensor]):
-        latents = torch.cat([b["context"], b["future"]], dim=1)  # (B, Fc+K, cams, C, h, w)
-        loss, logs = m.loss(latents, b["instr"], self.state_norm.normalize(b["states"]))
+        loss, logs = clip_loss(m, self.state_norm, b)
         return loss, dict(logs, loss=loss.item())
 
     def validate(self, m: VideoModel, step: int) -> dict[str, float]:

@@ -180,3 +180,31 @@ def test_oracle_future_is_the_expert_driving_on_in_a_branch(sim):
     assert np.linalg.norm(sim.ee_pose()[:3] - reader.goal[:3]) < 0.01
     with pytest.raises(ValueError, match="needs a video policy"):
         OracleFuture(ConstantPolicy([0, 0, 0]), "push")
+
+
+def test_free_video_curve_tables_and_plots_arms_by_action_free_episodes(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    spec = importlib.util.spec_from_file_location("free_video_curve", bench / "free_video_curve.py")
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    for name, task, scenes, p, n in [("pl_n300_nominal_push", "push", "nominal", 0.5, 100),
+                                     ("pl_n0_nominal_push", "push", "nominal", 0.4, 100),
+                                     ("pl_n0_heldout_table_push", "push", "heldout_table", 0.1, 50),
+                                     ("base_push", "push", "nominal", 0.9, 50)]:  # no _n<N>_: not a curve point
+        (tmp_path / "evals" / name).mkdir(parents=True)
+        (tmp_path / "evals" / name / "summary.json").write_text(json.dumps(
+            {"task": task, "appearance": scenes, "success_rate": p, "episodes": n, "mean_duration_s": 5.0}))
+    curves = curve.collect(tmp_path / "evals")
+    assert curves == {("pl", "nominal", "push"): [(0, 0.4, 100), (300, 0.5, 100)],
+                      ("pl", "heldout_table", "push"): [(0, 0.1, 50)]}
+    # the binomial standard error in points: sqrt(0.4 * 0.6 / 100) = 4.9
+    assert "| pseudo | nominal | push | 0: 40 (4.9, 100), 300: 50 (5.0, 100) |" in curve.table(curves, {"pl": "pseudo"})
+    out = tmp_path / "curve.png"
+    assert curve.main(["--evals", str(tmp_path / "evals"), "--out", str(out), "--label", "pl=pseudo"]) == 0
+    assert out.stat().st_size > 1000
+    with pytest.raises(SystemExit, match="no <arm>_n<N>_"):
+        curve.collect(tmp_path / "evals" / "base_push")

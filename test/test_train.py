@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -436,12 +437,18 @@ def test_attach_video_swaps_the_video_model_of_a_head_that_reads_none(runs, tmp_
     from avdp_ros.model.policy import Policy
     from avdp_ros.tools.attach_video import main as attach_video
 
-    other = tmp_path / "video2"
+    other = tmp_path / "video2"  # trained on with other noise levels: how it was trained, not what it computes
     assert main_video(["--data", *map(str, runs["data"]), "--out", str(other), "--init", str(runs["video"] / tu.LATEST),
-                       "--steps", "2", "--batch-size", "8", *COMMON]) == 0
+                       "--steps", "2", "--batch-size", "8", "--override", "video.context_noise=0.3", *COMMON]) == 0
+    # a policy written before VideoConfig.context_noise existed (its checkpoint lacks the field)
+    old = tmp_path / "uwm_old"
+    shutil.copytree(runs["uwm"] / tu.LATEST, old)
+    meta = json.loads((old / "checkpoint.json").read_text())
+    del meta["config"]["video"]["context_noise"]
+    (old / "checkpoint.json").write_text(json.dumps(meta))
     out = tmp_path / "uwm2"
-    assert attach_video(["--policy", str(runs["uwm"] / tu.LATEST), "--video", str(other / tu.LATEST),
-                         "--out", str(out)]) == 0
+    assert attach_video(["--policy", str(old), "--video", str(other / tu.LATEST), "--out", str(out)]) == 0
+    assert load_checkpoint(out)[1]["config"]["video"]["context_noise"] == 0.3  # the config of the model it holds
     new = load_checkpoint(out)[0]
     want = load_checkpoint(other / tu.LATEST)[0]
     assert all(torch.equal(new["video"][k], want["video"][k]) for k in want["video"])

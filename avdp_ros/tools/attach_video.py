@@ -9,9 +9,9 @@ can be swapped in as it is; the policy then plans from the new model's predictio
 
 Refused unless both read the same tokenizer (its weights' fingerprint) and agree on everything the
 video model's input and output are made of (latent shape, cameras, frame counts, vocabulary,
-architecture), and for an IDM that reads what its own video model computes: features (the teacher
-head's `idm.video_feature_dim`) or tokens (`--head vpp` / `shared`): it learned to read the old
-model's, so it needs retraining.
+architecture; not how it was trained: its noise levels may differ), and for an IDM that reads
+what its own video model computes: features (the teacher head's `idm.video_feature_dim`) or
+tokens (`--head vpp` / `shared`): it learned to read the old model's, so it needs retraining.
 """
 
 from __future__ import annotations
@@ -20,6 +20,18 @@ import sys
 from pathlib import Path
 
 SHARED = ("latent_shape", "cameras", "context_frames", "future_frames", "instructions", "video")
+# VideoConfig fields that set how the video model was trained, not what it computes: may differ
+VIDEO_TRAINING = ("logit_normal_t", "clean_prefix_prob", "context_noise")
+
+
+def _shared(cfg: dict) -> dict:
+    """What the policy and the video model must agree on, through the dataclass: a checkpoint
+    written before a field existed reads its default."""
+    from avdp_ros.model.config import PolicyConfig
+
+    d = PolicyConfig.from_dict(cfg).to_dict()
+    d["video"] = {k: v for k, v in d["video"].items() if k not in VIDEO_TRAINING}
+    return {k: d[k] for k in SHARED}
 
 
 def attach(policy: str | Path, video: str | Path, out: str | Path) -> Path:
@@ -41,10 +53,11 @@ def attach(policy: str | Path, video: str | Path, out: str | Path) -> Path:
                          "'tokens'), which another video model computes differently; retrain it on the new "
                          "one (avdp-train-idm --video), or train a head that reads frames (--head uwm)")
     vstates, vmeta = load_checkpoint(video, expected_kind="video")
-    differ = [k for k in SHARED if meta["config"].get(k) != vmeta["config"].get(k)]
+    mine, theirs = _shared(meta["config"]), _shared(vmeta["config"])
+    differ = [k for k in SHARED if mine[k] != theirs[k]]
     if differ:
         raise ValueError(f"--video {video} differs from {policy} in {differ}: "
-                         + "; ".join(f"{k}: {vmeta['config'].get(k)} vs {meta['config'].get(k)}" for k in differ))
+                         + "; ".join(f"{k}: {theirs[k]} vs {mine[k]}" for k in differ))
     own, new = (frozen_tokenizer(m["config"]["tokenizer"], s["tokenizer"], "cpu", f"{p}: tokenizer").fingerprint()
                 for p, s, m in ((policy, states, meta), (video, vstates, vmeta)))
     if own != new:
@@ -52,7 +65,8 @@ def attach(policy: str | Path, video: str | Path, out: str | Path) -> Path:
                          f"(fingerprints {new} vs {own})")
     states = dict(states, video=vstates["video"], video_state_norm=vstates["state_norm"])
     extra = dict(meta["extra"], attached_video={"path": str(video), "step": vmeta["extra"].get("step")})
-    return write_policy(out, meta["kind"], states, meta["config"], extra)
+    config = dict(meta["config"], video=vmeta["config"]["video"])  # the config of the video model it now holds
+    return write_policy(out, meta["kind"], states, config, extra)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scenes = sorted({k[1] for k in curves}, key=lambda s: (s != "nominal", s))
     arms = sorted({k[0] for k in curves})
-    fig, axes = plt.subplots(1, len(scenes), figsize=(5 * len(scenes), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(scenes), figsize=(6 * len(scenes), 4.2), squeeze=False, sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, sc in zip(axes[0], scenes):
         for (arm, s, task), pts in sorted(curves.items()):
@@ -85,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("success % (test seeds, ± s.e.)")
-    axes[0, -1].legend(fontsize=7, loc="best")
+    legend = {}  # every arm and task once, whichever panel drew it
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(legend.values(), legend.keys(), fontsize=8, loc="lower center", ncol=min(4, len(legend)))
     fig.suptitle(a.title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * ((len(legend) + 3) // 4), 1, 1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.out, dpi=100)
     print(a.out)

@@ -50,17 +50,8 @@ def table(curves, labels: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--evals", type=Path, required=True, help="folder of <arm>_n<N>_... avdp-eval outputs")
-    ap.add_argument("--out", type=Path, default=Path("docs/images/free_video.png"))
-    ap.add_argument("--label", action="append", default=[], metavar="ARM=TEXT", help="legend text of an arm")
-    ap.add_argument("--title", default="Scarce labels: success against action-free episodes")
-    a = ap.parse_args(argv)
-    labels = dict(x.split("=", 1) for x in a.label)
-    curves = collect(a.evals)
-    print(table(curves, labels))
-
+def draw(curves, labels: dict[str, str], title: str, out: Path) -> None:
+    """One panel per scene distribution, one line per arm and task, ± binomial s.e."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,12 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         for (arm, s, task), pts in sorted(curves.items()):
             if s != sc:
                 continue
-            n = [p[0] for p in pts]
-            y = [100 * p[1] for p in pts]
-            err = [100 * se(p[1], p[2]) for p in pts]
-            ax.errorbar(n, y, yerr=err, marker="o" if task == "push" else "s", capsize=3,
-                        linestyle="-" if task == "push" else "--", color=colours[arms.index(arm) % len(colours)],
-                        label=f"{labels.get(arm, arm)}, {task}")
+            ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * se(p[1], p[2]) for p in pts],
+                        marker="o" if task == "push" else "s", capsize=3, linestyle="-" if task == "push" else "--",
+                        color=colours[arms.index(arm) % len(colours)], label=f"{labels.get(arm, arm)}, {task}")
         ax.set_title(f"{sc} scenes", fontsize=10)
         ax.set_xlabel("action-free episodes (randomised scenes)")
         ax.set_ylim(0, 100)
@@ -89,11 +77,25 @@ def main(argv: list[str] | None = None) -> int:
     for ax in axes[0]:
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
     fig.legend(legend.values(), legend.keys(), fontsize=8, loc="lower center", ncol=min(4, len(legend)))
-    fig.suptitle(a.title, fontsize=11)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.06 * ((len(legend) + 3) // 4), 1, 1))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(a.out, dpi=100)
-    print(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--evals", type=Path, required=True, help="folder of <arm>_n<N>_... avdp-eval outputs")
+    ap.add_argument("--out", type=Path, default=Path("docs/images/free_video.png"))
+    ap.add_argument("--label", action="append", default=[], metavar="ARM=TEXT", help="legend text of an arm")
+    ap.add_argument("--title", default="Scarce labels: success against action-free episodes")
+    a = ap.parse_args(argv)
+    labels = dict(x.split("=", 1) for x in a.label)
+    curves = collect(a.evals)
+    print(table(curves, labels))
+    draw(curves, labels, a.title, a.out)
+    print(f"wrote {a.out}")
     return 0
 
 

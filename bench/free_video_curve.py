@@ -76,9 +76,12 @@ def draw(curves, labels: dict[str, str], title: str, out: Path) -> None:
     legend = {}  # every arm and task once, whichever panel drew it
     for ax in axes[0]:
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
-    fig.legend(legend.values(), legend.keys(), fontsize=8, loc="lower center", ncol=min(4, len(legend)))
+    cols = min(3, len(legend))
+    rows = -(-len(legend) // cols)
+    fig.set_figheight(4.2 + 0.22 * rows)
+    fig.legend(legend.values(), legend.keys(), fontsize=8, loc="lower center", ncol=cols)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.06 * ((len(legend) + 3) // 4), 1, 1))
+    fig.tight_layout(rect=(0, 0.22 * rows / (4.2 + 0.22 * rows) + 0.02, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)

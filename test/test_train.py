@@ -491,6 +491,37 @@ def test_vpp_idm_run_plans_from_video_tokens(runs):
         policy.infer(obs, future_images={})
 
 
+def test_vpp_token_draws_cache_the_tokens_reproducibly(runs, tmp_path):
+    """--token-draws K: the tokens of K noise draws per window are computed once and one is read
+    each step; the loss still falls, the same seed gives the same weights, and a head that does not
+    read the tokens of a frozen video model refuses it."""
+    args = ["--data", *map(str, runs["data"]), "--video", str(runs["video"] / tu.LATEST), "--head", "vpp",
+            "--steps", "30", "--batch-size", "16", "--lr", "2e-3", "--val-every", "30", "--ckpt-every", "30",
+            "--token-draws", "2", *COMMON]
+    for name in ("a", "b"):
+        assert main_idm([*args, "--out", str(tmp_path / name)]) == 0
+    first, last = early_late(tmp_path / "a")
+    assert last < first
+    (sa, meta), (sb, _) = (load_checkpoint(tmp_path / n / tu.LATEST, expected_kind="idm") for n in ("a", "b"))
+    assert meta["extra"]["token_draws"] == 2
+    assert all(torch.equal(sa["idm"][k], sb["idm"][k]) for k in sa["idm"])
+    for head in ("uwm", "shared"):
+        with pytest.raises(SystemExit, match="--token-draws 2: only for a head that reads the tokens of a frozen"):
+            main_idm([*args, "--head", head, "--out", str(tmp_path / head)])
+
+
+def test_with_tokens_reads_one_of_the_cached_draws():
+    windows = [{"x": torch.tensor(i)} for i in range(3)]
+    table = torch.arange(3 * 4 * 2 * 5, dtype=torch.float16).reshape(3, 4, 2, 5)
+    ds = train_data.WithTokens(windows, table)
+    torch.manual_seed(0)
+    seen = {int(ds[1]["video_tokens"][0, 0]) for _ in range(40)}
+    assert seen == {int(table[1, d, 0, 0]) for d in range(4)}  # every draw, only window 1's
+    assert ds[0]["video_tokens"].dtype == torch.float32 and ds[0]["video_tokens"].shape == (2, 5)
+    with pytest.raises(ValueError, match="expected \\(3, draws, L, D\\)"):
+        train_data.WithTokens(windows, table[:2])
+
+
 def test_shared_idm_run_trains_its_video_model(runs, tmp_path):
     """--head shared: both losses logged and falling, the checkpoint's video model moved away from
     the one it started from (and is what the policy plans with), validation reports the video

@@ -258,6 +258,47 @@ class WithFeatures(torch.utils.data.Dataset):
         return dict(self.windows[i], video_features=self.features[i])
 
 
+class WithTokens(torch.utils.data.Dataset):
+    """Windows of a LatentDataset plus `video_tokens` (L, D): one of `draws` cached VideoModel.tokens
+    of the window (clean context, pure-noise future slots), a different draw each time it is read.
+
+    Why: a two-stage VPP head reads a frozen video model, so its tokens are a function of the window
+    and the slots' noise alone. A fresh pass every step is most of a step on a CPU (49 against
+    several hundred samples/s); a few noise draws per window, computed once, keep the head seeing
+    varied noise at a fraction of the cost. The draw is taken from torch's global generator, which
+    the engine seeds, so a run stays reproducible by seed.
+    """
+
+    def __init__(self, windows: LatentDataset, tokens: torch.Tensor) -> None:
+        if tokens.ndim != 4 or len(tokens) != len(windows):
+            raise ValueError(f"token table {tuple(tokens.shape)}: expected ({len(windows)}, draws, L, D)")
+        self.windows, self.tokens = windows, tokens
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        d = int(torch.randint(self.tokens.shape[1], ()))
+        return dict(self.windows[i], video_tokens=self.tokens[i, d].float())
+
+
+@torch.no_grad()
+def video_token_table(windows: LatentDataset, tokens_of, draws: int, device: torch.device, seed: int,
+                      batch_size: int = 128, progress: bool = True) -> torch.Tensor:
+    """`draws` token sets (N, draws, L, D) per window, float16 on CPU: `tokens_of(batch, noise)`
+    with a seeded pure-noise draw of the future slots for each."""
+    from tqdm import tqdm
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rows = []
+    for start in tqdm(range(0, len(windows), batch_size), desc="video tokens", disable=not progress,
+                      unit="batch"):
+        b = stack_windows(windows, range(start, min(start + batch_size, len(windows))), device)
+        rows.append(torch.stack([tokens_of(b, torch.randn(b["future"].shape, generator=gen).to(device)).half().cpu()
+                                 for _ in range(draws)], dim=1))
+    return torch.cat(rows) if rows else torch.zeros(0)
+
+
 @torch.no_grad()
 def video_feature_table(windows: LatentDataset, video, video_norm, context_frames: int, device: torch.device,
                         batch_size: int = 128, progress: bool = True) -> torch.Tensor:

@@ -26,11 +26,13 @@ from avdp_ros.model.video import VideoModel
 from avdp_ros.train import engine
 from avdp_ros.train.data import (
     WithFeatures,
+    WithTokens,
     early_window_indices,
     latent_setup,
     stack_windows,
     val_indices,
     video_feature_table,
+    video_token_table,
 )
 from avdp_ros.train.jobs.base import n_params
 from avdp_ros.train.jobs.latent import LatentJob
@@ -190,6 +192,11 @@ class IDMJob(ActionJob):
                        help="start the observation encoder and action head from this baseline or idm "
                             "checkpoint's weights where shapes allow (e.g. a trained action-only policy: "
                             "a comparison at equal training budget)")
+        p.add_argument("--token-draws", type=int, default=0, metavar="K",
+                       help="heads that read video tokens (vpp) with a frozen video model: compute K noise "
+                            "draws of every window's tokens once and read one of them each step, instead of a "
+                            "video-model pass per step (several times faster on a CPU; memory: K x windows x "
+                            "tokens x width in float16). Default %(default)s = a fresh draw every step")
 
     def source(self, args: argparse.Namespace) -> tuple[dict | None, dict[str, Any]]:
         if not args.video:
@@ -237,6 +244,18 @@ class IDMJob(ActionJob):
         self.video_norm = norm.to(self.device)  # fixed in joint runs too: the statistics the model learned under
 
     def train_set(self, windows) -> torch.utils.data.Dataset:
+        k = self.args.token_draws
+        if k < 0:
+            raise SystemExit(f"--token-draws {k}: expected >= 0")
+        if k:
+            if self.reads_frames or self.joint:
+                raise SystemExit(f"--token-draws {k}: only for a head that reads the tokens of a frozen video "
+                                 f"model (idm.future_input 'tokens', video_train 'frozen'); this one has "
+                                 f"'{self.setup.cfg.idm.future_input}', '{self.setup.cfg.idm.video_train}'")
+            table = video_token_table(windows, lambda b, noise: self.tokens(b, self.video, noise), k, self.device,
+                                      self.args.seed + 3, progress=self.info.is_main and not self.args.no_progress)
+            self.log(f"video tokens cached: {k} noise draws per window, {table.numel() * 2 / 1e9:.2f} GB")
+            return WithTokens(windows, table)
         if not self.use_features:
             return windows
         table = video_feature_table(windows, self.video, self.video_norm, self.setup.cfg.context_frames,
@@ -278,7 +297,8 @@ class IDMJob(ActionJob):
 
     def batch(self, m, b: dict[str, torch.Tensor], future: torch.Tensor | None = None) -> ActionBatch:
         if not self.reads_frames:
-            return dataclasses.replace(super().batch(m, b), video_tokens=self.tokens(b, self.video_of(m)))
+            tokens = b["video_tokens"] if "video_tokens" in b else self.tokens(b, self.video_of(m))
+            return dataclasses.replace(super().batch(m, b), video_tokens=tokens)
         future = b["future"] if future is None else future
         return dataclasses.replace(super().batch(m, b), future=future, video_features=self.features(b, future),
                                    future_valid=b.get("future_valid"))
@@ -318,6 +338,9 @@ class IDMJob(ActionJob):
 
     def modules(self, m) -> dict[str, torch.nn.Module]:
         return dict(super().modules(m), video=self.video_of(m), video_state_norm=self.video_norm)
+
+    def extra(self) -> dict[str, Any]:
+        return dict(super().extra(), token_draws=self.args.token_draws)
 
 
 def init_actor(policy: torch.nn.Module, path: str) -> str:

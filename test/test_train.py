@@ -562,6 +562,9 @@ def test_pseudo_labels_from_the_true_future(runs, tmp_path):
         a, b = src[i], new[i]
         assert np.array_equal(a["camera"], b["camera"]) and np.array_equal(a["ee_pose"], b["ee_pose"])
         assert b["action"].shape == (len(a["ee_pose"]), 8) and np.isfinite(b["action"]).all()
+        for cam in src.cameras:  # the frames are the source's files, linked, not copies (same file system here)
+            assert ((src.root / "episodes" / src.episodes[i]["name"] / f"{cam}.npy").stat().st_ino
+                    == (out / "episodes" / new.episodes[i]["name"] / f"{cam}.npy").stat().st_ino)
         assert new.episodes[i]["has_actions"] and "pseudo-label" in new.episodes[i]["action_topic"]
     assert new.action_ratio == 1
     # the trainers take it

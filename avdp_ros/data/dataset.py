@@ -39,10 +39,17 @@ def finish_episode(tmp: Path, out_dir: Path, entry: dict, extra: dict) -> dict:
     return entry
 
 
-def write_episode(out_dir: str | os.PathLike, arrays: dict[str, np.ndarray], entry: dict, extra: dict) -> dict:
+def write_episode(out_dir: str | os.PathLike, arrays: dict[str, np.ndarray], entry: dict, extra: dict,
+                  linked: dict[str, Path] | None = None) -> dict:
     """Write an episode from in-memory arrays (``camera``/``wrist``/``ee_pose``/``gripper``/
     ``stamps``/``action``, dtypes as in docs/dataset_format.md) in the converter's format; for
-    producers that are not bags (``avdp-dagger``'s in-process sim episodes). Returns its entry."""
+    producers that are not bags (``avdp-dagger``'s in-process sim episodes). Returns its entry.
+
+    ``linked``: name -> an existing ``.npy`` file to take as that array unchanged, hard-linked
+    (copied where the file system cannot link). Why: a relabelled copy of a dataset
+    (``avdp-pseudo-label``) keeps its frames, which are nearly all of its bytes. Our writers never
+    rewrite a file in place (they write a new folder and rename it), so a link cannot change under
+    either dataset; the manifest's hashes would catch it if something else did."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     if tmp.exists():
@@ -51,6 +58,11 @@ def write_episode(out_dir: str | os.PathLike, arrays: dict[str, np.ndarray], ent
     try:
         for name, a in arrays.items():
             np.save(tmp / f"{name}.npy", a)
+        for name, src in (linked or {}).items():
+            try:
+                os.link(src, tmp / f"{name}.npy")
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(src, tmp / f"{name}.npy")
         return finish_episode(tmp, out_dir, dict(entry, name=out_dir.name), extra)
     finally:
         if tmp.exists():

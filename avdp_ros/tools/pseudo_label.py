@@ -85,7 +85,9 @@ def pseudo_label(idm: str | Path, roots: list[str | Path], out: str | Path, over
                 true = np.asarray(ep["action"])[::ds.action_ratio]
                 errors.append(action_errors(torch.from_numpy(pose_to_state10(labels[:, :7], labels[:, 7])),
                                             torch.from_numpy(pose_to_state10(true[:, :7], true[:, 7]))))
-            arrays = {c: np.asarray(ep[c]) for c in ds.cameras}
+            src = ds.root / "episodes" / entry["name"]
+            linked = {c: src / f"{c}.npy" for c in ds.cameras if (src / f"{c}.npy").is_file()}  # frames as they are
+            arrays = {c: np.asarray(ep[c]) for c in ds.cameras if c not in linked}
             arrays.update(ee_pose=np.asarray(ep["ee_pose"]), gripper=np.asarray(ep["gripper"]),
                           stamps=np.asarray(ep["stamps"]), action=labels)
             new = {k: v for k, v in entry.items() if k not in ("files", "name")}
@@ -94,7 +96,7 @@ def pseudo_label(idm: str | Path, roots: list[str | Path], out: str | Path, over
             meta = dict(ep["meta"], pseudo_label={"idm": str(idm), "source": str(ds.root / "episodes" / entry["name"]),
                                                   "had_labels": ep["action"] is not None})
             entries.append(write_episode(out / "episodes" / f"{ds.root.parent.name}_{entry['name']}", arrays, new,
-                                         {"metadata": meta}))
+                                         {"metadata": meta}, linked))
             write_manifest(out, ccfg, entries, [], source=f"avdp-pseudo-label --idm {idm}")
     summary = {"episodes": len(entries), "out": str(out), "idm": str(idm)}
     if errors:  # mean over labelled episodes

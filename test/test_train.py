@@ -508,6 +508,8 @@ def test_vpp_token_draws_cache_the_tokens_reproducibly(runs, tmp_path):
     for head in ("uwm", "shared"):
         with pytest.raises(SystemExit, match="--token-draws 2: only for a head that reads the tokens of a frozen"):
             main_idm([*args, "--head", head, "--out", str(tmp_path / head)])
+    with pytest.raises(SystemExit, match="--token-draws -1: expected >= 0"):
+        main_idm([*args, "--token-draws", "-1", "--out", str(tmp_path / "neg")])
 
 
 def test_with_tokens_reads_one_of_the_cached_draws():

@@ -211,6 +211,11 @@ class IDMJob(ActionJob):
         return cfg, {"tokenizer": states["tokenizer"], "video": states["video"],
                      "video_state_norm": states["state_norm"]}
 
+    def check_args(self, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+        super().check_args(args, p)
+        if args.token_draws < 0:
+            raise SystemExit(f"--token-draws {args.token_draws}: expected >= 0 (0 = a fresh draw every step)")
+
     @property
     def use_features(self) -> bool:
         return self.setup.cfg.idm.video_feature_dim > 0
@@ -245,8 +250,6 @@ class IDMJob(ActionJob):
 
     def train_set(self, windows) -> torch.utils.data.Dataset:
         k = self.args.token_draws
-        if k < 0:
-            raise SystemExit(f"--token-draws {k}: expected >= 0")
         if k:
             if self.reads_frames or self.joint:
                 raise SystemExit(f"--token-draws {k}: only for a head that reads the tokens of a frozen video "

@@ -308,6 +308,40 @@ def test_context_frames_are_clean_or_slightly_noised_and_carry_no_loss(cfg):
         assert model.loss(lat, instr, t=t, noise=noise)[0] == model.loss(lat, instr, t=t, noise=other)[0]
 
 
+def test_rollout_loss_learns_the_true_frames_after_its_own_rollout(cfg):
+    """video.rollout_prob: the model rolls out j frames after the true context itself; they become
+    context (no loss, no gradient into the rollout), and the true frames after them are the targets.
+    Fitting it lowers the error of the model's own multi-frame rollout."""
+    Fc, K = cfg.context_frames, cfg.future_frames
+    c = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, rollout_prob=0.5))
+    with pytest.raises(ValueError, match="rollout_prob = -0.1"):
+        dataclasses.replace(cfg.video, rollout_prob=-0.1)
+    model = VideoModel(c)
+    B = 4
+    lat, instr, state = _synthetic_clips(c, B, Fc + K), torch.tensor([1, 2, 1, 2]), torch.randn(B, Fc + K, 10)
+    g = torch.Generator().manual_seed(3)
+    loss, logs = model.rollout_loss(lat, instr, state, generator=g)
+    assert torch.isfinite(loss) and 1 <= logs["rollout_frames"] <= K - 1
+    loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="expected at least 2 more"):
+        model.rollout_loss(lat[:, :Fc + 1], instr, state[:, :Fc + 1])
+
+    def rollout_error() -> float:
+        noise = torch.randn((B, K) + lat.shape[2:], generator=torch.Generator().manual_seed(9))
+        pred, _ = model.rollout(lat[:, :Fc], instr, state[:, :Fc], k=K, noise=noise)
+        return (pred - lat[:, Fc:]).pow(2).mean().item()
+
+    before = rollout_error()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss, _ = model.rollout_loss(lat, instr, state, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert rollout_error() < 0.7 * before
+
+
 def test_video_loss_decreases(cfg):
     model = VideoModel(cfg)
     B, Fr = 4, cfg.video.max_frames

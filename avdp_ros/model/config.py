@@ -68,12 +68,16 @@ class VideoConfig:
     #                                  imperfect context, as its own predicted frames are at rollout,
     #                                  where the error otherwise compounds frame by frame (drift:
     #                                  bench/video_spread.py's one-ahead MSE against the rollout's)
+    rollout_prob: float = 0.0        # share of training steps that take the rollout loss instead: the
+    #                                  model rolls out 1..K-1 frames after the true context itself (no
+    #                                  gradient), and learns the true frames after them from that
+    #                                  context (`VideoModel.rollout_loss`): its own errors, not noise
 
     def __post_init__(self) -> None:
         _check_positive("VideoConfig", patch_size=self.patch_size, n_embd=self.n_embd, n_head=self.n_head,
                         n_layer=self.n_layer, mlp_ratio=self.mlp_ratio, max_frames=self.max_frames)
         _check_heads("VideoConfig", self.n_embd, self.n_head)
-        for name in ("clean_prefix_prob", "context_noise"):
+        for name in ("clean_prefix_prob", "context_noise", "rollout_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"VideoConfig.{name} = {getattr(self, name)}: expected in [0, 1]")
 

@@ -201,7 +201,8 @@ class VideoModel(nn.Module):
         return hidden.flatten(1, 2)
 
     def loss(self, latents: Tensor, instr: Tensor, state: Tensor | None = None, t: Tensor | None = None,
-             noise: Tensor | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+             noise: Tensor | None = None, generator: torch.Generator | None = None,
+             state_frames: int | None = None) -> tuple[Tensor, dict]:
         """Diffusion-forcing flow-matching loss on a clip.
 
         Args:
@@ -212,13 +213,15 @@ class VideoModel(nn.Module):
                 frames may become context, clean or slightly noised). Context frames carry no
                 loss (they are given, not predicted); a given `t` marks them with t = 0.
             noise: (B, F, cams, C, h, w) eps; None draws it.
+            state_frames: how many leading frames keep their state (None: a random prefix).
         Returns:
             (scalar loss, logs {"video_loss", "video_t_mean"}).
         """
         self._check(latents, instr)
         B, Fr = latents.shape[:2]
         dev = latents.device
-        split = torch.randint(1, max(Fr - 1, 1) + 1, (B, 1), device=dev, generator=generator)  # (B, 1)
+        split = (torch.randint(1, max(Fr - 1, 1) + 1, (B, 1), device=dev, generator=generator)
+                 if state_frames is None else torch.full((B, 1), state_frames, device=dev))  # (B, 1)
         in_prefix = torch.arange(Fr, device=dev)[None, :] < split  # (B, F)
         if t is None:
             t, context = self.noise_levels(in_prefix, split, generator)
@@ -236,6 +239,31 @@ class VideoModel(nn.Module):
         weight = (~context).to(per_frame.dtype)
         loss = (per_frame * weight).sum() / weight.sum().clamp(min=1.0)
         return loss, {"video_loss": loss.item(), "video_t_mean": t.mean().item()}
+
+    def rollout_loss(self, latents: Tensor, instr: Tensor, state: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        """The loss on the model's own rollout: after the clip's first `context_frames` true frames
+        it predicts j ~ U{1..K-1} frames itself (no gradient, its sampler and steps), and those
+        predictions replace the true frames as context (t = 0, no loss) for the usual flow loss on
+        the true frames after them. Why: at inference every frame after the first is conditioned
+        on predictions; trained only on true context, the model never learns to correct its own
+        errors, which compound (drift). Context noise imitates those errors; this shows it them.
+
+        Args: as `loss`; latents (B, Fc + K, ...) with K >= 2. Returns: (loss, logs + "rollout_frames").
+        """
+        Fc = self.cfg.context_frames
+        K = latents.shape[1] - Fc
+        if K < 2:
+            raise ValueError(f"VideoModel.rollout_loss: {latents.shape[1]} frames for {Fc} context frames; "
+                             "expected at least 2 more (one to roll out, one to learn)")
+        j = int(torch.randint(1, K, (), generator=generator))
+        with torch.no_grad():
+            pred, _ = self.rollout(latents[:, :Fc], instr, None if state is None else state[:, :Fc], k=j)
+        seq = torch.cat([latents[:, :Fc], pred.to(latents.dtype), latents[:, Fc + j:]], dim=1)
+        t = flow.sample_t(seq.shape[:2], generator, seq.device, self.cfg.video.logit_normal_t).to(seq.dtype)
+        t[:, :Fc + j] = 0  # the true context and the rolled-out frames: given, no loss
+        loss, logs = self.loss(seq, instr, state, t=t, generator=generator, state_frames=Fc)
+        return loss, dict(logs, rollout_frames=j)
 
     def noise_levels(self, in_prefix: Tensor, split: Tensor,
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

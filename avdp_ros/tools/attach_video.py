@@ -21,7 +21,7 @@ from pathlib import Path
 
 SHARED = ("latent_shape", "cameras", "context_frames", "future_frames", "instructions", "video")
 # VideoConfig fields that set how the video model was trained, not what it computes: may differ
-VIDEO_TRAINING = ("logit_normal_t", "clean_prefix_prob", "context_noise")
+VIDEO_TRAINING = ("logit_normal_t", "clean_prefix_prob", "context_noise", "rollout_prob")
 
 
 def _shared(cfg: dict) -> dict:

@@ -30,7 +30,8 @@ def resume_states(out: Path, kind: str) -> tuple[dict[str, dict[str, torch.Tenso
 # Fields an --override may change on --resume or --init: how the trained model samples and how its
 # training draws noise levels, not what the model is.
 RESUME_OVERRIDABLE = ("action_temperature", "action_steps", "video_steps", "idm.future_t",
-                      "video.context_noise", "video.clean_prefix_prob", "idm.future_drop", "idm.video_loss_weight")
+                      "video.context_noise", "video.clean_prefix_prob", "video.rollout_prob", "idm.future_drop",
+                      "idm.video_loss_weight")
 
 
 def _flat(d: dict) -> dict:

@@ -28,7 +28,12 @@ def clip_loss(video: VideoModel, state_norm: Normalizer, b: dict[str, torch.Tens
     """VideoModel.loss on a training window's clip: its context and future latents, the proprio
     of every frame normalised with the statistics the model trains under."""
     latents = torch.cat([b["context"], b["future"]], dim=1)  # (B, Fc+K, cams, C, h, w)
-    return video.loss(latents, b["instr"], state_norm.normalize(b["states"]), generator=generator)
+    state = state_norm.normalize(b["states"])
+    p = video.cfg.video.rollout_prob
+    if p > 0 and video.training and float(torch.rand((), generator=generator)) < p:
+        return video.rollout_loss(latents, b["instr"], state, generator=generator)
+    loss, logs = video.loss(latents, b["instr"], state, generator=generator)
+    return loss, (dict(logs, rollout_frames=0) if p > 0 and video.training else logs)  # logged: frames per step
 
 
 class VideoJob(LatentJob):

@@ -333,13 +333,18 @@ def test_rollout_loss_learns_the_true_frames_after_its_own_rollout(cfg):
         return (pred - lat[:, Fc:]).pow(2).mean().item()
 
     before = rollout_error()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(40):
-        loss, _ = model.rollout_loss(lat, instr, state, generator=g)
+    _fit(model, lambda: model.rollout_loss(lat, instr, state, generator=g), 40)
+    assert rollout_error() < 0.7 * before
+
+
+def _fit(model: torch.nn.Module, loss_of, steps: int, lr: float = 3e-3) -> None:
+    """`steps` Adam steps on `loss_of()`, a (loss, logs) pair."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss, _ = loss_of()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert rollout_error() < 0.7 * before
 
 
 def test_video_loss_decreases(cfg):
@@ -354,12 +359,7 @@ def test_video_loss_decreases(cfg):
             return model.loss(lat, instr, state, t=t_eval, noise=noise_eval)[0].item()
 
     before = eval_loss()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(50):
-        loss, _ = model.loss(lat, instr, state, generator=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(model, lambda: model.loss(lat, instr, state, generator=g), 50)
     after = eval_loss()
     assert after < 0.7 * before
 

@@ -183,6 +183,11 @@ def test_early_window_indices_repeat_episode_starts():
     assert early_window_indices(windows, early_frames=2, weight=3) == [0, 0, 0, 1, 1, 1, 2, 3, 4, 4, 4, 5, 5, 5, 6]
     assert early_window_indices(windows, early_frames=2, weight=1) == list(range(7))
     assert early_window_indices(windows, early_frames=0, weight=5) == list(range(7))
+    windows.refs = [SimpleNamespace(root=Path("true")), SimpleNamespace(root=Path("pseudo"))]
+    assert early_window_indices(windows, 2, 2, {Path("true"): 3}) == [0] * 6 + [1] * 6 + [2] * 3 + [3] * 3 + [
+        4, 4, 5, 5, 6]  # the start x2, episode 0's dataset x3 on top
+    with pytest.raises(SystemExit, match="--data-weight 8: expected one integer >= 1 for each of the 2 --data"):
+        main_baseline(["--data", "x", "w", "--out", "y", "--tokenizer", "z", "--data-weight", "8"])
     with pytest.raises(SystemExit, match="early-weight 0"):
         main_baseline(["--data", "x", "--out", "y", "--tokenizer", "z", "--early-weight", "0"])
     with pytest.raises(SystemExit, match="--views 1: expected >= 2 with --augment"):

@@ -314,12 +314,20 @@ def video_feature_table(windows: LatentDataset, video, video_norm, context_frame
     return torch.cat(rows) if rows else torch.zeros(0)
 
 
-def early_window_indices(windows: LatentDataset, early_frames: int, weight: int) -> list[int]:
-    """Window indices, those whose last observed frame is < `early_frames` repeated `weight` times.
+def early_window_indices(windows: LatentDataset, early_frames: int, weight: int,
+                         root_weights: dict[Path, int] | None = None) -> list[int]:
+    """Window indices, those whose last observed frame is < `early_frames` repeated `weight` times,
+    and every window of a dataset root in `root_weights` that many times more.
 
     Why: at an episode's start every pose is the same, so the first chunk must come from the
     images alone (where the cube and the goal are), while later windows can lean on the state
     and the visible motion. Those start windows are a few percent of the data and the ones a closed-loop
-    rollout cannot recover from, so they get more of the gradient.
+    rollout cannot recover from, so they get more of the gradient. Root weights keep a small
+    dataset's share of the draws when large ones join it (true labels among pseudo-labels).
     """
-    return [i for i, (_, t, _) in enumerate(windows.index) for _ in range(weight if t < early_frames else 1)]
+    rw = root_weights or {}
+
+    def times(e: int, t: int) -> int:
+        return (weight if t < early_frames else 1) * (rw.get(windows.refs[e].root, 1) if rw else 1)
+
+    return [i for i, (e, t, _) in enumerate(windows.index) for _ in range(times(e, t))]

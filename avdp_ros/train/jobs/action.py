@@ -98,12 +98,19 @@ class ActionJob(LatentJob):
                             "(default %(default)s = uniform); see early_window_indices")
         p.add_argument("--early-frames", type=int, default=10,
                        help="frames counted as the episode start (default %(default)s)")
+        p.add_argument("--data-weight", type=int, nargs="+", metavar="W",
+                       help="one integer per --data root: draw its windows W times per epoch (e.g. true labels "
+                            "weighted up among pseudo-labelled sets); default 1 each")
 
     def check_args(self, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
         self.check_augment_args(args)
         if args.early_weight < 1 or args.early_frames < 0:
             raise SystemExit(f"--early-weight {args.early_weight} (expected >= 1) / --early-frames "
                              f"{args.early_frames} (expected >= 0)")
+        w = args.data_weight
+        if w is not None and (len(w) != len(args.data or []) or min(w) < 1):
+            raise SystemExit(f"--data-weight {' '.join(map(str, w))}: expected one integer >= 1 for each of the "
+                             f"{len(args.data or [])} --data roots")
 
     def build(self, args: argparse.Namespace) -> None:
         out, kind = Path(args.out), self.kind
@@ -129,10 +136,11 @@ class ActionJob(LatentJob):
             self.log(init_actor(policy, args.init_actor))
         self.log(f"{kind}: {n_params(policy)}, device {self.device}")
         self.dataset = self.train_set(s.train)
-        if args.early_weight > 1:
-            idx = early_window_indices(s.train, args.early_frames, args.early_weight)
-            self.log(f"episode-start windows weighted x{args.early_weight}: {len(idx)} draws per epoch "
-                     f"for {len(s.train)} windows")
+        root_weights = dict(zip(s.roots, args.data_weight)) if args.data_weight else {}
+        if args.early_weight > 1 or root_weights:
+            idx = early_window_indices(s.train, args.early_frames, args.early_weight, root_weights)
+            self.log(f"episode-start windows weighted x{args.early_weight}, datasets x{args.data_weight or 1}: "
+                     f"{len(idx)} draws per epoch for {len(s.train)} windows")
             self.dataset = torch.utils.data.Subset(self.dataset, idx)
         self.val_idx = val_indices(s.val, args.seed)
 
@@ -162,7 +170,7 @@ class ActionJob(LatentJob):
         return {self.kind: self.actor(m), "tokenizer": self.tok}
 
     def extra(self) -> dict[str, Any]:
-        return dict(super().extra(), label_fraction=self.args.label_fraction,
+        return dict(super().extra(), label_fraction=self.args.label_fraction, data_weight=self.args.data_weight,
                     train_episodes=[r.key for r in self.setup.train.refs])
 
 

@@ -263,10 +263,10 @@ class WithTokens(torch.utils.data.Dataset):
     of the window (clean context, pure-noise future slots), a different draw each time it is read.
 
     Why: a two-stage VPP head reads a frozen video model, so its tokens are a function of the window
-    and the slots' noise alone. A fresh pass every step is most of a step on a CPU (66 against
-    550 samples/s on the 100-episode scarce set, batch 64, one thread); a few noise draws per window, computed once, keep the head seeing
-    varied noise at a fraction of the cost. The draw is taken from torch's global generator, which
-    the engine seeds, so a run stays reproducible by seed.
+    and the slots' noise alone. A fresh pass every step is most of a step on a CPU (66 against 550
+    samples/s on the 100-episode scarce set, batch 64, one thread); a few noise draws per window,
+    computed once, keep the head seeing varied noise at a fraction of the cost. The draw is taken
+    from torch's global generator, which the engine seeds, so a run stays reproducible by seed.
     """
 
     def __init__(self, windows: LatentDataset, tokens: torch.Tensor) -> None:

@@ -283,35 +283,36 @@ class WithTokens(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def video_token_table(windows: LatentDataset, tokens_of, draws: int, device: torch.device, seed: int,
-                      batch_size: int = 128, progress: bool = True) -> torch.Tensor:
-    """`draws` token sets (N, draws, L, D) per window, float16 on CPU: `tokens_of(batch, noise)`
-    with a seeded pure-noise draw of the future slots for each."""
+def per_window_table(windows: LatentDataset, row_of, desc: str, device: torch.device, batch_size: int = 128,
+                     progress: bool = True) -> torch.Tensor:
+    """`row_of(batch)` of every window, in batches, concatenated on CPU: what a frozen video model
+    gives each window, computed once before training."""
     from tqdm import tqdm
 
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     rows = []
-    for start in tqdm(range(0, len(windows), batch_size), desc="video tokens", disable=not progress,
-                      unit="batch"):
-        b = stack_windows(windows, range(start, min(start + batch_size, len(windows))), device)
-        rows.append(torch.stack([tokens_of(b, torch.randn(b["future"].shape, generator=gen).to(device)).half().cpu()
-                                 for _ in range(draws)], dim=1))
+    for start in tqdm(range(0, len(windows), batch_size), desc=desc, disable=not progress, unit="batch"):
+        rows.append(row_of(stack_windows(windows, range(start, min(start + batch_size, len(windows))), device)).cpu())
     return torch.cat(rows) if rows else torch.zeros(0)
 
 
-@torch.no_grad()
+def video_token_table(windows: LatentDataset, tokens_of, draws: int, device: torch.device, seed: int,
+                      batch_size: int = 128, progress: bool = True) -> torch.Tensor:
+    """`draws` token sets (N, draws, L, D) per window, float16: `tokens_of(batch, noise)` with a
+    seeded pure-noise draw of the future slots for each."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return per_window_table(windows, lambda b: torch.stack(
+        [tokens_of(b, torch.randn(b["future"].shape, generator=gen).to(device)).half() for _ in range(draws)], dim=1),
+        "video tokens", device, batch_size, progress)
+
+
 def video_feature_table(windows: LatentDataset, video, video_norm, context_frames: int, device: torch.device,
                         batch_size: int = 128, progress: bool = True) -> torch.Tensor:
     """Video-model features (N, Fc+K, D) of every window's context + true future frames (on CPU)."""
-    from tqdm import tqdm
-
-    rows = []
-    for start in tqdm(range(0, len(windows), batch_size), desc="video features", disable=not progress,
-                      unit="batch"):
-        b = stack_windows(windows, range(start, min(start + batch_size, len(windows))), device)
+    def features(b: dict[str, torch.Tensor]) -> torch.Tensor:
         seq = torch.cat([b["context"], b["future"]], dim=1)  # (B, Fc+K, cams, C, h, w)
-        rows.append(video.features(seq, b["instr"], video_norm.normalize(b["states"][:, :context_frames])).cpu())
-    return torch.cat(rows) if rows else torch.zeros(0)
+        return video.features(seq, b["instr"], video_norm.normalize(b["states"][:, :context_frames]))
+
+    return per_window_table(windows, features, "video features", device, batch_size, progress)
 
 
 def early_window_indices(windows: LatentDataset, early_frames: int, weight: int,

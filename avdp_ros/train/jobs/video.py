@@ -29,11 +29,11 @@ def clip_loss(video: VideoModel, state_norm: Normalizer, b: dict[str, torch.Tens
     of every frame normalised with the statistics the model trains under."""
     latents = torch.cat([b["context"], b["future"]], dim=1)  # (B, Fc+K, cams, C, h, w)
     state = state_norm.normalize(b["states"])
-    p = video.cfg.video.rollout_prob
-    if p > 0 and video.training and float(torch.rand((), generator=generator)) < p:
+    p = video.cfg.video.rollout_prob if video.training else 0.0
+    if p > 0 and float(torch.rand((), generator=generator)) < p:
         return video.rollout_loss(latents, b["instr"], state, generator=generator)
     loss, logs = video.loss(latents, b["instr"], state, generator=generator)
-    return loss, (dict(logs, rollout_frames=0) if p > 0 and video.training else logs)  # logged: frames per step
+    return loss, (dict(logs, rollout_frames=0) if p > 0 else logs)  # logged as a mean: frames per step
 
 
 class VideoJob(LatentJob):

@@ -26,13 +26,18 @@
 #   7. the result is copied to OUT/policy and run on VAL_EPISODES validation seeds (13000+) per task,
 #      nominal and every held-out suite (VAL_EPISODES=0 skips it). The held-out test (seeds 100000+):
 #      scripts/eval_appearance.sh OUT/policy OUT/test
+# ENCODER=POLICY (instead of BASE): POLICY already reads an invariant encoder (models/avdp_default does);
+# stages 2, 4 and 5 are skipped, POLICY drives the rollouts of 3 and is what 6 fine-tunes.
+# FINETUNE_WEIGHTS: one integer per dataset of 6, in its order (pairs, dagger, nominal, daggern; push
+# then pick_place in each): how often its windows are drawn (avdp-train-baseline --data-weight).
 # Every stage skips what is already there and the trainer resumes, so re-running continues where it
 # stopped. Two recordings run at once (one per core). THREADS: torch threads of the trainer (2).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
-[ -n "${BASE:-}" ] || { echo "$0: set BASE to a policy trained in the nominal scene (see the header)" >&2; exit 2; }
+[ -n "${BASE:-}${ENCODER:-}" ] || { echo "$0: set BASE to a policy trained in the nominal scene, or ENCODER to one that
+already reads an invariant encoder (see the header)" >&2; exit 2; }
 OUT="${OUT:-runs/inv}" THREADS="${THREADS:-2}"
 PAIR_EPISODES="${PAIR_EPISODES:-200}" DAGGER_EPISODES="${DAGGER_EPISODES:-100}"
 STEPS_TOK="${STEPS_TOK:-5000}" STEPS_TOK2="${STEPS_TOK2:-12000}" STEPS_TOK3="${STEPS_TOK3:-16000}"
@@ -55,40 +60,44 @@ opts=(--target-look nominal --frame-stride 2 --lr 5e-4 --val-every 500 --ckpt-ev
 attach() {  # attach DIR: BASE reading the tokenizer's latest encoder, once
   [ -f "$1/checkpoint.json" ] || "$BIN/avdp-attach-tokenizer" --policy "$BASE" --tokenizer "$tok/latest" --out "$1"
 }
-if [ ! -f "$OUT/stage1/checkpoint.json" ]; then
+if [ -n "${ENCODER:-}" ]; then
+  STAGE1="$ENCODER"  # an invariant policy already: its own rollouts, then only the fine-tune
+elif [ ! -f "$OUT/stage1/checkpoint.json" ]; then
   resume=(--init "$BASE"); [ -d "$tok/latest" ] && resume=(--resume)
   "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$STEPS_TOK" --augment default "${resume[@]}"
   attach "$OUT/stage1"
 fi
-record dagger_push push 30000 "$DAGGER_EPISODES" "$OUT/stage1" train --threads 1 &
-record dagger_pick_place pick_place 30000 "$DAGGER_EPISODES" "$OUT/stage1" train --threads 1
+record dagger_push push 30000 "$DAGGER_EPISODES" "${STAGE1:-$OUT/stage1}" train --threads 1 &
+record dagger_pick_place pick_place 30000 "$DAGGER_EPISODES" "${STAGE1:-$OUT/stage1}" train --threads 1
 wait
 DATA+=("$OUT/dagger_push/dataset" "$OUT/dagger_pick_place/dataset")
-if [ ! -f "$OUT/stage2/checkpoint.json" ]; then
+if [ -z "${ENCODER:-}" ] && [ ! -f "$OUT/stage2/checkpoint.json" ]; then
   "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$STEPS_TOK2" --augment invariant --resume
   attach "$OUT/stage2"
 fi
-if [ ! -f "$OUT/encoder/checkpoint.json" ]; then
+if [ -z "${ENCODER:-}" ] && [ ! -f "$OUT/encoder/checkpoint.json" ]; then
   "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$STEPS_TOK3" --augment invariant --resume \
     --clean-fraction 0.5
   attach "$OUT/encoder"
 fi
-POLICY="$OUT/encoder"
+POLICY="${ENCODER:-$OUT/encoder}"
 if [ "$FINETUNE_STEPS" -gt 0 ]; then
   record nominal_push push 3000 "$NOMINAL_EPISODES" expert nominal &
   record nominal_pick_place pick_place 3000 "$NOMINAL_EPISODES" expert nominal
   wait
-  record daggern_push push 20500 "$NOMINAL_DAGGER" "$OUT/encoder" nominal --threads 1 &
-  record daggern_pick_place pick_place 20500 "$NOMINAL_DAGGER" "$OUT/encoder" nominal --threads 1
+  record daggern_push push 20500 "$NOMINAL_DAGGER" "$POLICY" nominal --threads 1 &
+  record daggern_pick_place pick_place 20500 "$NOMINAL_DAGGER" "$POLICY" nominal --threads 1
   wait
   DATA+=("$OUT"/{nominal,daggern}_{push,pick_place}/dataset)
-  ft="$OUT/finetune" resume=(--init "$OUT/encoder")
+  ft="$OUT/finetune" resume=(--init "$POLICY") weights=()
+  # shellcheck disable=SC2206
+  [ -n "${FINETUNE_WEIGHTS:-}" ] && weights=(--data-weight $FINETUNE_WEIGHTS)
   [ -d "$ft/latest" ] && resume=(--resume)
   [ -f "$ft/latest/trainer.json" ] && [ "$("$BIN/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" \
     "$ft/latest/trainer.json")" -ge "$FINETUNE_STEPS" ] ||
     "$BIN/avdp-train-baseline" --data "${DATA[@]}" --out "$ft" --steps "$FINETUNE_STEPS" --lr 1e-4 --ema 0.999 \
       --include-failed --early-weight 8 --early-frames 4 --override action_temperature=0 --threads "$THREADS" \
-      --no-progress "${resume[@]}"
+      --no-progress "${resume[@]}" "${weights[@]}"
   POLICY="$ft/latest"
 fi
 mkdir -p "$OUT/policy"

@@ -208,3 +208,25 @@ def test_free_video_curve_tables_and_plots_arms_by_action_free_episodes(tmp_path
     assert out.stat().st_size > 1000
     with pytest.raises(SystemExit, match="no <arm>_n<N>_"):
         curve.collect(tmp_path / "evals" / "base_push")
+
+
+def test_failures_by_look_groups_episodes_by_their_redrawn_appearance():
+    import importlib.util
+    from pathlib import Path
+
+    from avdp_ros.sim.appearance import draw
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    spec = importlib.util.spec_from_file_location("failures_by_look", bench / "failures_by_look.py")
+    looks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(looks)
+    seeds = range(100000, 100012)
+    summary = {"appearance": "heldout_table",
+               "per_episode": [{"seed": s, "success": s % 3 == 0} for s in seeds]}
+    groups = looks.by_look(summary)
+    surfaces = {k: v for k, v in groups.items() if k.startswith("surface ") and "," not in k}
+    assert sum(m for _, m in surfaces.values()) == len(seeds)  # every episode in exactly one surface
+    assert sum(k for k, _ in surfaces.values()) == sum(s % 3 == 0 for s in seeds)
+    assert set(surfaces) <= {"surface gradient", "surface noise"}  # the suite's own surfaces
+    gradient = [s for s in seeds if draw("heldout_table", s).table_texture == "gradient"]
+    assert surfaces.get("surface gradient", [0, 0])[1] == len(gradient)

@@ -134,7 +134,18 @@ def test_interrupt_stops_the_recording_and_keeps_the_bags(tmp_path, how):
             os.killpg(proc.pid, signal.SIGINT)
         else:
             proc.send_signal(signal.SIGTERM)
-        log, _ = proc.communicate(timeout=120)
+        try:
+            log, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # avdp-collect dumps its threads' stacks (faulthandler)
+            try:
+                proc.communicate(timeout=3)  # read while it writes; a retry loses no output
+            except subprocess.TimeoutExpired:
+                pass
+            proc.kill()
+            log, _ = proc.communicate()
+            pytest.fail(f"avdp-collect did not stop within 120 s of the {how}; its output, stacks last:\n"
+                        f"{log[-12000:]}")
 
         def node_processes_gone() -> bool:  # the whole group: avdp-collect's node children included
             try:

@@ -20,6 +20,7 @@ worth recording); their labels are still the expert's, so train on them with ``-
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import signal
@@ -161,10 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     # No rclpy signal handler: Ctrl-C raises KeyboardInterrupt here, and the recording is stopped
     # and converted (rclpy's handler would invalidate the context under the driver instead).
+    # `kill -USR1 PID` prints every thread's stack: how a stop that hangs can be seen (it is rare,
+    # and the test that catches it prints the dump).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     with ros_session(handle_signals=False):
-        # SIGTERM (kill, docker stop, a job scheduler) stops the same way; SIGINT is ignored in
-        # background jobs of non-interactive shells, so this is often the only signal that arrives.
+        # SIGTERM (kill, docker stop, a job scheduler) stops the same way. SIGINT too, even where it
+        # came in ignored (a background job of a non-interactive shell, and whatever it starts):
+        # the node processes (rclpy's own handler) stop on it regardless, and a driver deaf to it
+        # would wait on them until its wall limit.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if a.in_process:
             stack = Stack(roles, config, overrides, use_sim_time=sim_time)
         else:  # one process per node, like ros2 launch: the sim's pacing never waits on another node's GIL

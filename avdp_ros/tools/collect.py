@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     # No rclpy signal handler: Ctrl-C raises KeyboardInterrupt here, and the recording is stopped
     # and converted (rclpy's handler would invalidate the context under the driver instead).
-    # `kill -USR1 PID` prints every thread's stack: how a stop that hangs can be seen (it is rare,
-    # and the test that catches it prints the dump).
+    # `kill -USR1 PID` prints every thread's stack: how a stop that hangs can be seen (the
+    # interrupt test prints it when it times out).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     with ros_session(handle_signals=False):
         # SIGTERM (kill, docker stop, a job scheduler) stops the same way. SIGINT too, even where it

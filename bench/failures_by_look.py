@@ -19,11 +19,13 @@ from pathlib import Path
 
 from avdp_ros.sim.appearance import Appearance, draw
 
+NOMINAL_VALUE = colorsys.rgb_to_hsv(*Appearance().table_rgb)[2]  # brighter than the nominal table: "light"
+
 
 def attributes(a: Appearance) -> list[str]:
     """The groups one episode's look falls in."""
     hue, _, value = colorsys.rgb_to_hsv(*a.table_rgb)
-    bright = "light" if value >= 0.55 else "dark"  # the nominal table's value is 0.55
+    bright = "light" if value >= NOMINAL_VALUE else "dark"
     return [f"surface {a.table_texture}", f"table hue {round(hue * 360 / 30) * 30 % 360:03d} deg (+-15)",
             f"table {bright}", f"surface {a.table_texture}, table {bright}",
             f"{len(a.distractors)} distractors", f"backdrop {'wall' if any(a.backdrop_rgb) else 'none'}",

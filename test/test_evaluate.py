@@ -182,15 +182,21 @@ def test_oracle_future_is_the_expert_driving_on_in_a_branch(sim):
         OracleFuture(ConstantPolicy([0, 0, 0]), "push")
 
 
-def test_free_video_curve_tables_and_plots_arms_by_action_free_episodes(tmp_path):
+def _bench_module(name: str):
+    """bench/NAME.py as a module (bench/ is scripts, not a package)."""
     import importlib.util
-    import json
     from pathlib import Path
 
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    spec = importlib.util.spec_from_file_location("free_video_curve", bench / "free_video_curve.py")
-    curve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(curve)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_free_video_curve_tables_and_plots_arms_by_action_free_episodes(tmp_path):
+    import json
+
+    curve = _bench_module("free_video_curve")
     for name, task, scenes, p, n in [("pl_n300_nominal_push", "push", "nominal", 0.5, 100),
                                      ("pl_n0_nominal_push", "push", "nominal", 0.4, 100),
                                      ("pl_n0_heldout_table_push", "push", "heldout_table", 0.1, 50),
@@ -211,15 +217,9 @@ def test_free_video_curve_tables_and_plots_arms_by_action_free_episodes(tmp_path
 
 
 def test_failures_by_look_groups_episodes_by_their_redrawn_appearance():
-    import importlib.util
-    from pathlib import Path
-
     from avdp_ros.sim.appearance import draw
 
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    spec = importlib.util.spec_from_file_location("failures_by_look", bench / "failures_by_look.py")
-    looks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(looks)
+    looks = _bench_module("failures_by_look")
     seeds = range(100000, 100012)
     summary = {"appearance": "heldout_table",
                "per_episode": [{"seed": s, "success": s % 3 == 0} for s in seeds]}

@@ -27,7 +27,11 @@
 #      nominal and every held-out suite (VAL_EPISODES=0 skips it). The held-out test (seeds 100000+):
 #      scripts/eval_appearance.sh OUT/policy OUT/test
 # ENCODER=POLICY (instead of BASE): POLICY already reads an invariant encoder (models/avdp_default does);
-# stages 2, 4 and 5 are skipped, POLICY drives the rollouts of 3 and is what 6 fine-tunes.
+# stages 2, 4 and 5 are skipped, POLICY drives the rollouts of 3 (none with DAGGER_EPISODES=0) and is
+# what 6 fine-tunes. With ENCODER_STEPS > 0, POLICY's encoder is first trained on, that many steps, on
+# 1 and 3 as in 5 (--augment invariant, --clean-fraction 0.5), its target POLICY's own latents of the
+# nominal views (--init POLICY): what `train` gained since POLICY was made (new table surfaces) taught
+# without the encoder's 16000 steps from BASE; attached to POLICY: OUT/encoder.
 # FINETUNE_WEIGHTS: one integer per dataset of 6, in its order (pairs, dagger, nominal, daggern; push
 # then pick_place in each): how often its windows are drawn (avdp-train-baseline --data-weight).
 # Every stage skips what is already there and the trainer resumes, so re-running continues where it
@@ -57,8 +61,9 @@ DATA=("$OUT/pairs_push/dataset" "$OUT/pairs_pick_place/dataset")
 tok="$OUT/tokenizer"
 opts=(--target-look nominal --frame-stride 2 --lr 5e-4 --val-every 500 --ckpt-every 500 --threads "$THREADS"
       --out "$tok" --no-progress)
-attach() {  # attach DIR: BASE reading the tokenizer's latest encoder, once
-  [ -f "$1/checkpoint.json" ] || "$BIN/avdp-attach-tokenizer" --policy "$BASE" --tokenizer "$tok/latest" --out "$1"
+attach() {  # attach DIR: BASE (or ENCODER) reading the tokenizer's latest encoder, once
+  [ -f "$1/checkpoint.json" ] || "$BIN/avdp-attach-tokenizer" --policy "${BASE:-$ENCODER}" --tokenizer "$tok/latest" \
+    --out "$1"
 }
 if [ -n "${ENCODER:-}" ]; then
   STAGE1="$ENCODER"  # an invariant policy already: its own rollouts, then only the fine-tune
@@ -67,10 +72,12 @@ elif [ ! -f "$OUT/stage1/checkpoint.json" ]; then
   "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$STEPS_TOK" --augment default "${resume[@]}"
   attach "$OUT/stage1"
 fi
-record dagger_push push 30000 "$DAGGER_EPISODES" "${STAGE1:-$OUT/stage1}" train --threads 1 &
-record dagger_pick_place pick_place 30000 "$DAGGER_EPISODES" "${STAGE1:-$OUT/stage1}" train --threads 1
-wait
-DATA+=("$OUT/dagger_push/dataset" "$OUT/dagger_pick_place/dataset")
+if [ "$DAGGER_EPISODES" -gt 0 ]; then
+  record dagger_push push 30000 "$DAGGER_EPISODES" "${STAGE1:-$OUT/stage1}" train --threads 1 &
+  record dagger_pick_place pick_place 30000 "$DAGGER_EPISODES" "${STAGE1:-$OUT/stage1}" train --threads 1
+  wait
+  DATA+=("$OUT/dagger_push/dataset" "$OUT/dagger_pick_place/dataset")
+fi
 if [ -z "${ENCODER:-}" ] && [ ! -f "$OUT/stage2/checkpoint.json" ]; then
   "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$STEPS_TOK2" --augment invariant --resume
   attach "$OUT/stage2"
@@ -80,7 +87,14 @@ if [ -z "${ENCODER:-}" ] && [ ! -f "$OUT/encoder/checkpoint.json" ]; then
     --clean-fraction 0.5
   attach "$OUT/encoder"
 fi
+if [ -n "${ENCODER:-}" ] && [ "${ENCODER_STEPS:-0}" -gt 0 ] && [ ! -f "$OUT/encoder/checkpoint.json" ]; then
+  resume=(--init "$ENCODER"); [ -d "$tok/latest" ] && resume=(--resume --init "$ENCODER")
+  "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$ENCODER_STEPS" --augment invariant \
+    --clean-fraction 0.5 "${resume[@]}"
+  attach "$OUT/encoder"
+fi
 POLICY="${ENCODER:-$OUT/encoder}"
+[ "${ENCODER_STEPS:-0}" -gt 0 ] && POLICY="$OUT/encoder"
 if [ "$FINETUNE_STEPS" -gt 0 ]; then
   record nominal_push push 3000 "$NOMINAL_EPISODES" expert nominal &
   record nominal_pick_place pick_place 3000 "$NOMINAL_EPISODES" expert nominal

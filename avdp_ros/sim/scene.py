@@ -224,13 +224,43 @@ def _add_table_materials(spec: mujoco.MjSpec) -> None:
         "gradient": dict(builtin=builtin.mjBUILTIN_GRADIENT, rgb1=[1, 1, 1], rgb2=[0.45, 0.45, 0.45]),
         "noise": dict(builtin=builtin.mjBUILTIN_FLAT, rgb1=[1, 1, 1], rgb2=[1, 1, 1], mark=mark.mjMARK_RANDOM,
                       random=0.25, markrgb=[0.55, 0.55, 0.55]),
+        # square tiles with grout lines (repeated 3x3 over the table)
+        "tiles": dict(builtin=builtin.mjBUILTIN_FLAT, rgb1=[0.92, 0.92, 0.92], rgb2=[0.92, 0.92, 0.92],
+                      mark=mark.mjMARK_EDGE, markrgb=[0.5, 0.5, 0.5]),
+        "planks": dict(data=_planks_texture(PLANKS_SIZE).ravel(), nchannel=3),
     }
+    repeat = {"checker": [4, 4], "tiles": [3, 3]}
     for name, kw in surfaces.items():
-        spec.add_texture(name=f"table_{name}", type=mujoco.mjtTexture.mjTEXTURE_2D, width=128, height=128, **kw)
-        mat = spec.add_material(name=f"table_{name}", texrepeat=[4, 4] if name == "checker" else [1, 1])
+        size = PLANKS_SIZE if name == "planks" else 128
+        spec.add_texture(name=f"table_{name}", type=mujoco.mjtTexture.mjTEXTURE_2D, width=size, height=size, **kw)
+        mat = spec.add_material(name=f"table_{name}", texrepeat=repeat.get(name, [1, 1]))
         textures = [""] * int(mujoco.mjtTextureRole.mjNTEXROLE)
         textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = f"table_{name}"
         mat.textures = textures
+
+
+PLANKS_SIZE = 256  # px
+
+
+def _planks_texture(size: int) -> np.ndarray:
+    """A wooden-plank table top, grey-scale uint8 (size, size, 3): 7 boards, each its own shade
+    (0.6-1.0) and faint grain along it, with staggered butt joints and dark seams. A surface whose
+    brightness changes across the table in steps, as a real workshop table's does; drawn from a
+    fixed seed, so the texture is part of the scene, not of the episode."""
+    rng = np.random.default_rng(7)
+    boards, v = 7, np.zeros((size, size))
+    edges = np.linspace(0, size, boards + 1).astype(int)
+    along = np.arange(size)
+    for b in range(boards):
+        lo, hi = edges[b], edges[b + 1]
+        joint = int(rng.integers(size // 4, 3 * size // 4))
+        for a, z in ((0, joint), (joint, size)):  # two boards end to end
+            grain = 0.04 * np.sin(along[a:z, None] * rng.uniform(0.05, 0.12) + rng.uniform(0, 6.3)
+                                  + np.arange(hi - lo)[None] * rng.uniform(0.6, 1.2))
+            v[a:z, lo:hi] = rng.uniform(0.6, 1.0) + grain
+            v[max(z - 1, 0):z, lo:hi] = 0.4  # the butt joint
+        v[:, lo:lo + 2] = 0.4  # the seam between boards
+    return np.repeat((np.clip(v, 0.0, 1.0) * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def _add_cameras(spec: mujoco.MjSpec) -> None:

@@ -14,7 +14,11 @@
 #      fine-tune with an EMA of the weights
 #   5. an appearance-invariant encoder for the action-only policy (INVARIANT, 1; 0 = off): the policy is
 #      not retrained, its tokenizer's encoder learns to map every scene look to the latents of the
-#      nominal scene (scripts/train_invariant.sh with BASE = that policy, OUT/invariant)
+#      nominal scene (scripts/train_invariant.sh with BASE = that policy, OUT/invariant), then trained on
+#      5000 steps on new pairs with its own nominal latents as the target (ENCODER_STEPS, OUT/surfaces):
+#      the shipped encoder was made when `train` had two table surfaces and learnt tiles and planks so.
+#      A run from scratch sees all four in the first stage already; there the second trains on, 5000
+#      more steps, on pairs of the same seeds (5000+)
 #   6. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
 #   7. with EXPORT=1, copy the IDM checkpoint (EXPORT=baseline: the action-only one, with the invariant
 #      encoder unless INVARIANT=0) to models/avdp_default
@@ -111,7 +115,9 @@ fi
 final="$final/latest"
 if [ "${INVARIANT:-1}" != 0 ]; then
   BASE="$final" OUT="$OUT/invariant" THREADS="$THREADS" VAL_EPISODES=0 scripts/train_invariant.sh
-  final="$OUT/invariant/policy"
+  ENCODER="$OUT/invariant/policy" ENCODER_STEPS=5000 DAGGER_EPISODES=0 OUT="$OUT/surfaces" THREADS="$THREADS" \
+    VAL_EPISODES=0 scripts/train_invariant.sh
+  final="$OUT/surfaces/policy"
 fi
 for policy in idm baseline expert; do
   for task in push pick_place; do

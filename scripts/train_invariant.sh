@@ -46,6 +46,7 @@ OUT="${OUT:-runs/inv}" THREADS="${THREADS:-2}"
 PAIR_EPISODES="${PAIR_EPISODES:-200}" DAGGER_EPISODES="${DAGGER_EPISODES:-100}"
 STEPS_TOK="${STEPS_TOK:-5000}" STEPS_TOK2="${STEPS_TOK2:-12000}" STEPS_TOK3="${STEPS_TOK3:-16000}"
 NOMINAL_EPISODES="${NOMINAL_EPISODES:-50}" NOMINAL_DAGGER="${NOMINAL_DAGGER:-40}" FINETUNE_STEPS="${FINETUNE_STEPS:-0}"
+ENCODER_STEPS="${ENCODER_STEPS:-0}"
 BIN="$VENV/bin"
 mkdir -p "$OUT"
 record() {  # record NAME TASK SEED EPISODES POLICY APPEARANCE [avdp-dagger options]: labelled episodes, once
@@ -87,14 +88,14 @@ if [ -z "${ENCODER:-}" ] && [ ! -f "$OUT/encoder/checkpoint.json" ]; then
     --clean-fraction 0.5
   attach "$OUT/encoder"
 fi
-if [ -n "${ENCODER:-}" ] && [ "${ENCODER_STEPS:-0}" -gt 0 ] && [ ! -f "$OUT/encoder/checkpoint.json" ]; then
+if [ -n "${ENCODER:-}" ] && [ "$ENCODER_STEPS" -gt 0 ] && [ ! -f "$OUT/encoder/checkpoint.json" ]; then
   resume=(--init "$ENCODER"); [ -d "$tok/latest" ] && resume=(--resume --init "$ENCODER")
   "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$ENCODER_STEPS" --augment invariant \
     --clean-fraction 0.5 "${resume[@]}"
   attach "$OUT/encoder"
 fi
 POLICY="${ENCODER:-$OUT/encoder}"
-[ "${ENCODER_STEPS:-0}" -gt 0 ] && POLICY="$OUT/encoder"
+[ "$ENCODER_STEPS" -gt 0 ] && POLICY="$OUT/encoder"
 if [ "$FINETUNE_STEPS" -gt 0 ]; then
   record nominal_push push 3000 "$NOMINAL_EPISODES" expert nominal &
   record nominal_pick_place pick_place 3000 "$NOMINAL_EPISODES" expert nominal

@@ -215,6 +215,9 @@ def _add_distractor_slots(spec: mujoco.MjSpec) -> None:
                           conaffinity=0, group=4, friction=[0.6, 0.005, 0.0001])
 
 
+PLANKS_SIZE = 256  # px: the numpy-drawn surface; MuJoCo's built-in ones are 128
+
+
 def _add_table_materials(spec: mujoco.MjSpec) -> None:
     """One material per textured table surface of sim/appearance.py ("flat" uses the geom colour).
     Textures are grey-scale: the material colour set per episode tints them."""
@@ -237,9 +240,6 @@ def _add_table_materials(spec: mujoco.MjSpec) -> None:
         textures = [""] * int(mujoco.mjtTextureRole.mjNTEXROLE)
         textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = f"table_{name}"
         mat.textures = textures
-
-
-PLANKS_SIZE = 256  # px
 
 
 def _planks_texture(size: int) -> np.ndarray:

@@ -52,7 +52,12 @@ def test_heldout_suites_draw_what_they_always_drew(suite):
             return {k: rounded(x) for k, x in v.items()}
         return round(v, 5) if isinstance(v, float) else v
 
-    blob = json.dumps([rounded(ap.draw(suite, s).to_dict()) for s in range(100000, 100020)], sort_keys=True)
+    # Fields Appearance gained after the hashes were taken: the suites must draw them at their off
+    # default, so the look stays the same, and they are left out of the hash.
+    later = {"spot_rgb": [0.0, 0.0, 0.0], "spot_xy": [0.5, 0.0], "spot_cutoff": 30.0}
+    draws = [ap.draw(suite, s).to_dict() for s in range(100000, 100020)]
+    assert all(d.pop(k) == v for d in draws for k, v in later.items())
+    blob = json.dumps([rounded(d) for d in draws], sort_keys=True)
     assert hashlib.sha256(blob.encode()).hexdigest()[:16] == FROZEN_SUITES[suite]
 
 
@@ -62,6 +67,8 @@ def test_training_draws_vary_every_axis():
     assert np.ptp([a.light_rgb[1] for a in draws]) > 0.2
     assert np.ptp([a.camera_offset[0] for a in draws]) > 0.01
     assert sum(max(a.fill_rgb) > 0 for a in draws) > 20  # one or two lights
+    spots = [a for a in draws if max(a.spot_rgb) > 0]
+    assert 60 < len(spots) < 140 and np.ptp([a.spot_xy[1] for a in spots]) > 0.5  # a pool here or there, or none
     assert {len(a.distractors) for a in draws} == set(range(ap.MAX_DISTRACTORS + 1))
     items = [d for a in draws for d in a.distractors]
     assert {d.shape for d in items} == set(ap.SHAPES) and {d.collide for d in items} == {True, False}
@@ -78,6 +85,9 @@ def test_training_draws_vary_every_axis():
     ({"camera_offset": (0.3, 0.0, 0.0)}, "camera_offset"),
     ({"camera_rotation": (0.0, 20.0, 0.0)}, "camera_rotation"),
     ({"fovy_offset": 30.0}, "fovy_offset"),
+    ({"spot_xy": (1.5, 0.0)}, "spot_xy"),
+    ({"spot_cutoff": 90.0}, "spot_cutoff"),
+    ({"spot_rgb": (0.5, -0.1, 0.5)}, "spot_rgb"),
     ({"distractors": (ap.Distractor("box", (0.5, 0.4)), ap.Distractor("sphere", (0.52, 0.42)))}, "distractors"),
 ])
 def test_bad_appearance_values_are_refused_naming_the_field(kwargs, field):
@@ -125,7 +135,8 @@ def test_recorded_metadata_re_renders_the_same_frame(sims):
     nominal_first = plain.render("camera")
     # a seed whose scene has a backdrop and a solid and a visual-only distractor
     seed = next(s for s in range(100) if max(ap.draw("train", s).backdrop_rgb) > 0
-                and {d.collide for d in ap.draw("train", s).distractors} == {True, False})
+                and {d.collide for d in ap.draw("train", s).distractors} == {True, False}
+                and max(ap.draw("train", s).spot_rgb) > 0)  # and a spot light
     info = randomised.reset(seed)
     assert info["appearance"]["name"] == "train"
     frames = {cam: randomised.render(cam) for cam in ("camera", "wrist")}
@@ -151,6 +162,20 @@ def test_every_table_surface_renders_its_own_look(sims):
         for b in ap.TEXTURES:
             if a < b:
                 assert np.abs(frames[a] - frames[b]).mean() > 1.0, f"{a} and {b} render alike"
+    plain.reset(0)
+
+
+def test_the_spot_light_brightens_the_table_where_it_is_aimed(sims):
+    _, plain = sims
+    plain.reset(0)
+    off = plain.render("camera").astype(float).mean(axis=2)
+    halves = []
+    for y in (0.3, -0.3):  # the robot's left, then its right (the scene camera faces the robot)
+        plain.reset(0, look=ap.Appearance(spot_rgb=(0.5, 0.5, 0.5), spot_xy=(0.5, y), spot_cutoff=20.0))
+        gain = plain.render("camera").astype(float).mean(axis=2) - off
+        assert gain.mean() > 2 and np.percentile(gain, 1) > -1  # light added, next to none taken
+        halves.append(gain[64:, :64].mean() - gain[64:, 64:].mean())  # left half of the table minus right
+    assert halves[0] * halves[1] < 0 and min(abs(h) for h in halves) > 5, f"the pool did not move: {halves}"
     plain.reset(0)
 
 

@@ -38,6 +38,9 @@ MAX_DISTRACTORS = 3
 DISTRACTOR_X = (0.25, 0.80)  # m, table frame (robot base at the origin)
 DISTRACTOR_Y = (0.38, 0.52)  # m, |y|: either side of the workspace
 DISTRACTOR_GAP = 0.09  # m, least centre distance between two distractors
+# Where a spot light may aim (table frame): anywhere over the tasks' workspace and a little beyond.
+SPOT_X = (0.2, 0.8)  # m
+SPOT_Y = (-0.45, 0.45)  # m
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ class Appearance:
     ambient_rgb: RGB = (0.4, 0.4, 0.4)   # headlight ambient
     headlight_rgb: RGB = (0.5, 0.5, 0.5)  # headlight diffuse
     fill_rgb: RGB = (0.0, 0.0, 0.0)      # second light, from the other side; all 0 = off (one light)
+    spot_rgb: RGB = (0.0, 0.0, 0.0)      # spot light from above, a pool falling off across the table; 0 = off
+    spot_xy: tuple[float, float] = (0.5, 0.0)  # m, the table point under the spot (its axis hits it)
+    spot_cutoff: float = 30.0            # deg, half-angle of the spot's cone
     camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # scene camera position shift (m)
     camera_rotation: tuple[float, float, float] = (0.0, 0.0, 0.0)  # yaw, pitch, roll about its view (deg)
     fovy_offset: float = 0.0             # scene camera field-of-view change (deg)
@@ -114,6 +120,15 @@ class Appearance:
             object.__setattr__(self, name, tuple(float(x) for x in v))
         if not (math.isfinite(self.fovy_offset) and abs(self.fovy_offset) <= 10.0):
             raise ValueError(f"Appearance.fovy_offset = {self.fovy_offset!r}: expected within +-10 deg")
+        xy = tuple(float(v) for v in self.spot_xy)
+        if (len(xy) != 2 or not all(math.isfinite(v) for v in xy)
+                or not (SPOT_X[0] <= xy[0] <= SPOT_X[1] and SPOT_Y[0] <= xy[1] <= SPOT_Y[1])):
+            raise ValueError(f"Appearance.spot_xy = {self.spot_xy!r}: expected x in {SPOT_X} m and y in {SPOT_Y} m "
+                             "(a point on the table)")
+        object.__setattr__(self, "spot_xy", xy)
+        if not (math.isfinite(self.spot_cutoff) and 5.0 <= self.spot_cutoff <= 60.0):
+            raise ValueError(f"Appearance.spot_cutoff = {self.spot_cutoff!r}: expected 5-60 deg")
+        object.__setattr__(self, "spot_cutoff", float(self.spot_cutoff))
         items = tuple(self.distractors)
         if len(items) > MAX_DISTRACTORS or not all(isinstance(x, Distractor) for x in items):
             raise ValueError(f"Appearance.distractors: expected at most {MAX_DISTRACTORS} Distractor, "
@@ -182,6 +197,9 @@ class AppearanceDistribution:
     # Distractor hues away from the task objects' red, green and blue: yellows, purples; or greys.
     distractor_hue: tuple[Interval, ...] = ((35.0, 85.0), (265.0, 320.0))
     distractor_collide: float = 0.5  # chance each one is solid (an obstacle) rather than visual only
+    spot: float = 0.5  # chance of a spot light, its pool somewhere on the table
+    spot_intensity: tuple[Interval, ...] = ((0.2, 0.7),)  # x the light's gain and colour, like the key's 0.6
+    spot_cutoff: tuple[Interval, ...] = ((15.0, 35.0),)  # deg: a pool 0.5-1.4 m across
     fixed: Appearance | None = None  # every seed draws this (the nominal scene)
 
     def draw(self, seed: int) -> Appearance:
@@ -239,12 +257,17 @@ class AppearanceDistribution:
                                       rng.uniform(0.3, 0.95))
             items.append(Distractor(shape=str(rng.choice(SHAPES)), xy=xy, yaw=float(rng.uniform(-90.0, 90.0)),
                                     rgb=rgb, collide=bool(rng.random() < self.distractor_collide)))
+        spot, spot_xy, cutoff = (0.0, 0.0, 0.0), Appearance.spot_xy, Appearance.spot_cutoff
+        if rng.random() < self.spot:  # drawn last, as the backdrop and distractors were
+            spot_xy = (float(rng.uniform(*SPOT_X)), float(rng.uniform(*SPOT_Y)))
+            spot, cutoff = light(u(self.spot_intensity)), u(self.spot_cutoff)
         return Appearance(
             table_rgb=table, table_texture=texture,
             floor_rgb=(floor_v * 0.95, floor_v, floor_v * 1.05 if floor_v < 0.95 else 1.0),
             backdrop_rgb=backdrop, distractors=tuple(items),
             light_dir=light_dir, light_rgb=light(0.6), ambient_rgb=light(0.4), headlight_rgb=light(0.5),
             fill_rgb=light(fill) if fill >= 0.05 else (0.0, 0.0, 0.0),
+            spot_rgb=spot, spot_xy=spot_xy, spot_cutoff=cutoff,
             camera_offset=tuple(float(x) for x in shift), camera_rotation=turn,
             fovy_offset=fovy,
             cube_rgb=cube, target_rgb=target, bin_rgb=bin_,
@@ -260,15 +283,18 @@ class AppearanceDistribution:
         el = math.degrees(math.asin(-a.light_dir[2]))
         az = math.degrees(math.atan2(-a.light_dir[1], -a.light_dir[0])) % 360.0
         fill = a.fill_rgb[1] / gain
+        spot = a.spot_rgb[1] / gain
         tol = 1e-6
         widen = [tuple((lo - tol, hi + tol) for lo, hi in iv) for iv in (
             self.table_hue, self.table_sat, self.table_val, self.light_intensity, self.light_temperature,
-            self.light_azimuth, self.light_elevation, self.camera_shift, self.camera_turn, self.fovy_change)]
-        th, ts, tv, li, lt, la, le, cs, ct, fc = widen
+            self.light_azimuth, self.light_elevation, self.camera_shift, self.camera_turn, self.fovy_change,
+            self.spot_intensity, self.spot_cutoff)]
+        th, ts, tv, li, lt, la, le, cs, ct, fc, si, sc = widen
+        spot_ok = spot == 0.0 or (self.spot > 0 and _inside(spot, si) and _inside(a.spot_cutoff, sc))
         return (self.distractors[0] <= len(a.distractors) <= self.distractors[1]
                 and a.table_texture in self.textures and _inside(h * 360.0, th) and _inside(s, ts) and _inside(v, tv)
                 and _inside(gain, li) and _inside(temp, lt) and _inside(az, la) and _inside(el, le)
-                and (fill == 0.0 or _inside(fill, tuple((lo, hi + tol) for lo, hi in self.fill)))
+                and (fill == 0.0 or _inside(fill, tuple((lo, hi + tol) for lo, hi in self.fill))) and spot_ok
                 and _inside(float(np.linalg.norm(a.camera_offset)), cs)
                 and all(_inside(abs(x), ct) for x in a.camera_rotation) and _inside(abs(a.fovy_offset), fc))
 
@@ -280,7 +306,8 @@ def _unit(rng: np.random.Generator) -> np.ndarray:
 
 TRAIN = AppearanceDistribution("train")
 # The surfaces `train` had when the held-out suites were defined. The light and camera suites keep
-# them, so a suite stays the same benchmark (the same look per seed) when `train` gains surfaces.
+# them, so a suite stays the same benchmark (the same look per seed) when `train` gains surfaces;
+# and no suite has the spot light, which `train` gained later too.
 _FIRST_SURFACES = ("flat", "checker")
 DISTRIBUTIONS: dict[str, AppearanceDistribution] = {
     "nominal": AppearanceDistribution("nominal", fixed=Appearance()),
@@ -288,16 +315,16 @@ DISTRIBUTIONS: dict[str, AppearanceDistribution] = {
     # Another table: surface kinds never trained on and hues between the training ones, away from
     # the red / green / blue of the task objects (yellow-olive, violet). A lab's own table, a cloth.
     "heldout_table": dataclasses.replace(TRAIN, name="heldout_table", textures=("gradient", "noise"),
-                                         table_hue=((52.0, 75.0), (255.0, 290.0))),
+                                         table_hue=((52.0, 75.0), (255.0, 290.0)), spot=0.0),
     # Another light: dimmer or brighter than anything trained on and a warmer / cooler colour, as a
     # lab's light changes through the day (daylight, warm bulbs, one lamp off).
     "heldout_light": dataclasses.replace(TRAIN, name="heldout_light", textures=_FIRST_SURFACES,
                                          light_intensity=((0.4, 0.6), (1.45, 1.7)),
-                                         light_temperature=((-0.8, -0.45), (0.45, 0.8))),
+                                         light_temperature=((-0.8, -0.45), (0.45, 0.8)), spot=0.0),
     # A bumped tripod: the scene camera moved 3-5 cm and turned 3-5 degrees, its zoom changed 3-5.
     "heldout_camera": dataclasses.replace(TRAIN, name="heldout_camera", textures=_FIRST_SURFACES,
                                           camera_shift=((0.03, 0.05),),
-                                          camera_turn=((3.0, 5.0),), fovy_change=((3.0, 5.0),)),
+                                          camera_turn=((3.0, 5.0),), fovy_change=((3.0, 5.0),), spot=0.0),
 }
 HELDOUT = tuple(name for name in DISTRIBUTIONS if name.startswith("heldout_"))
 
@@ -322,6 +349,7 @@ class SceneHandles:
     backdrop: int
     key_light: int
     fill_light: int
+    spot_light: int
     camera: int
     camera_pos: np.ndarray
     camera_quat: np.ndarray
@@ -345,8 +373,9 @@ def handles(model) -> SceneHandles:
                 objects[key].append(g)
     slots = range(MAX_DISTRACTORS)
     return SceneHandles(model.geom(scene.TABLE_GEOM).id, model.geom("floor").id, model.geom(scene.BACKDROP_GEOM).id,
-                        model.light("key").id, model.light("fill").id, cam, model.cam_pos[cam].copy(),
-                        model.cam_quat[cam].copy(), float(model.cam_fovy[cam]), mats, objects,
+                        model.light("key").id, model.light("fill").id, model.light("spot").id, cam,
+                        model.cam_pos[cam].copy(), model.cam_quat[cam].copy(), float(model.cam_fovy[cam]), mats,
+                        objects,
                         [model.body(scene.distractor_name(k)).id for k in slots],
                         [{shape: model.geom(scene.distractor_name(k, shape)).id for shape in SHAPES} for k in slots])
 
@@ -361,6 +390,8 @@ def apply(model, h: SceneHandles, a: Appearance) -> None:
     """Write `a` into the model; then mj_resetData (it moves the distractors from body_pos into
     mocap_pos) and mj_forward (camera and light poses), as `PandaSim.reset` does."""
     import mujoco
+
+    from avdp_ros.sim import scene
 
     model.geom_rgba[h.table, :3] = a.table_rgb
     model.geom_matid[h.table] = h.materials[a.table_texture]
@@ -385,6 +416,10 @@ def apply(model, h: SceneHandles, a: Appearance) -> None:
     model.light_diffuse[h.key_light] = a.light_rgb
     model.light_diffuse[h.fill_light] = a.fill_rgb
     model.light_active[h.fill_light] = int(max(a.fill_rgb) > 0)
+    model.light_diffuse[h.spot_light] = a.spot_rgb
+    model.light_active[h.spot_light] = int(max(a.spot_rgb) > 0)
+    model.light_pos[h.spot_light] = (*a.spot_xy, scene.SPOT_HEIGHT)  # the pose mj_forward computes from
+    model.light_cutoff[h.spot_light] = a.spot_cutoff
     model.vis.headlight.ambient[:] = a.ambient_rgb
     model.vis.headlight.diffuse[:] = a.headlight_rgb
     for key, rgb in (("cube", a.cube_rgb), ("target", a.target_rgb), ("bin", a.bin_rgb)):

@@ -161,6 +161,10 @@ def load_panda_spec() -> mujoco.MjSpec:
     return spec
 
 
+SPOT_HEIGHT = 1.0  # m above the table top: where the spot light hangs, pointing straight down
+SPOT_EXPONENT = 8.0  # falloff of the spot's light from its axis to the edge of its cone
+
+
 # The extent and centre MuJoCo computed for the scene without the backdrop and distractor slots
 # (build_model pins them: they scale the cameras' clip planes).
 SCENE_EXTENT = 2.2899509219535163
@@ -196,6 +200,12 @@ def _add_environment(spec: mujoco.MjSpec) -> None:
     world.add_light(
         name="fill", pos=[0.6, 0.6, 2.0], dir=[-0.2, -0.3, -1.0], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
         castshadow=0, diffuse=[0.0, 0.0, 0.0], active=0,
+    )
+    # A spot light whose pool of light falls off across the table (a desk lamp, a ceiling spot); off
+    # in the nominal scene, aimed and switched on per episode by sim/appearance.py.
+    world.add_light(
+        name="spot", pos=[0.5, 0.0, SPOT_HEIGHT], dir=[0.0, 0.0, -1.0], type=mujoco.mjtLightType.mjLIGHT_SPOT,
+        castshadow=0, diffuse=[0.0, 0.0, 0.0], cutoff=30.0, exponent=SPOT_EXPONENT, active=0,
     )
     _add_table_materials(spec)
 

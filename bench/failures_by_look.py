@@ -3,7 +3,7 @@
 Reads the `summary.json` of `avdp-eval` runs (each names its appearance distribution and the seed
 of every episode), draws each episode's appearance again from its seed (`sim.appearance.draw`
 is deterministic), and prints success grouped by the look's attributes: table surface, table hue
-band, table brightness, number of distractors, backdrop and fill light, and surface x brightness.
+band, table brightness, number of distractors, backdrop, fill and spot light, and surface x brightness.
 Where a held-out suite loses episodes this says which part of it does.
 
     python bench/failures_by_look.py runs/eval/heldout_table_push runs/eval/train_push
@@ -29,7 +29,7 @@ def attributes(a: Appearance) -> list[str]:
     return [f"surface {a.table_texture}", f"table hue {round(hue * 360 / 30) * 30 % 360:03d} deg (+-15)",
             f"table {bright}", f"surface {a.table_texture}, table {bright}",
             f"{len(a.distractors)} distractors", f"backdrop {'wall' if any(a.backdrop_rgb) else 'none'}",
-            f"fill light {'on' if any(a.fill_rgb) else 'off'}"]
+            f"fill light {'on' if any(a.fill_rgb) else 'off'}", f"spot light {'on' if any(a.spot_rgb) else 'off'}"]
 
 
 def by_look(summary: dict) -> dict[str, list[int]]:

@@ -8,7 +8,7 @@ appearance for the randomised distributions) and renders both cameras `--frames`
     python bench/appearance_render.py --extras --episodes 40 --frames 20   # what each extra costs
 
 `--extras`: one sim, and per seed the `train` look rendered in full, without its backdrop, without
-its distractors and without either, interleaved with the nominal look (the same renderer and
+its distractors, without either and without its spot light, interleaved with the nominal look (the same renderer and
 context for all, so only the scene content differs).
 """
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=30, help="renders of both cameras per episode")
     ap.add_argument("--size", default="128x128", help="WIDTHxHEIGHT")
     ap.add_argument("--appearances", nargs="+", default=list(DISTRIBUTIONS))
-    ap.add_argument("--extras", action="store_true", help="the cost of the backdrop and the distractors")
+    ap.add_argument("--extras", action="store_true", help="the cost of the backdrop, distractors, spot light")
     a = ap.parse_args(argv)
     w, h = (int(v) for v in a.size.lower().split("x"))
     if a.extras:
@@ -75,6 +75,7 @@ def extras(a: argparse.Namespace, w: int, h: int) -> int:
         "without backdrop": lambda x: dataclasses.replace(x, backdrop_rgb=(0.0, 0.0, 0.0)),
         "without distractors": lambda x: dataclasses.replace(x, distractors=()),
         "without either": lambda x: dataclasses.replace(x, backdrop_rgb=(0.0, 0.0, 0.0), distractors=()),
+        "without spot light": lambda x: dataclasses.replace(x, spot_rgb=(0.0, 0.0, 0.0)),
     }
     rates: dict[str, list[float]] = {k: [] for k in variants}
     sim = PandaSim(SimConfig(image_width=w, image_height=h))

@@ -76,6 +76,34 @@ def test_expert_lead_in_hands_over_to_the_policy(sim):
         EvalConfig(expert_start=20.0, time_limit=15.0)
 
 
+def test_sees_nominal_shows_the_policy_the_nominal_view_of_a_randomised_scene():
+    """--sees nominal (diagnostic): in a randomised scene the policy gets the nominal scene's view of
+    the same state; the episode itself (its physics) is the randomised one."""
+    firsts = {}
+
+    class Recording(ConstantPolicy):
+        def __init__(self, name):
+            super().__init__([0.0, 0.0, 0.0])
+            self.name = name
+
+        def infer(self, obs):
+            firsts.setdefault(self.name, obs["camera"].copy())
+            return super().infer(obs)
+
+    for name, appearance, sees in (("nominal", "nominal", "scene"), ("train", "train", "scene"),
+                                   ("train seen as nominal", "train", "nominal")):
+        s = PandaSim(SimConfig(task="push", image_width=64, image_height=64, appearance=appearance))
+        try:
+            cfg = EvalConfig(task="push", time_limit=0.5, image_size=(64, 64), appearance=appearance, sees=sees)
+            run_episode(s, Recording(name), seed=2, cfg=cfg)
+        finally:
+            s.close()
+    np.testing.assert_array_equal(firsts["train seen as nominal"], firsts["nominal"])
+    assert np.abs(firsts["train"].astype(int) - firsts["nominal"]).mean() > 5  # the train look does differ
+    with pytest.raises(ValueError, match="sees 'oracle': expected one of scene, nominal"):
+        EvalConfig(sees="oracle")
+
+
 def test_non_finite_actions_are_refused(sim):
     class Bad(ConstantPolicy):
         def infer(self, obs):
@@ -138,10 +166,15 @@ def test_report_tables_eval_summaries_only(tmp_path):
          "infer_ms_p50": 101.2, "infer_ms_p99": 180.7, "appearance": "heldout_light"}))
     (tmp_path / "data_push").mkdir()  # avdp-collect writes a summary.json of another shape
     (tmp_path / "data_push" / "summary.json").write_text(json.dumps({"episodes": 3, "successes": 3}))
+    (tmp_path / "oracle_push").mkdir()  # avdp-eval --sees nominal
+    (tmp_path / "oracle_push" / "summary.json").write_text(json.dumps(
+        {"task": "push", "episodes": 100, "success_rate": 0.9, "mean_duration_s": 5.0, "appearance": "heldout_table",
+         "sees": "nominal"}))
     lines = report(tmp_path).splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4
     # the binomial standard error in points: sqrt(0.92 * 0.08 / 50) = 3.8
     assert lines[2] == "| eval_idm_push | push | heldout_light | 92% (3.8) | 50 | 5.3 | 101 / 181 |"
+    assert lines[3] == "| oracle_push | push | heldout_table, seen as nominal | 90% (3.0) | 100 | 5.0 | - |"
 
 
 class FutureReader(ConstantPolicy):

@@ -40,6 +40,9 @@ class Monitor(Protocol):
     def on_stream(self, sim) -> None: ...  # every 1/stream_hz, before the target is set
 
 
+SEES = ("scene", "nominal")  # EvalConfig.sees
+
+
 @dataclass
 class EvalConfig:
     task: str = "push"
@@ -55,6 +58,9 @@ class EvalConfig:
     appearance: str = "nominal"  # scene look per episode (sim/appearance.py distribution)
     expert_start: float = 0.0  # diagnostic: the scripted expert drives the first seconds, then the
     #                            policy takes over (where does a policy fail: the start or later?)
+    sees: str = "scene"  # diagnostic: "nominal" shows the policy the nominal scene's view of each state
+    #                      (PandaSim.render_nominal) instead of the episode's look: a perfectly
+    #                      appearance-invariant encoder, the most any encoder could give back
 
     def __post_init__(self):
         self.seeds = tuple(int(s) for s in self.seeds)
@@ -66,6 +72,8 @@ class EvalConfig:
         from avdp_ros.sim.appearance import distribution
 
         distribution(self.appearance)  # an unknown name is refused here, naming the known ones
+        if self.sees not in SEES:
+            raise ValueError(f"sees {self.sees!r}: expected one of {', '.join(SEES)}")
         if self.execute_steps < 1:
             raise ValueError(f"execute_steps {self.execute_steps}: expected >= 1")
         ratio = self.stream_hz / self.obs_hz
@@ -93,11 +101,13 @@ class EpisodeResult:
     frames: list[np.ndarray] = field(default_factory=list)
 
 
-def observe(sim, instruction: str) -> dict:
-    """The observation dict a policy gets: what the robot's topics carry, nothing privileged."""
+def observe(sim, instruction: str, sees: str = "scene") -> dict:
+    """The observation dict a policy gets: what the robot's topics carry, nothing privileged (unless
+    `sees` is "nominal": the diagnostic EvalConfig.sees)."""
+    render = sim.render_nominal if sees == "nominal" else sim.render
     return {
-        "camera": sim.render("camera"),  # (H, W, 3) uint8
-        "wrist": sim.render("wrist"),
+        "camera": render("camera"),  # (H, W, 3) uint8
+        "wrist": render("wrist"),
         "ee_pose": sim.ee_pose().astype(np.float32),  # (7,)
         "gripper": np.float32(sim.gripper_width()),
         "instruction": instruction,
@@ -126,7 +136,7 @@ def run_episode(sim, policy: PolicyLike, seed: int, cfg: EvalConfig, keep_frames
                                  keep_frames, monitor)
     chunk, i, k = None, 0, 0
     while sim.time < cfg.time_limit - 1e-6:  # float sums of physics_dt land just below it
-        obs = observe(sim, info["instruction"])
+        obs = observe(sim, info["instruction"], cfg.sees)
         if monitor is not None:
             monitor.on_observation(sim, obs)
         if keep_frames:
@@ -182,7 +192,7 @@ def _expert_lead_in(sim, policy: PolicyLike, instruction: str, cfg: EvalConfig, 
     expert.reset()
     target = sim.ee_pose()
     while sim.time < cfg.expert_start - 1e-6:
-        obs = observe(sim, instruction)
+        obs = observe(sim, instruction, cfg.sees)
         if monitor is not None:
             monitor.on_observation(sim, obs)
         if keep_frames:
@@ -225,6 +235,7 @@ def summarize(results: list[EpisodeResult], cfg: EvalConfig) -> dict:
         "task": cfg.task,
         "episodes": len(results),
         "expert_start_s": cfg.expert_start,
+        "sees": cfg.sees,
         "success_rate": float(np.mean(ok)) if ok else 0.0,
         "failed_seeds": [r.seed for r in results if not r.success],
         "per_episode": [{"seed": r.seed, "success": r.success, "duration_s": round(r.duration, 3),

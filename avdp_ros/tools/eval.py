@@ -57,7 +57,8 @@ def report(root: Path) -> str:
             lat = (f"{s['infer_ms_p50']:.0f} / {s['infer_ms_p99']:.0f}" if "infer_ms_p50" in s else "-")
             p, n = s["success_rate"], s["episodes"]
             se = 100 * (p * (1 - p) / n) ** 0.5 if n else float("nan")  # binomial standard error
-            rows.append(f"| {path.parent.relative_to(root)} | {s['task']} | {s.get('appearance', '-')} | "
+            scenes = s.get("appearance", "-") + (", seen as nominal" if s.get("sees") == "nominal" else "")
+            rows.append(f"| {path.parent.relative_to(root)} | {s['task']} | {scenes} | "
                         f"{p * 100:.0f}% ({se:.1f}) | {n} | {s['mean_duration_s']:.1f} | {lat} |")
             if s.get("via") == "ros":
                 ros.append(f"| {path.parent.relative_to(root)} | {s['fault']['kind']} | "
@@ -150,7 +151,7 @@ def write_result(out: Path, result: dict, frames: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from avdp_ros.evaluation.sim_eval import EvalConfig, describe_failures, evaluate
+    from avdp_ros.evaluation.sim_eval import SEES, EvalConfig, describe_failures, evaluate
 
     ap = argparse.ArgumentParser(prog="avdp-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="diagnostic, video policies (torch backend): what the IDM reads as its future: the video "
                          "model's prediction (default), the true frames of the expert driving on from each "
                          "state in a what-if branch of the sim (the upper bound), or pure noise latents")
+    ap.add_argument("--sees", choices=SEES, default="scene",
+                    help="diagnostic: 'nominal' shows the policy the nominal scene's view of each state instead "
+                         "of the episode's look (a perfectly appearance-invariant encoder): how much of a suite's "
+                         "loss is perception (default: scene, what the cameras show)")
     add_seeds_arg(ap)
     add_appearance_arg(ap)
     add_policy_args(ap)
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = EvalConfig(task=a.task, episodes=a.episodes, seed=a.seed, seeds=a.seeds,
                          execute_steps=a.execute_steps, time_limit=a.time_limit, videos=a.videos,
-                         expert_start=a.expert_start, appearance=a.appearance)
+                         expert_start=a.expert_start, appearance=a.appearance, sees=a.sees)
     except ValueError as err:
         ap.error(str(err))
     if a.policy == "expert":

@@ -32,6 +32,7 @@
 # 1 and 3 as in 5 (--augment invariant, --clean-fraction 0.5), its target POLICY's own latents of the
 # nominal views (--init POLICY): what `train` gained since POLICY was made (new table surfaces) taught
 # without the encoder's 16000 steps from BASE; attached to POLICY: OUT/encoder.
+# LOOK: the appearance distribution of 1 and 3 (default train; train_spot was tried, docs/appearance.md).
 # FINETUNE_WEIGHTS: one integer per dataset of 6, in its order (pairs, dagger, nominal, daggern; push
 # then pick_place in each): how often its windows are drawn (avdp-train-baseline --data-weight).
 # Every stage skips what is already there and the trainer resumes, so re-running continues where it
@@ -46,7 +47,7 @@ OUT="${OUT:-runs/inv}" THREADS="${THREADS:-2}"
 PAIR_EPISODES="${PAIR_EPISODES:-200}" DAGGER_EPISODES="${DAGGER_EPISODES:-100}"
 STEPS_TOK="${STEPS_TOK:-5000}" STEPS_TOK2="${STEPS_TOK2:-12000}" STEPS_TOK3="${STEPS_TOK3:-16000}"
 NOMINAL_EPISODES="${NOMINAL_EPISODES:-50}" NOMINAL_DAGGER="${NOMINAL_DAGGER:-40}" FINETUNE_STEPS="${FINETUNE_STEPS:-0}"
-ENCODER_STEPS="${ENCODER_STEPS:-0}"
+ENCODER_STEPS="${ENCODER_STEPS:-0}" LOOK="${LOOK:-train}"
 BIN="$VENV/bin"
 mkdir -p "$OUT"
 record() {  # record NAME TASK SEED EPISODES POLICY APPEARANCE [avdp-dagger options]: labelled episodes, once
@@ -55,8 +56,8 @@ record() {  # record NAME TASK SEED EPISODES POLICY APPEARANCE [avdp-dagger opti
   [ -f "$d/summary.json" ] || "$BIN/avdp-dagger" --policy "$5" --task "$2" --seed "$3" --episodes "$4" \
     --appearance "$6" "${pairs[@]}" --out "$d" --time-limit 30 --no-progress --overwrite "${@:7}" > "$d.log" 2>&1
 }
-record pairs_push push 5000 "$PAIR_EPISODES" expert train --perturb 0.04 0.2 &
-record pairs_pick_place pick_place 5000 "$PAIR_EPISODES" expert train --perturb 0.04 0.2
+record pairs_push push 5000 "$PAIR_EPISODES" expert "$LOOK" --perturb 0.04 0.2 &
+record pairs_pick_place pick_place 5000 "$PAIR_EPISODES" expert "$LOOK" --perturb 0.04 0.2
 wait
 DATA=("$OUT/pairs_push/dataset" "$OUT/pairs_pick_place/dataset")
 tok="$OUT/tokenizer"
@@ -74,8 +75,8 @@ elif [ ! -f "$OUT/stage1/checkpoint.json" ]; then
   attach "$OUT/stage1"
 fi
 if [ "$DAGGER_EPISODES" -gt 0 ]; then
-  record dagger_push push 30000 "$DAGGER_EPISODES" "${STAGE1:-$OUT/stage1}" train --threads 1 &
-  record dagger_pick_place pick_place 30000 "$DAGGER_EPISODES" "${STAGE1:-$OUT/stage1}" train --threads 1
+  record dagger_push push 30000 "$DAGGER_EPISODES" "${STAGE1:-$OUT/stage1}" "$LOOK" --threads 1 &
+  record dagger_pick_place pick_place 30000 "$DAGGER_EPISODES" "${STAGE1:-$OUT/stage1}" "$LOOK" --threads 1
   wait
   DATA+=("$OUT/dagger_push/dataset" "$OUT/dagger_pick_place/dataset")
 fi

@@ -3,6 +3,7 @@ distribution can never draw, exact re-rendering from recorded metadata, refusal 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -20,19 +21,21 @@ def test_draw_is_deterministic_by_seed_and_nominal_is_fixed():
     assert ap.draw("train", 7) == ap.draw("train", 7)
     assert len({ap.draw("train", s) for s in range(20)}) == 20
     assert all(ap.draw("nominal", s) == ap.Appearance() for s in range(5))
-    with pytest.raises(ValueError, match="appearance 'sunset': expected one of nominal, train, heldout_table"):
+    with pytest.raises(ValueError, match="appearance 'sunset': expected one of nominal, train, train_spot, heldout_"):
         ap.draw("sunset", 0)
 
 
 @pytest.mark.parametrize("suite", ap.HELDOUT)
 def test_heldout_suites_lie_outside_the_training_distribution(suite):
-    train, held = ap.DISTRIBUTIONS["train"], ap.DISTRIBUTIONS[suite]
-    train_draws = [train.draw(s) for s in SEEDS]
+    held = ap.DISTRIBUTIONS[suite]
     held_draws = [held.draw(s) for s in SEEDS]
-    assert all(train.contains(a) for a in train_draws)  # `contains` recovers the drawn parameters
     assert all(held.contains(a) for a in held_draws)
-    assert not any(held.contains(a) for a in train_draws), f"train drew a {suite} appearance"
-    assert not any(train.contains(a) for a in held_draws), f"{suite} drew a training appearance"
+    for name in ("train", "train_spot"):
+        train = ap.DISTRIBUTIONS[name]
+        train_draws = [train.draw(s) for s in SEEDS]
+        assert all(train.contains(a) for a in train_draws)  # `contains` recovers the drawn parameters
+        assert not any(held.contains(a) for a in train_draws), f"{name} drew a {suite} appearance"
+        assert not any(train.contains(a) for a in held_draws), f"{suite} drew a {name} appearance"
 
 
 # What each held-out suite drew for seeds 100000-100019 when its figures were first measured: a suite
@@ -67,8 +70,14 @@ def test_training_draws_vary_every_axis():
     assert np.ptp([a.light_rgb[1] for a in draws]) > 0.2
     assert np.ptp([a.camera_offset[0] for a in draws]) > 0.01
     assert sum(max(a.fill_rgb) > 0 for a in draws) > 20  # one or two lights
-    spots = [a for a in draws if max(a.spot_rgb) > 0]
+    assert not any(max(a.spot_rgb) > 0 for a in draws)  # the spot light is `train_spot`'s
+    spotted = [ap.draw("train_spot", s) for s in range(200)]
+    spots = [a for a in spotted if max(a.spot_rgb) > 0]
     assert 60 < len(spots) < 140 and np.ptp([a.spot_xy[1] for a in spots]) > 0.5  # a pool here or there, or none
+    # otherwise it draws what `train` draws, seed for seed
+    assert all(dataclasses.replace(a, spot_rgb=(0.0,) * 3, spot_xy=(0.5, 0.0), spot_cutoff=30.0) == b
+               for a, b in zip(spotted, draws))
+    assert not any(ap.DISTRIBUTIONS["train"].contains(a) for a in spots)
     assert {len(a.distractors) for a in draws} == set(range(ap.MAX_DISTRACTORS + 1))
     items = [d for a in draws for d in a.distractors]
     assert {d.shape for d in items} == set(ap.SHAPES) and {d.collide for d in items} == {True, False}
@@ -135,8 +144,7 @@ def test_recorded_metadata_re_renders_the_same_frame(sims):
     nominal_first = plain.render("camera")
     # a seed whose scene has a backdrop and a solid and a visual-only distractor
     seed = next(s for s in range(100) if max(ap.draw("train", s).backdrop_rgb) > 0
-                and {d.collide for d in ap.draw("train", s).distractors} == {True, False}
-                and max(ap.draw("train", s).spot_rgb) > 0)  # and a spot light
+                and {d.collide for d in ap.draw("train", s).distractors} == {True, False})
     info = randomised.reset(seed)
     assert info["appearance"]["name"] == "train"
     frames = {cam: randomised.render(cam) for cam in ("camera", "wrist")}
@@ -171,7 +179,9 @@ def test_the_spot_light_brightens_the_table_where_it_is_aimed(sims):
     off = plain.render("camera").astype(float).mean(axis=2)
     halves = []
     for y in (0.3, -0.3):  # the robot's left, then its right (the scene camera faces the robot)
-        plain.reset(0, look=ap.Appearance(spot_rgb=(0.5, 0.5, 0.5), spot_xy=(0.5, y), spot_cutoff=20.0))
+        look = ap.Appearance(spot_rgb=(0.5, 0.5, 0.5), spot_xy=(0.5, y), spot_cutoff=20.0)
+        assert ap.Appearance.from_dict(json.loads(json.dumps(look.to_dict()))) == look  # as recorded
+        plain.reset(0, look=look)
         gain = plain.render("camera").astype(float).mean(axis=2) - off
         assert gain.mean() > 2 and np.percentile(gain, 1) > -1  # light added, next to none taken
         halves.append(gain[64:, :64].mean() - gain[64:, 64:].mean())  # left half of the table minus right

@@ -7,7 +7,7 @@ appearance for the randomised distributions) and renders both cameras `--frames`
     python bench/appearance_render.py --episodes 20 --frames 30 [--size 128x128]
     python bench/appearance_render.py --extras --episodes 40 --frames 20   # what each extra costs
 
-`--extras`: one sim, and per seed the `train` look rendered in full, without its backdrop, without
+`--extras`: one sim, and per seed the `train` look (`--look`: another) rendered in full, without its backdrop, without
 its distractors, without either and without its spot light, interleaved with the nominal look (the same renderer and
 context for all, so only the scene content differs).
 """
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="128x128", help="WIDTHxHEIGHT")
     ap.add_argument("--appearances", nargs="+", default=list(DISTRIBUTIONS))
     ap.add_argument("--extras", action="store_true", help="the cost of the backdrop, distractors, spot light")
+    ap.add_argument("--look", default="train", help="--extras: the distribution drawn (train_spot for the spot light)")
     a = ap.parse_args(argv)
     w, h = (int(v) for v in a.size.lower().split("x"))
     if a.extras:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 def extras(a: argparse.Namespace, w: int, h: int) -> int:
     variants = {
         "nominal": lambda x: Appearance(),
-        "train look": lambda x: x,
+        "full look": lambda x: x,
         "without backdrop": lambda x: dataclasses.replace(x, backdrop_rgb=(0.0, 0.0, 0.0)),
         "without distractors": lambda x: dataclasses.replace(x, distractors=()),
         "without either": lambda x: dataclasses.replace(x, backdrop_rgb=(0.0, 0.0, 0.0), distractors=()),
@@ -82,14 +83,14 @@ def extras(a: argparse.Namespace, w: int, h: int) -> int:
     try:
         sim.render("camera"), sim.render("wrist")
         for ep in range(a.episodes):
-            look = draw("train", ep)
+            look = draw(a.look, ep)
             for name, f in variants.items():
                 sim.reset(ep, look=f(look))
                 rates[name].append(render_rate(sim, a.frames))
     finally:
         sim.close()
     base = np.median(rates["nominal"])
-    print(f"| train seeds 0-{a.episodes - 1} | frames/s ({w}x{h}, both cameras) | vs nominal |")
+    print(f"| {a.look} seeds 0-{a.episodes - 1} | frames/s ({w}x{h}, both cameras) | vs nominal |")
     print("| --- | --- | --- |")
     for name, r in rates.items():
         print(f"| {name} | {np.median(r):.0f} | {np.median(r) / base:.2f} |")

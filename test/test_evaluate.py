@@ -87,20 +87,24 @@ def test_sees_nominal_shows_the_policy_the_nominal_view_of_a_randomised_scene():
             self.name = name
 
         def infer(self, obs):
-            firsts.setdefault(self.name, obs["camera"].copy())
+            firsts.setdefault(self.name, (obs["camera"].copy(), obs["wrist"].copy()))
             return super().infer(obs)
 
     for name, appearance, sees in (("nominal", "nominal", "scene"), ("train", "train", "scene"),
-                                   ("train seen as nominal", "train", "nominal")):
+                                   ("train seen as nominal", "train", "nominal"),
+                                   ("train, wrist seen as nominal", "train", "nominal_wrist")):
         s = PandaSim(SimConfig(task="push", image_width=64, image_height=64, appearance=appearance))
         try:
             cfg = EvalConfig(task="push", time_limit=0.5, image_size=(64, 64), appearance=appearance, sees=sees)
             run_episode(s, Recording(name), seed=2, cfg=cfg)
         finally:
             s.close()
-    np.testing.assert_array_equal(firsts["train seen as nominal"], firsts["nominal"])
-    assert np.abs(firsts["train"].astype(int) - firsts["nominal"]).mean() > 5  # the train look does differ
-    with pytest.raises(ValueError, match="sees 'oracle': expected one of scene, nominal"):
+    for cam in range(2):
+        np.testing.assert_array_equal(firsts["train seen as nominal"][cam], firsts["nominal"][cam])
+        assert np.abs(firsts["train"][cam].astype(int) - firsts["nominal"][cam]).mean() > 5  # the look differs
+    np.testing.assert_array_equal(firsts["train, wrist seen as nominal"][0], firsts["train"][0])
+    np.testing.assert_array_equal(firsts["train, wrist seen as nominal"][1], firsts["nominal"][1])
+    with pytest.raises(ValueError, match="sees 'oracle': expected one of scene, nominal, nominal_camera"):
         EvalConfig(sees="oracle")
 
 

@@ -40,7 +40,7 @@ class Monitor(Protocol):
     def on_stream(self, sim) -> None: ...  # every 1/stream_hz, before the target is set
 
 
-SEES = ("scene", "nominal")  # EvalConfig.sees
+SEES = ("scene", "nominal", "nominal_camera", "nominal_wrist")  # EvalConfig.sees
 
 
 @dataclass
@@ -60,7 +60,8 @@ class EvalConfig:
     #                            policy takes over (where does a policy fail: the start or later?)
     sees: str = "scene"  # diagnostic: "nominal" shows the policy the nominal scene's view of each state
     #                      (PandaSim.render_nominal) instead of the episode's look: a perfectly
-    #                      appearance-invariant encoder, the most any encoder could give back
+    #                      appearance-invariant encoder, the most any encoder could give back;
+    #                      "nominal_camera" / "nominal_wrist": that camera only (which one loses it?)
 
     def __post_init__(self):
         self.seeds = tuple(int(s) for s in self.seeds)
@@ -103,8 +104,10 @@ class EpisodeResult:
 
 def observe(sim, instruction: str, sees: str = "scene") -> dict:
     """The observation dict a policy gets: what the robot's topics carry, nothing privileged (unless
-    `sees` is "nominal": the diagnostic EvalConfig.sees)."""
-    render = sim.render_nominal if sees == "nominal" else sim.render
+    `sees` names nominal views: the diagnostic EvalConfig.sees)."""
+    def render(cam: str) -> np.ndarray:
+        return sim.render_nominal(cam) if sees in ("nominal", f"nominal_{cam}") else sim.render(cam)
+
     return {
         "camera": render("camera"),  # (H, W, 3) uint8
         "wrist": render("wrist"),

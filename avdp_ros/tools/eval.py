@@ -57,7 +57,8 @@ def report(root: Path) -> str:
             lat = (f"{s['infer_ms_p50']:.0f} / {s['infer_ms_p99']:.0f}" if "infer_ms_p50" in s else "-")
             p, n = s["success_rate"], s["episodes"]
             se = 100 * (p * (1 - p) / n) ** 0.5 if n else float("nan")  # binomial standard error
-            scenes = s.get("appearance", "-") + (", seen as nominal" if s.get("sees") == "nominal" else "")
+            sees = s.get("sees", "scene")
+            scenes = s.get("appearance", "-") + ("" if sees == "scene" else f", seen as {sees.replace('_', ' ')}")
             rows.append(f"| {path.parent.relative_to(root)} | {s['task']} | {scenes} | "
                         f"{p * 100:.0f}% ({se:.1f}) | {n} | {s['mean_duration_s']:.1f} | {lat} |")
             if s.get("via") == "ros":
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sees", choices=SEES, default="scene",
                     help="diagnostic: 'nominal' shows the policy the nominal scene's view of each state instead "
                          "of the episode's look (a perfectly appearance-invariant encoder): how much of a suite's "
-                         "loss is perception (default: scene, what the cameras show)")
+                         "loss is perception; nominal_camera / nominal_wrist: that camera only (default: scene, "
+                         "what the cameras show)")
     add_seeds_arg(ap)
     add_appearance_arg(ap)
     add_policy_args(ap)

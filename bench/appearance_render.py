@@ -7,9 +7,9 @@ appearance for the randomised distributions) and renders both cameras `--frames`
     python bench/appearance_render.py --episodes 20 --frames 30 [--size 128x128]
     python bench/appearance_render.py --extras --episodes 40 --frames 20   # what each extra costs
 
-`--extras`: one sim, and per seed the `train` look (`--look`: another) rendered in full, without its backdrop, without
-its distractors, without either and without its spot light, interleaved with the nominal look (the same renderer and
-context for all, so only the scene content differs).
+`--extras`: one sim, and per seed the `train` look (`--look`: another) rendered in full, without
+its backdrop, without its distractors, without either and without its spot light, interleaved with
+the nominal look (the same renderer and context for all, so only the scene content differs).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def test_heldout_suites_draw_what_they_always_drew(suite):
 
     # Fields Appearance gained after the hashes were taken: the suites must draw them at their off
     # default, so the look stays the same, and they are left out of the hash.
-    later = {"spot_rgb": [0.0, 0.0, 0.0], "spot_xy": [0.5, 0.0], "spot_cutoff": 30.0}
+    later = {k: v for k, v in ap.Appearance().to_dict().items() if k.startswith("spot_")}
     draws = [ap.draw(suite, s).to_dict() for s in range(100000, 100020)]
     assert all(d.pop(k) == v for d in draws for k, v in later.items())
     blob = json.dumps([rounded(d) for d in draws], sort_keys=True)
@@ -75,8 +75,8 @@ def test_training_draws_vary_every_axis():
     spots = [a for a in spotted if max(a.spot_rgb) > 0]
     assert 60 < len(spots) < 140 and np.ptp([a.spot_xy[1] for a in spots]) > 0.5  # a pool here or there, or none
     # otherwise it draws what `train` draws, seed for seed
-    assert all(dataclasses.replace(a, spot_rgb=(0.0,) * 3, spot_xy=(0.5, 0.0), spot_cutoff=30.0) == b
-               for a, b in zip(spotted, draws))
+    off = {k: getattr(ap.Appearance(), k) for k in ("spot_rgb", "spot_xy", "spot_cutoff")}
+    assert all(dataclasses.replace(a, **off) == b for a, b in zip(spotted, draws))
     assert not any(ap.DISTRIBUTIONS["train"].contains(a) for a in spots)
     assert {len(a.distractors) for a in draws} == set(range(ap.MAX_DISTRACTORS + 1))
     items = [d for a in draws for d in a.distractors]

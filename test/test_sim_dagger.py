@@ -264,8 +264,11 @@ def test_nominal_pairs_show_the_same_states_in_the_nominal_scene_and_train_an_in
     before = ref.state_dict()
     moved = {k for k, v in states["tokenizer"].items() if not torch.equal(v, before[k])}
     assert moved and all(k.startswith(("vae.encoder.", "vae.quant_conv.")) for k in moved)  # decoder frozen
-    # resume goes on against the same reference; where it moved, --init names its new place
-    assert main_tokenizer(["--data", *data, "--out", str(out), "--steps", "42", "--resume", *common]) == 0
+    # resume goes on against the same reference (here drawing wrist pairs twice as often); where it
+    # moved, --init names its new place
+    assert main_tokenizer(["--data", *data, "--out", str(out), "--steps", "42", "--resume", "--camera-weight",
+                           "wrist=2", *common]) == 0
+    assert load_checkpoint(out / tu.LATEST)[1]["extra"]["camera_weight"] == {"wrist": 2}
     policy.rename(tmp_path / "moved")
     with pytest.raises(SystemExit, match="expected checkpoint.json"):
         main_tokenizer(["--data", *data, "--out", str(out), "--steps", "43", "--resume", *common])

@@ -13,13 +13,14 @@ import pytest
 import torch
 from test_tokenizer import write_synthetic_dataset
 
+from avdp_ros.data.latents import list_episodes
 from avdp_ros.model.checkpoint import load_checkpoint
 from avdp_ros.model.tokenizer import Tokenizer
 from avdp_ros.tools.train import main_baseline, main_idm, main_tokenizer, main_video
 from avdp_ros.train import data as train_data
 from avdp_ros.train import engine as tu
 from avdp_ros.train import metrics
-from avdp_ros.train.data import WithFeatures, early_window_indices, video_feature_table
+from avdp_ros.train.data import ImageSet, WithFeatures, camera_indices, early_window_indices, video_feature_table
 
 COMMON = ["--preset", "tiny", "--device", "cpu", "--threads", "1", "--seed", "0", "--val-fraction", "0.3",
           "--log-every", "5", "--no-progress"]
@@ -100,12 +101,27 @@ def test_tokenizer_fine_tunes_from_a_policy_checkpoint(runs, tmp_path):
     adapted to new scenes)."""
     src = runs["baseline"] / tu.LATEST
     out = tmp_path / "tok"
-    assert main_tokenizer(["--data", *map(str, runs["data"]), "--out", str(out), "--init", str(src), "--steps", "2",
-                           "--batch-size", "8", "--augment", "default", *COMMON]) == 0
+    args = ["--data", *map(str, runs["data"]), "--init", str(src), "--steps", "2", "--batch-size", "8",
+            "--augment", "default", *COMMON]
+    assert main_tokenizer([*args, "--out", str(out), "--camera-weight", "wrist=3"]) == 0
     policy_tok = Tokenizer.from_checkpoint(runs["tok"] / tu.LATEST)  # what the baseline was trained on
     tuned = Tokenizer.from_checkpoint(out / tu.LATEST)
     assert tuned.config.latent_shape == policy_tok.config.latent_shape
     assert tuned.fingerprint() != policy_tok.fingerprint()  # it trained
+    assert load_checkpoint(out / tu.LATEST)[1]["extra"]["camera_weight"] == {"wrist": 3}
+    with pytest.raises(SystemExit, match=r"--camera-weight names cameras \['nose'\]; the data has"):
+        main_tokenizer([*args, "--out", str(tmp_path / "bad"), "--camera-weight", "nose=2"])
+    for bad in ("wrist=0", "wrist", "wrist=1.5"):  # argparse's error (exit 2), naming the item
+        with pytest.raises(SystemExit):
+            main_tokenizer([*args, "--out", str(tmp_path / "bad"), "--camera-weight", bad])
+
+
+def test_camera_indices_repeat_a_weighted_cameras_images(runs):
+    assert camera_indices(["camera", "wrist", "wrist", "camera"], {"wrist": 2}) == [0, 1, 1, 2, 2, 3]
+    assert camera_indices(["camera", "wrist"], {}) == [0, 1]
+    images = ImageSet(runs["data"], {ref.key for ref in list_episodes(runs["data"])}, 16)
+    assert len(images.camera) == len(images) and set(images.camera) == {"camera", "wrist"}
+    assert images.camera.count("camera") == images.camera.count("wrist")  # every frame of both cameras
 
 
 def test_video_run(runs):

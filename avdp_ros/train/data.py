@@ -74,11 +74,11 @@ def split_episodes(roots: Sequence[Path], args: argparse.Namespace) -> tuple[lis
 
 class ImageSet(torch.utils.data.Dataset):
     """Every frame of every camera of the given episodes, cropped (`crops`: camera -> fractions)
-    and resized once to (3, S, S) uint8 in memory."""
+    and resized once to (3, S, S) uint8 in memory. `camera[i]`: the camera image i is from."""
 
     def __init__(self, roots: Sequence[Path], keys: set[str], size: int, stride: int = 1,
                  crops: dict[str, Sequence[float]] | None = None) -> None:
-        chunks = []
+        chunks, self.camera = [], []
         datasets = {r: EpisodeDataset(r, validate=False) for r in roots}
         for ref in list_episodes(roots):
             if ref.key not in keys:
@@ -88,6 +88,7 @@ class ImageSet(torch.utils.data.Dataset):
             for cam in ds.cameras:
                 frames = np.asarray(ep[cam][::stride])
                 chunks.append(resize_uint8(frames, size, (crops or {}).get(cam)))  # (T', 3, S, S)
+                self.camera += [cam] * len(frames)
         self.images = torch.cat(chunks) if chunks else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
     def __len__(self) -> int:
@@ -102,11 +103,11 @@ class PairSet(torch.utils.data.Dataset):
     (3, S, S) uint8: what an appearance-invariant tokenizer learns from. Episodes recorded with
     `avdp-dagger --nominal-pairs` hold both (`<camera>_nominal.npy`). Each nominal frame is also
     its own pair, so the nominal look maps to itself. Item i = (input, target index); the targets
-    are `self.targets`, several inputs share one target."""
+    are `self.targets`, several inputs share one target. `camera[i]`: the camera input i is from."""
 
     def __init__(self, roots: Sequence[Path], keys: set[str], size: int, stride: int = 1,
                  crops: dict[str, Sequence[float]] | None = None) -> None:
-        inputs, targets, index = [], [], []
+        inputs, targets, index, self.camera = [], [], [], []
         datasets = {r: EpisodeDataset(r, validate=False) for r in roots}
         self.skipped = 0  # episodes without nominal pairs
         for ref in list_episodes(roots):
@@ -126,6 +127,7 @@ class PairSet(torch.utils.data.Dataset):
                 inputs += [resize_uint8(np.asarray(ep[cam][::stride]), size, crop), target]
                 index += [rows, rows]
                 targets.append(target)
+                self.camera += [cam] * (2 * len(target))
         self.inputs = torch.cat(inputs) if inputs else torch.zeros(0, 3, size, size, dtype=torch.uint8)
         self.targets = torch.cat(targets) if targets else torch.zeros(0, 3, size, size, dtype=torch.uint8)
         self.target_index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
@@ -135,6 +137,12 @@ class PairSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.inputs[i], self.target_index[i]
+
+
+def camera_indices(camera: Sequence[str], weights: dict[str, int]) -> list[int]:
+    """Item indices of a set whose item i is from camera `camera[i]`, each repeated its camera's
+    weight (default 1) times: an epoch draws a weighted camera's images that many times more."""
+    return [i for i, cam in enumerate(camera) for _ in range(weights.get(cam, 1))]
 
 
 # -- latent windows --------------------------------------------------------------------------

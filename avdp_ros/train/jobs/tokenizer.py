@@ -33,7 +33,7 @@ from avdp_ros.model.tokenizer import (
 )
 from avdp_ros.train import engine
 from avdp_ros.train.augment import AUGMENT_PRESETS, augment
-from avdp_ros.train.data import ImageSet, PairSet, check_roots, data_record, split_episodes
+from avdp_ros.train.data import ImageSet, PairSet, camera_indices, check_roots, data_record, split_episodes
 from avdp_ros.train.jobs.base import Job, n_params
 from avdp_ros.train.metrics import object_l1, psnr, ssim
 from avdp_ros.train.sources import resume_states
@@ -56,6 +56,17 @@ def parse_crops(p: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, t
     return crops
 
 
+def parse_camera_weights(p: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, int]:
+    """--camera-weight CAMERA=W items -> {camera: W} (argparse's error on a bad one)."""
+    weights = {}
+    for item in items:
+        cam, _, w = item.partition("=")
+        if not cam or not w.isdigit() or int(w) < 1:
+            p.error(f"--camera-weight {item!r}: expected CAMERA=W, W an integer >= 1 (e.g. wrist=3)")
+        weights[cam] = int(w)
+    return weights
+
+
 class TokenizerJob(Job):
     kind = "tokenizer"
     description = "Train the image tokenizer (AutoencoderKL)."
@@ -67,6 +78,10 @@ class TokenizerJob(Job):
         p.add_argument("--crop", action="append", default=[], metavar="CAMERA=TOP,LEFT,HEIGHT,WIDTH",
                        help="region of interest of a camera, fractions of its frame, cut out before the resize "
                             "(e.g. camera=0.41,0.2,0.5,0.5); repeatable; stored in the tokenizer's config")
+        p.add_argument("--camera-weight", action="append", default=[], metavar="CAMERA=W",
+                       help="draw this camera's images W times per epoch (an integer >= 1; default 1 each), "
+                            "e.g. wrist=3 where one camera's encoding is the weaker (docs/appearance.md); "
+                            "repeatable")
         p.add_argument("--init", metavar="CHECKPOINT",
                        help="start from this tokenizer's weights (fine-tuning, e.g. for a new --crop), or from the "
                             "tokenizer inside a policy checkpoint (e.g. models/avdp_default)")
@@ -83,6 +98,7 @@ class TokenizerJob(Job):
 
     def check_args(self, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
         self.crops = parse_crops(p, args.crop)
+        self.camera_weights = parse_camera_weights(p, args.camera_weight)
         self.augment = AUGMENT_PRESETS[args.augment]
         # its own stream: the same --seed gives the same augmentations in a run from scratch
         self.augment_gen = torch.Generator().manual_seed(args.seed + 104729)
@@ -101,6 +117,9 @@ class TokenizerJob(Job):
         self.roots, cameras = check_roots(args.data)
         if set(crops) - set(cameras):
             raise SystemExit(f"--crop names cameras {sorted(set(crops) - set(cameras))}; the data has {cameras}")
+        if set(self.camera_weights) - set(cameras):
+            raise SystemExit(f"--camera-weight names cameras {sorted(set(self.camera_weights) - set(cameras))}; "
+                             f"the data has {cameras}")
         if args.resume:
             states, meta = resume_states(out, "tokenizer")
             tok = Tokenizer(TokenizerConfig.from_dict(meta["config"]))
@@ -135,12 +154,18 @@ class TokenizerJob(Job):
         self.model = tok
         if args.target_look:
             self._build_pairs(tok, train_keys, args.frame_stride)
-            return
-        self.dataset = ImageSet(self.roots, set(train_keys), S, args.frame_stride, tok.config.crops)
-        val_set = ImageSet(self.roots, set(self.val_keys), S, max(args.frame_stride, 1), tok.config.crops)
-        self.val_images = val_set.images[torch.randperm(len(val_set), generator=self.gen)[:VAL_IMAGES]]
-        self.log(f"tokenizer {args.preset}: {n_params(tok)}, latents {tok.config.latent_shape}; "
-                 f"{len(self.dataset)} train / {len(val_set)} val images; device {self.device}")
+        else:
+            self.images = ImageSet(self.roots, set(train_keys), S, args.frame_stride, tok.config.crops)
+            val_set = ImageSet(self.roots, set(self.val_keys), S, max(args.frame_stride, 1), tok.config.crops)
+            self.val_images = val_set.images[torch.randperm(len(val_set), generator=self.gen)[:VAL_IMAGES]]
+            self.log(f"tokenizer {args.preset}: {n_params(tok)}, latents {tok.config.latent_shape}; "
+                     f"{len(self.images)} train / {len(val_set)} val images; device {self.device}")
+            self.dataset = self.images
+        if self.camera_weights:  # validation stays unweighted: it measures every camera as before
+            idx = camera_indices(self.dataset.camera, self.camera_weights)
+            self.log(f"cameras weighted {self.camera_weights}: {len(idx)} draws per epoch for "
+                     f"{len(self.dataset)} images")
+            self.dataset = torch.utils.data.Subset(self.dataset, idx)
 
     # -- --target-look: an encoder that maps every look to the reference's nominal latents ---------
 
@@ -165,12 +190,12 @@ class TokenizerJob(Job):
         # The decoder and the latent scale are the reference's and stay so: the latents keep their meaning.
         for module in (tok.vae.decoder, tok.vae.post_quant_conv):
             module.requires_grad_(False)
-        self.dataset = PairSet(self.roots, set(train_keys), S, stride, crops)
+        pairs = self.dataset = PairSet(self.roots, set(train_keys), S, stride, crops)
         val = PairSet(self.roots, set(self.val_keys), S, max(stride, 1), crops)
-        if len(self.dataset) == 0:
+        if len(pairs) == 0:
             raise SystemExit("--target-look nominal: no episode of --data has nominal pairs (<camera>_nominal.npy); "
                              "record them with avdp-dagger --nominal-pairs")
-        self.target_z = self._encode_reference(self.dataset.targets)
+        self.target_z = self._encode_reference(pairs.targets)
         # validation: the frames that are not their own nominal view (those are what the encoder must undo)
         looks = (val.inputs != val.targets[val.target_index]).flatten(1).any(1).nonzero().flatten()
         pick = looks[torch.randperm(len(looks), generator=self.gen)[:VAL_IMAGES]]
@@ -183,8 +208,8 @@ class TokenizerJob(Job):
                 ref = torch.cat([self.reference.decode(self.val_z[i:i + 64]) for i in range(0, len(y), 64)])
                 self.val_object_l1_reference = object_l1(ref, y).nanmean().item()
         self.log(f"appearance-invariant encoder (--target-look nominal, reference {self.reference_path}): "
-                 f"{len(self.dataset)} train pairs ({len(self.dataset.targets)} nominal targets) / {len(pick)} "
-                 f"val pairs; {self.dataset.skipped} train episodes without pairs skipped; device {self.device}")
+                 f"{len(pairs)} train pairs ({len(pairs.targets)} nominal targets) / {len(pick)} "
+                 f"val pairs; {pairs.skipped} train episodes without pairs skipped; device {self.device}")
 
     @torch.no_grad()
     def _encode_reference(self, images: torch.Tensor) -> torch.Tensor:
@@ -238,7 +263,7 @@ class TokenizerJob(Job):
     def finalize(self, model: Tokenizer) -> None:
         if self.target_look:
             return  # the latent scale is the reference's: the latents must keep their meaning
-        images = self.dataset.images
+        images = self.images.images
         idx = torch.randperm(len(images), generator=self.gen)[:CALIB_IMAGES]
         batches = (images[idx[i:i + 64]].to(self.device).float() / 255.0 for i in range(0, len(idx), 64))
         scale = calibrate_latent_scale(model, batches)
@@ -253,6 +278,7 @@ class TokenizerJob(Job):
             extra = dict(extra, target_look={"look": self.target_look, "reference": self.reference_path,
                                              "reference_fingerprint": self.reference.fingerprint()})
         model.save(path, dict(extra, data=data_record(self.roots), val_episodes=self.val_keys,
-                              augment=dict(self.augment.to_dict(), clean_fraction=self.clean_fraction)),
+                              augment=dict(self.augment.to_dict(), clean_fraction=self.clean_fraction),
+                              camera_weight=self.camera_weights),
                    data_manifest=self.roots[0] / "manifest.json")
 

@@ -264,11 +264,15 @@ def test_nominal_pairs_show_the_same_states_in_the_nominal_scene_and_train_an_in
     before = ref.state_dict()
     moved = {k for k, v in states["tokenizer"].items() if not torch.equal(v, before[k])}
     assert moved and all(k.startswith(("vae.encoder.", "vae.quant_conv.")) for k in moved)  # decoder frozen
-    # resume goes on against the same reference (here drawing wrist pairs twice as often); where it
-    # moved, --init names its new place
+    # resume goes on against the same reference (here drawing wrist pairs twice as often, the latents
+    # over the cube and target weighing 5 times the rest); where it moved, --init names its new place
     assert main_tokenizer(["--data", *data, "--out", str(out), "--steps", "42", "--resume", "--camera-weight",
-                           "wrist=2", *common]) == 0
-    assert load_checkpoint(out / tu.LATEST)[1]["extra"]["camera_weight"] == {"wrist": 2}
+                           "wrist=2", "--object-weight", "4", *common]) == 0
+    extra = load_checkpoint(out / tu.LATEST)[1]["extra"]
+    assert extra["camera_weight"] == {"wrist": 2} and extra["object_weight"] == 4.0
+    for bad in (["--object-weight", "-1"], ["--object-weight", "nan"]):
+        with pytest.raises(SystemExit):
+            main_tokenizer(["--data", *data, "--out", str(out), "--steps", "43", "--resume", *bad, *common])
     policy.rename(tmp_path / "moved")
     with pytest.raises(SystemExit, match="expected checkpoint.json"):
         main_tokenizer(["--data", *data, "--out", str(out), "--steps", "43", "--resume", *common])

@@ -114,6 +114,8 @@ def test_tokenizer_fine_tunes_from_a_policy_checkpoint(runs, tmp_path):
     for bad in ("wrist=0", "wrist", "wrist=1.5"):  # argparse's error (exit 2), naming the item
         with pytest.raises(SystemExit):
             main_tokenizer([*args, "--out", str(tmp_path / "bad"), "--camera-weight", bad])
+    with pytest.raises(SystemExit):  # the object weight weighs nominal-view latents: --target-look only
+        main_tokenizer([*args, "--out", str(tmp_path / "bad"), "--object-weight", "2"])
 
 
 def test_camera_indices_repeat_a_weighted_cameras_images(runs):
@@ -304,6 +306,8 @@ def test_schedule_split_and_metrics():
     obj = metrics.object_l1(lost, scene)
     assert obj[0].item() == pytest.approx((0.4 + 0.3 + 0.3) / 3) and torch.isnan(obj[1])  # no object in image 1
     assert metrics.psnr(lost, scene)[0] > 20  # while the frame-wide metric calls it good
+    mask = metrics.object_mask(scene)  # the disc, nothing of the grey table
+    assert mask[0].sum() == 9 and mask[0, 2:5, 2:5].all() and not mask[1].any()
     a = torch.zeros(4, 10)
     a[:, 3] = 1.0
     a[:, 7] = 1.0  # identity rotation in 6D

@@ -12,15 +12,21 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse)
 
 
+def object_mask(images: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
+    """(B, 3, H, W) images in [0, 1] -> (B, H, W) bool: the coloured pixels far from their image's
+    median colour (summed |RGB - median| > threshold and chroma max(RGB) - min(RGB) > threshold),
+    the small coloured objects a task is about (cube, target) on a table that fills most of the view."""
+    median = images.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1)
+    chroma = images.max(1).values - images.min(1).values  # (B, H, W)
+    return ((images - median).abs().sum(1) > threshold) & (chroma > threshold)
+
+
 def object_l1(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
-    """Mean L1 error (B,) over the coloured pixels far from their image's median colour (summed
-    |RGB - median| > threshold and chroma max(RGB) - min(RGB) > threshold): the small coloured
-    objects a task is about (cube, target), not the arm, walls or shadows, and what frame-wide
+    """Mean L1 error (B,) over the `object_mask` pixels of the target: the small coloured objects a
+    task is about (cube, target), not the arm, walls or shadows, and what frame-wide
     PSNR/SSIM hardly weigh. A small autoencoder loses them first: one that turned the green target
     into table scored 28 dB. NaN for an image without such pixels."""
-    median = target.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1)
-    chroma = target.max(1).values - target.min(1).values  # (B, H, W)
-    mask = ((target - median).abs().sum(1) > threshold) & (chroma > threshold)  # (B, H, W)
+    mask = object_mask(target, threshold)
     err = (pred - target).abs().mean(1)  # (B, H, W)
     n = mask.flatten(1).sum(1)
     return torch.where(n > 0, (err * mask).flatten(1).sum(1) / n.clamp_min(1), torch.full_like(n, float("nan"),

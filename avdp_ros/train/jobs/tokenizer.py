@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from avdp_ros.train import engine
 from avdp_ros.train.augment import AUGMENT_PRESETS, augment
 from avdp_ros.train.data import ImageSet, PairSet, camera_indices, check_roots, data_record, split_episodes
 from avdp_ros.train.jobs.base import Job, n_params
-from avdp_ros.train.metrics import object_l1, psnr, ssim
+from avdp_ros.train.metrics import object_l1, object_mask, psnr, ssim
 from avdp_ros.train.sources import resume_states
 
 VAL_IMAGES = 256      # validation images per evaluation
@@ -95,6 +96,10 @@ class TokenizerJob(Job):
                        help="train the encoder only, to map every look to --init's latents of the same state in "
                             "the nominal scene (data from avdp-dagger --nominal-pairs); decoder and latent_scale "
                             "stay --init's")
+        p.add_argument("--object-weight", type=float, default=0.0, metavar="K",
+                       help="with --target-look: latents over the task's objects in the nominal view (cube, "
+                            "target: train/metrics.object_mask) weigh 1 + K in the loss, the rest 1 "
+                            "(default %(default)s: all alike)")
 
     def check_args(self, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
         self.crops = parse_crops(p, args.crop)
@@ -106,6 +111,11 @@ class TokenizerJob(Job):
         if not 0.0 <= args.clean_fraction <= 1.0:
             p.error(f"--clean-fraction {args.clean_fraction}: expected in [0, 1]")
         self.clean_fraction = args.clean_fraction
+        if not (math.isfinite(args.object_weight) and args.object_weight >= 0.0):
+            p.error(f"--object-weight {args.object_weight}: expected a number >= 0")
+        if args.object_weight and not args.target_look:
+            p.error("--object-weight applies to --target-look only (it weighs the latents of the nominal view)")
+        self.object_weight = args.object_weight
         if args.target_look and not (args.init or args.resume):
             p.error("--target-look needs --init REFERENCE: the tokenizer (or policy) whose latents the encoder "
                     "learns to reproduce")
@@ -196,11 +206,13 @@ class TokenizerJob(Job):
             raise SystemExit("--target-look nominal: no episode of --data has nominal pairs (<camera>_nominal.npy); "
                              "record them with avdp-dagger --nominal-pairs")
         self.target_z = self._encode_reference(pairs.targets)
+        self.target_w = 1.0 + self.object_weight * self._object_latents(pairs.targets)
         # validation: the frames that are not their own nominal view (those are what the encoder must undo)
         looks = (val.inputs != val.targets[val.target_index]).flatten(1).any(1).nonzero().flatten()
         pick = looks[torch.randperm(len(looks), generator=self.gen)[:VAL_IMAGES]]
         self.val_inputs, self.val_targets = val.inputs[pick], val.targets[val.target_index[pick]]
         self.val_z = self._encode_reference(self.val_targets)
+        self.val_objects = self._object_latents(self.val_targets).to(self.device)
         self.val_object_l1_reference = float("nan")
         if len(self.val_targets):
             with torch.no_grad():  # the best the frozen decoder can do: the reference's own reconstruction
@@ -210,6 +222,15 @@ class TokenizerJob(Job):
         self.log(f"appearance-invariant encoder (--target-look nominal, reference {self.reference_path}): "
                  f"{len(pairs)} train pairs ({len(pairs.targets)} nominal targets) / {len(pick)} "
                  f"val pairs; {pairs.skipped} train episodes without pairs skipped; device {self.device}")
+
+    def _object_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, S, S) -> (N, 1, h, w) float: 1 at the latents whose patch holds an object pixel."""
+        h, w = self.reference.config.latent_shape[1:]
+        out = torch.zeros(len(images), 1, h, w)
+        for i in range(0, len(images), 256):
+            mask = object_mask(images[i:i + 256].float() / 255.0)[:, None].float()
+            out[i:i + 256] = F.adaptive_max_pool2d(mask, (h, w))
+        return out
 
     @torch.no_grad()
     def _encode_reference(self, images: torch.Tensor) -> torch.Tensor:
@@ -221,7 +242,9 @@ class TokenizerJob(Job):
     def _pair_loss(self, model: Tokenizer, batch):
         x, idx = batch
         z = model.encode(self._augment(x))
-        loss = F.mse_loss(z, self.target_z[idx].to(z.device))
+        err = (z - self.target_z[idx].to(z.device)) ** 2
+        w = self.target_w[idx].to(z.device).expand_as(err)  # a weighted mean: the loss keeps its scale
+        loss = (w * err).sum() / w.sum()
         return loss, {"loss": loss.item()}
 
     @torch.no_grad()
@@ -230,7 +253,10 @@ class TokenizerJob(Job):
         y = self.val_targets.to(self.device).float() / 255.0
         z = torch.cat([model.encode(x[i:i + 64]) for i in range(0, len(x), 64)])
         rec = torch.cat([model.decode(z[i:i + 64]) for i in range(0, len(z), 64)])
-        return {"latent_mse": F.mse_loss(z, self.val_z.to(z.device)).item(), "psnr": psnr(rec, y).mean().item(),
+        err = (z - self.val_z.to(z.device)) ** 2
+        objects = self.val_objects.expand_as(err)  # the latents over the cube and the target
+        return {"latent_mse": err.mean().item(), "psnr": psnr(rec, y).mean().item(),
+                "latent_mse_objects": (err * objects).sum().item() / max(objects.sum().item(), 1.0),
                 "object_l1": object_l1(rec, y).nanmean().item(),
                 "object_l1_reference": self.val_object_l1_reference}
 
@@ -279,6 +305,6 @@ class TokenizerJob(Job):
                                              "reference_fingerprint": self.reference.fingerprint()})
         model.save(path, dict(extra, data=data_record(self.roots), val_episodes=self.val_keys,
                               augment=dict(self.augment.to_dict(), clean_fraction=self.clean_fraction),
-                              camera_weight=self.camera_weights),
+                              camera_weight=self.camera_weights, object_weight=self.object_weight),
                    data_manifest=self.roots[0] / "manifest.json")
 

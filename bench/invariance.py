@@ -3,10 +3,12 @@
 On episodes recorded with `avdp-dagger --nominal-pairs` (every frame also as the nominal scene
 shows the same state), per dataset and camera: the MSE between each tokenizer's latents of the
 frames and the REFERENCE's latents of their nominal views, in REFERENCE's scaled units (the latents
-have unit variance, so 1.0 is as far as an unrelated frame), and the object L1 of the decoded
-latents against the nominal views. A policy trained on REFERENCE's latents of nominal scenes sees
-exactly what it was trained on where the MSE is 0. `--png` draws, per dataset, a frame of each
-camera, what each tokenizer's latents of it decode to (REFERENCE's decoder), and the nominal view.
+have unit variance, so 1.0 is as far as an unrelated frame); that MSE over the latents of the
+task's objects only (where the nominal view shows the cube or the target:
+train/metrics.object_latents); and the object L1 of the decoded latents against the nominal views.
+A policy trained on REFERENCE's latents of nominal scenes sees exactly what it was trained on where
+the MSE is 0. `--png` draws, per dataset, a frame of each camera, what each tokenizer's latents of
+it decode to (REFERENCE's decoder), and the nominal view.
 
     python bench/invariance.py --reference models/avdp_default \
         --tokenizer models/avdp_default runs/inv/tokenizer/latest --data runs/inv/val_*/dataset \
@@ -23,7 +25,7 @@ import torch
 
 from avdp_ros.data.dataset import EpisodeDataset
 from avdp_ros.model.tokenizer import Tokenizer
-from avdp_ros.train.metrics import object_l1
+from avdp_ros.train.metrics import object_l1, object_latents
 
 try:  # run as `python bench/invariance.py`
     from tokenizer_objects import load_tokenizer
@@ -50,7 +52,7 @@ def main() -> None:
     ref = load_tokenizer(a.reference)
     toks = {p: load_tokenizer(p) for p in a.tokenizer}
     rows = []  # per dataset and camera: input, each tokenizer's decoding, the nominal view
-    print("| data | camera | " + " | ".join(f"{p}: latent MSE, object L1" for p in toks) + " |")
+    print("| data | camera | " + " | ".join(f"{p}: latent MSE, on objects, object L1" for p in toks) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in toks) + " |")
     for root in a.data:
         ds = EpisodeDataset(root, validate=False)
@@ -65,13 +67,16 @@ def main() -> None:
             frames, nominal = np.concatenate(frames), np.concatenate(nominal)
             target = encode(ref, nominal, cam)
             y = ref.camera_images(nominal, cam)
+            objects = object_latents(y, tuple(target.shape[-2:])).expand_as(target)
             cells = []
             k = len(frames) // 2  # an example frame: mid-episode, objects in view
             row = [ref.camera_images(frames[k:k + 1], cam)[0]]
             for tok in toks.values():
                 z = encode(tok, frames, cam)
                 rec = torch.cat([ref.decode(z[i:i + 128]) for i in range(0, len(z), 128)])
-                cells.append(f"{torch.mean((z - target) ** 2).item():.3f}, {object_l1(rec, y).nanmean().item():.3f}")
+                err = (z - target) ** 2
+                on_objects = (err * objects).sum().item() / max(objects.sum().item(), 1.0)
+                cells.append(f"{err.mean().item():.3f}, {on_objects:.3f}, {object_l1(rec, y).nanmean().item():.3f}")
                 row.append(rec[k])
             rows.append(torch.cat([*row, y[k]], dim=2))  # (3, S, S * (tokenizers + 2))
             print(f"| {Path(root).parent.name} | {cam} | " + " | ".join(cells) + " |")

@@ -308,6 +308,9 @@ def test_schedule_split_and_metrics():
     assert metrics.psnr(lost, scene)[0] > 20  # while the frame-wide metric calls it good
     mask = metrics.object_mask(scene)  # the disc, nothing of the grey table
     assert mask[0].sum() == 9 and mask[0, 2:5, 2:5].all() and not mask[1].any()
+    latents = metrics.object_latents((scene * 255).to(torch.uint8), (4, 4))  # 4x4-pixel patches
+    assert latents.shape == (2, 1, 4, 4) and latents[0, 0, :2, :2].all() and latents.sum() == 4  # the disc's 4
+    torch.testing.assert_close(metrics.object_latents(scene, (4, 4)), latents)  # float images alike
     a = torch.zeros(4, 10)
     a[:, 3] = 1.0
     a[:, 7] = 1.0  # identity rotation in 6D

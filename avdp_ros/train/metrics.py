@@ -21,6 +21,17 @@ def object_mask(images: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
     return ((images - median).abs().sum(1) > threshold) & (chroma > threshold)
 
 
+def object_latents(images: torch.Tensor, latent_hw: tuple[int, int], batch: int = 256) -> torch.Tensor:
+    """(N, 3, H, W) images, uint8 or float in [0, 1] -> (N, 1, h, w) float: 1 at the latent
+    positions whose image patch holds an `object_mask` pixel, else 0."""
+    out = torch.zeros(len(images), 1, *latent_hw)
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch].float()
+        mask = object_mask(x / 255.0 if images.dtype == torch.uint8 else x)[:, None].float()
+        out[i:i + batch] = F.adaptive_max_pool2d(mask, latent_hw).cpu()
+    return out
+
+
 def object_l1(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
     """Mean L1 error (B,) over the `object_mask` pixels of the target: the small coloured objects a
     task is about (cube, target), not the arm, walls or shadows, and what frame-wide

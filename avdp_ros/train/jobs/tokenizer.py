@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from avdp_ros.images import check_crop
 from avdp_ros.model.checkpoint import load_into
@@ -36,7 +35,7 @@ from avdp_ros.train import engine
 from avdp_ros.train.augment import AUGMENT_PRESETS, augment
 from avdp_ros.train.data import ImageSet, PairSet, camera_indices, check_roots, data_record, split_episodes
 from avdp_ros.train.jobs.base import Job, n_params
-from avdp_ros.train.metrics import object_l1, object_mask, psnr, ssim
+from avdp_ros.train.metrics import object_l1, object_latents, psnr, ssim
 from avdp_ros.train.sources import resume_states
 
 VAL_IMAGES = 256      # validation images per evaluation
@@ -206,13 +205,14 @@ class TokenizerJob(Job):
             raise SystemExit("--target-look nominal: no episode of --data has nominal pairs (<camera>_nominal.npy); "
                              "record them with avdp-dagger --nominal-pairs")
         self.target_z = self._encode_reference(pairs.targets)
-        self.target_w = 1.0 + self.object_weight * self._object_latents(pairs.targets)
+        hw = self.reference.config.latent_shape[1:]
+        self.target_w = 1.0 + self.object_weight * object_latents(pairs.targets, hw)
         # validation: the frames that are not their own nominal view (those are what the encoder must undo)
         looks = (val.inputs != val.targets[val.target_index]).flatten(1).any(1).nonzero().flatten()
         pick = looks[torch.randperm(len(looks), generator=self.gen)[:VAL_IMAGES]]
         self.val_inputs, self.val_targets = val.inputs[pick], val.targets[val.target_index[pick]]
         self.val_z = self._encode_reference(self.val_targets)
-        self.val_objects = self._object_latents(self.val_targets).to(self.device)
+        self.val_objects = object_latents(self.val_targets, hw).to(self.device)
         self.val_object_l1_reference = float("nan")
         if len(self.val_targets):
             with torch.no_grad():  # the best the frozen decoder can do: the reference's own reconstruction
@@ -222,15 +222,6 @@ class TokenizerJob(Job):
         self.log(f"appearance-invariant encoder (--target-look nominal, reference {self.reference_path}): "
                  f"{len(pairs)} train pairs ({len(pairs.targets)} nominal targets) / {len(pick)} "
                  f"val pairs; {pairs.skipped} train episodes without pairs skipped; device {self.device}")
-
-    def _object_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, S, S) -> (N, 1, h, w) float: 1 at the latents whose patch holds an object pixel."""
-        h, w = self.reference.config.latent_shape[1:]
-        out = torch.zeros(len(images), 1, h, w)
-        for i in range(0, len(images), 256):
-            mask = object_mask(images[i:i + 256].float() / 255.0)[:, None].float()
-            out[i:i + 256] = F.adaptive_max_pool2d(mask, (h, w))
-        return out
 
     @torch.no_grad()
     def _encode_reference(self, images: torch.Tensor) -> torch.Tensor:

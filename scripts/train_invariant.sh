@@ -34,7 +34,8 @@
 # without the encoder's 16000 steps from BASE; attached to POLICY: OUT/encoder.
 # LOOK: the appearance distribution of 1 and 3 (default train; train_spot was tried, docs/appearance.md).
 # CAMERA_WEIGHT: camera=W items (e.g. "wrist=3"): that camera's images drawn W times per epoch in every
-# encoder stage (avdp-train-tokenizer --camera-weight); default none, every camera alike.
+# encoder stage (avdp-train-tokenizer --camera-weight); default none, every camera alike. OBJECT_WEIGHT: K,
+# the latents over the cube and the target weigh 1 + K in every encoder stage's loss (--object-weight; 0).
 # FINETUNE_WEIGHTS: one integer per dataset of 6, in its order (pairs, dagger, nominal, daggern; push
 # then pick_place in each): how often its windows are drawn (avdp-train-baseline --data-weight).
 # Every stage skips what is already there and the trainer resumes, so re-running continues where it
@@ -66,6 +67,7 @@ tok="$OUT/tokenizer"
 opts=(--target-look nominal --frame-stride 2 --lr 5e-4 --val-every 500 --ckpt-every 500 --threads "$THREADS"
       --out "$tok" --no-progress)
 for item in ${CAMERA_WEIGHT:-}; do opts+=(--camera-weight "$item"); done
+opts+=(--object-weight "${OBJECT_WEIGHT:-0}")
 attach() {  # attach DIR: BASE (or ENCODER) reading the tokenizer's latest encoder, once
   [ -f "$1/checkpoint.json" ] || "$BIN/avdp-attach-tokenizer" --policy "${BASE:-$ENCODER}" --tokenizer "$tok/latest" \
     --out "$1"

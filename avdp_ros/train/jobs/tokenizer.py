@@ -8,6 +8,9 @@ decoder and latent_scale stay REFERENCE's, frozen, so a policy trained on REFERE
 reads the new encoder's unchanged (`avdp-train-baseline --init POLICY --tokenizer NEW`). The
 sim's randomised scenes teach what a real lab can only approximate with augmentation: the
 "Randomized-to-Canonical" idea (James et al., RCAN, CVPR 2019), in latent space.
+`--camera-weight` draws one camera's pairs more often and `--object-weight` weighs the latents over
+the cube and the target more; neither closed the wrist camera's gap on held-out tables
+(docs/appearance.md), so the shipped encoder uses neither.
 """
 
 from __future__ import annotations

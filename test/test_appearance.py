@@ -21,7 +21,8 @@ def test_draw_is_deterministic_by_seed_and_nominal_is_fixed():
     assert ap.draw("train", 7) == ap.draw("train", 7)
     assert len({ap.draw("train", s) for s in range(20)}) == 20
     assert all(ap.draw("nominal", s) == ap.Appearance() for s in range(5))
-    with pytest.raises(ValueError, match="appearance 'sunset': expected one of nominal, train, train_spot, heldout_"):
+    with pytest.raises(ValueError, match="appearance 'sunset': expected one of nominal, train, train_spot, "
+                                         "train_surfaces, heldout_"):
         ap.draw("sunset", 0)
 
 
@@ -30,7 +31,7 @@ def test_heldout_suites_lie_outside_the_training_distribution(suite):
     held = ap.DISTRIBUTIONS[suite]
     held_draws = [held.draw(s) for s in SEEDS]
     assert all(held.contains(a) for a in held_draws)
-    for name in ("train", "train_spot"):
+    for name in ("train", "train_spot", "train_surfaces"):
         train = ap.DISTRIBUTIONS[name]
         train_draws = [train.draw(s) for s in SEEDS]
         assert all(train.contains(a) for a in train_draws)  # `contains` recovers the drawn parameters
@@ -57,7 +58,7 @@ def test_heldout_suites_draw_what_they_always_drew(suite):
 
     # Fields Appearance gained after the hashes were taken: the suites must draw them at their off
     # default, so the look stays the same, and they are left out of the hash.
-    later = {k: v for k, v in ap.Appearance().to_dict().items() if k.startswith("spot_")}
+    later = {k: v for k, v in ap.Appearance().to_dict().items() if k.startswith("spot_") or k == "table_surface"}
     draws = [ap.draw(suite, s).to_dict() for s in range(100000, 100020)]
     assert all(d.pop(k) == v for d in draws for k, v in later.items())
     blob = json.dumps([rounded(d) for d in draws], sort_keys=True)
@@ -90,6 +91,9 @@ def test_training_draws_vary_every_axis():
     ({"table_rgb": (1.2, 0.0, 0.0)}, "table_rgb"),
     ({"floor_rgb": (0.1, float("nan"), 0.1)}, "floor_rgb"),
     ({"table_texture": "marble"}, "table_texture"),
+    ({"table_surface": 48}, "table_surface"),
+    ({"table_surface": -1}, "table_surface"),
+    ({"table_surface": 2.5}, "table_surface"),
     ({"light_dir": (0.0, 0.0, 1.0)}, "light_dir"),
     ({"camera_offset": (0.3, 0.0, 0.0)}, "camera_offset"),
     ({"camera_rotation": (0.0, 20.0, 0.0)}, "camera_rotation"),
@@ -186,6 +190,50 @@ def test_the_spot_light_brightens_the_table_where_it_is_aimed(sims):
         assert gain.mean() > 2 and np.percentile(gain, 1) > -1  # light added, next to none taken
         halves.append(gain[64:, :64].mean() - gain[64:, 64:].mean())  # left half of the table minus right
     assert halves[0] * halves[1] < 0 and min(abs(h) for h in halves) > 5, f"the pool did not move: {halves}"
+    plain.reset(0)
+
+
+def test_train_surfaces_puts_procedural_surfaces_on_half_the_tables():
+    from avdp_ros.sim import surfaces
+
+    plain = [ap.draw("train", s) for s in range(200)]
+    drawn = [ap.draw("train_surfaces", s) for s in range(200)]
+    procedural = [a for a in drawn if a.table_texture == "procedural"]
+    assert 60 < len(procedural) < 140 and len({a.table_surface for a in procedural}) > 30
+    assert all(a.table_surface == 0 for a in plain + drawn if a.table_texture != "procedural")
+    # otherwise it draws what `train` draws, seed for seed
+    off = {"table_texture": "flat", "table_surface": 0}
+    assert all(dataclasses.replace(a, **off) == dataclasses.replace(b, **off) for a, b in zip(drawn, plain))
+    assert not any(ap.DISTRIBUTIONS["train"].contains(a) for a in procedural)
+    assert ap.DISTRIBUTIONS["train_surfaces"].contains(procedural[0])
+    assert set(surfaces.KINDS) == {surfaces.KINDS[a.table_surface % len(surfaces.KINDS)] for a in procedural}
+
+
+def test_procedural_surfaces_are_fixed_grey_patterns_each_its_own():
+    from avdp_ros.sim import surfaces
+
+    bank = surfaces.bank()
+    assert len(bank) == surfaces.COUNT
+    np.testing.assert_array_equal(bank[5], surfaces.surface(5))  # part of the scene, not of the episode
+    for tex in bank:
+        assert tex.shape == (surfaces.SIZE, surfaces.SIZE, 3) and tex.dtype == np.uint8
+        assert (tex[..., 0] == tex[..., 2]).all() and tex.min() >= 76  # grey, never near black
+        assert np.ptp(tex) > 20  # a pattern, not a plain top
+    flat = np.stack([t[..., 0].astype(np.int16) for t in bank]).reshape(len(bank), -1)
+    assert min(np.abs(flat[i] - flat[j]).mean() for i in range(len(bank)) for j in range(i)) > 2
+    with pytest.raises(ValueError, match="surface index 48: expected an integer in 0..47"):
+        surfaces.surface(48)
+
+
+def test_a_procedural_surface_re_renders_from_its_index(sims):
+    _, plain = sims
+    frames = []
+    for k in (3, 4, 3):
+        look = ap.Appearance(table_texture="procedural", table_surface=k)
+        plain.reset(0, look=ap.Appearance.from_dict(json.loads(json.dumps(look.to_dict()))))
+        frames.append(plain.render("wrist").astype(np.int16))
+    np.testing.assert_array_equal(frames[0], frames[2])
+    assert np.abs(frames[0] - frames[1]).mean() > 1.0
     plain.reset(0)
 
 

@@ -10,7 +10,8 @@ and any episode can be re-rendered exactly (`Appearance.from_dict`).
 
 Distributions (`DISTRIBUTIONS`):
 - `nominal`: the one fixed look the sim always had (every seed draws the same appearance).
-- `train`: what data collection randomises over; `train_spot` adds a spot light (tried, not kept).
+- `train`: what data collection randomises over; `train_spot` adds a spot light (tried, not kept);
+  `train_surfaces` puts a procedural surface (sim/surfaces.py) on half of the tables.
 - `heldout_table`, `heldout_light`, `heldout_camera`: evaluation suites whose defining parameters
   lie outside `train` by construction (disjoint texture kinds, hue / intensity / colour
   temperature intervals, camera offsets); every other parameter is drawn as in `train`.
@@ -27,8 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from avdp_ros.sim import surfaces
+
 RGB = tuple[float, float, float]
-TEXTURES = ("flat", "checker", "gradient", "noise", "tiles", "planks")  # table surfaces (scene.py builds each)
+# Table surfaces (scene.py builds each); "procedural" is one of the bank of sim/surfaces.py, picked
+# by `Appearance.table_surface`.
+TEXTURES = ("flat", "checker", "gradient", "noise", "tiles", "planks", "procedural")
 _STREAM = 0x61707065  # "appe": the appearance draw's own random stream, apart from the layout's
 # Distractors: other shapes (scene.py builds one geom of each per slot, fixed sizes) on the table's
 # sides, outside every task's reach (cubes and bins stay within |y| < 0.33 m, the arm above them),
@@ -83,6 +88,7 @@ class Appearance:
 
     table_rgb: RGB = (0.55, 0.42, 0.3)
     table_texture: str = "flat"          # one of TEXTURES
+    table_surface: int = 0               # which procedural surface (sim/surfaces.py), if "procedural"
     floor_rgb: RGB = (0.35, 0.37, 0.4)
     backdrop_rgb: RGB = (0.0, 0.0, 0.0)  # wall behind the robot; all 0 = none (the black void)
     light_dir: tuple[float, float, float] = (-0.2, 0.3, -1.0)  # key light direction (normalised here)
@@ -107,6 +113,11 @@ class Appearance:
                 object.__setattr__(self, f.name, _rgb("Appearance", f.name, getattr(self, f.name)))
         if self.table_texture not in TEXTURES:
             raise ValueError(f"Appearance.table_texture = {self.table_texture!r}: expected one of {TEXTURES}")
+        k = self.table_surface
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < surfaces.COUNT:
+            raise ValueError(f"Appearance.table_surface = {k!r}: expected an integer in 0..{surfaces.COUNT - 1} "
+                             "(one of the procedural surfaces of sim/surfaces.py)")
+        object.__setattr__(self, "table_surface", int(k))
         d = np.asarray(self.light_dir, dtype=float)
         if d.shape != (3,) or not np.all(np.isfinite(d)) or d[2] >= -0.1 * np.linalg.norm(d):
             raise ValueError(f"Appearance.light_dir = {self.light_dir!r}: expected 3 finite values pointing "
@@ -200,6 +211,7 @@ class AppearanceDistribution:
     spot: float = 0.0  # chance of a spot light, its pool somewhere on the table (`train_spot`: 0.5)
     spot_intensity: tuple[Interval, ...] = ((0.2, 0.7),)  # x the light's gain and colour, like the key's 0.6
     spot_cutoff: tuple[Interval, ...] = ((15.0, 35.0),)  # deg: a pool 0.5-1.4 m across
+    procedural: float = 0.0  # chance the table gets a procedural surface instead (`train_surfaces`: 0.5)
     fixed: Appearance | None = None  # every seed draws this (the nominal scene)
 
     def draw(self, seed: int) -> Appearance:
@@ -261,8 +273,11 @@ class AppearanceDistribution:
         if rng.random() < self.spot:  # drawn last, as the backdrop and distractors were
             spot_xy = (float(rng.uniform(*SPOT_X)), float(rng.uniform(*SPOT_Y)))
             spot, cutoff = light(u(self.spot_intensity)), u(self.spot_cutoff)
+        surface = 0
+        if rng.random() < self.procedural:  # drawn last, as the spot light was
+            texture, surface = "procedural", int(rng.integers(surfaces.COUNT))
         return Appearance(
-            table_rgb=table, table_texture=texture,
+            table_rgb=table, table_texture=texture, table_surface=surface,
             floor_rgb=(floor_v * 0.95, floor_v, floor_v * 1.05 if floor_v < 0.95 else 1.0),
             backdrop_rgb=backdrop, distractors=tuple(items),
             light_dir=light_dir, light_rgb=light(0.6), ambient_rgb=light(0.4), headlight_rgb=light(0.5),
@@ -291,8 +306,9 @@ class AppearanceDistribution:
             self.spot_intensity, self.spot_cutoff)]
         th, ts, tv, li, lt, la, le, cs, ct, fc, si, sc = widen
         spot_ok = spot == 0.0 or (self.spot > 0 and _inside(spot, si) and _inside(a.spot_cutoff, sc))
+        texture_ok = a.table_texture in self.textures or (a.table_texture == "procedural" and self.procedural > 0)
         return (self.distractors[0] <= len(a.distractors) <= self.distractors[1]
-                and a.table_texture in self.textures and _inside(h * 360.0, th) and _inside(s, ts) and _inside(v, tv)
+                and texture_ok and _inside(h * 360.0, th) and _inside(s, ts) and _inside(v, tv)
                 and _inside(gain, li) and _inside(temp, lt) and _inside(az, la) and _inside(el, le)
                 and (fill == 0.0 or _inside(fill, tuple((lo, hi + tol) for lo, hi in self.fill))) and spot_ok
                 and _inside(float(np.linalg.norm(a.camera_offset)), cs)
@@ -314,6 +330,9 @@ DISTRIBUTIONS: dict[str, AppearanceDistribution] = {
     # `train` and, in half of the episodes, a spot light whose pool falls off across the table. Tried
     # for the shipped encoder and not kept (docs/appearance.md), so `train` draws none.
     "train_spot": dataclasses.replace(TRAIN, name="train_spot", spot=0.5),
+    # `train` and, in half of the episodes, one of 48 procedural table surfaces instead (boards,
+    # tiles, stripes, cloth, patches, tape marks: sim/surfaces.py), none of them a held-out kind.
+    "train_surfaces": dataclasses.replace(TRAIN, name="train_surfaces", procedural=0.5),
     # Another table: surface kinds never trained on and hues between the training ones, away from
     # the red / green / blue of the task objects (yellow-olive, violet). A lab's own table, a cloth.
     "heldout_table": dataclasses.replace(TRAIN, name="heldout_table", textures=("gradient", "noise"),
@@ -356,7 +375,7 @@ class SceneHandles:
     camera_pos: np.ndarray
     camera_quat: np.ndarray
     camera_fovy: float
-    materials: dict[str, int]
+    materials: dict[str, int]  # surface -> material ("procedural_K" for surface K of the bank)
     object_geoms: dict[str, list[int]] = field(default_factory=dict)  # cube / target / bin -> geoms
     distractor_bodies: list[int] = field(default_factory=list)  # one per slot
     distractor_geoms: list[dict[str, int]] = field(default_factory=list)  # per slot: shape -> geom
@@ -366,7 +385,8 @@ def handles(model) -> SceneHandles:
     from avdp_ros.sim import scene
 
     cam = model.camera("camera").id
-    mats = {t: (model.mat(f"table_{t}").id if t != "flat" else -1) for t in TEXTURES}
+    mats = {t: (model.mat(f"table_{t}").id if t != "flat" else -1) for t in TEXTURES if t != "procedural"}
+    mats.update({f"procedural_{k}": model.mat(scene.surface_material(k)).id for k in range(surfaces.COUNT)})
     objects: dict[str, list[int]] = {"cube": [], "target": [], "bin": []}
     for g in range(model.ngeom):
         name = model.geom(g).name
@@ -396,9 +416,10 @@ def apply(model, h: SceneHandles, a: Appearance) -> None:
     from avdp_ros.sim import scene
 
     model.geom_rgba[h.table, :3] = a.table_rgb
-    model.geom_matid[h.table] = h.materials[a.table_texture]
-    if a.table_texture != "flat":
-        model.mat_rgba[h.materials[a.table_texture], :3] = a.table_rgb
+    texture = f"procedural_{a.table_surface}" if a.table_texture == "procedural" else a.table_texture
+    model.geom_matid[h.table] = h.materials[texture]
+    if texture != "flat":
+        model.mat_rgba[h.materials[texture], :3] = a.table_rgb
     model.geom_rgba[h.floor, :3] = a.floor_rgb
     _show(model, h.backdrop, max(a.backdrop_rgb) > 0)
     model.geom_rgba[h.backdrop, :3] = a.backdrop_rgb

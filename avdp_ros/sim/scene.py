@@ -27,6 +27,8 @@ from collections.abc import Callable
 import mujoco
 import numpy as np
 
+from avdp_ros.sim import surfaces
+
 # Names other modules rely on.
 EE_SITE = "ee_site"  # tool centre point, between the finger pads
 HAND_BODY = "panda0_link7"
@@ -229,10 +231,11 @@ PLANKS_SIZE = 256  # px: the numpy-drawn surface; MuJoCo's built-in ones are 128
 
 
 def _add_table_materials(spec: mujoco.MjSpec) -> None:
-    """One material per textured table surface of sim/appearance.py ("flat" uses the geom colour).
-    Textures are grey-scale: the material colour set per episode tints them."""
+    """One material per textured table surface of sim/appearance.py ("flat" uses the geom colour),
+    and one per surface of the procedural bank (sim/surfaces.py). Textures are grey-scale: the
+    material colour set per episode tints them."""
     builtin, mark = mujoco.mjtBuiltin, mujoco.mjtMark
-    surfaces = {
+    kinds = {
         "checker": dict(builtin=builtin.mjBUILTIN_CHECKER, rgb1=[1, 1, 1], rgb2=[0.7, 0.7, 0.7]),
         "gradient": dict(builtin=builtin.mjBUILTIN_GRADIENT, rgb1=[1, 1, 1], rgb2=[0.45, 0.45, 0.45]),
         "noise": dict(builtin=builtin.mjBUILTIN_FLAT, rgb1=[1, 1, 1], rgb2=[1, 1, 1], mark=mark.mjMARK_RANDOM,
@@ -240,16 +243,31 @@ def _add_table_materials(spec: mujoco.MjSpec) -> None:
         # square tiles with grout lines (repeated 3x3 over the table)
         "tiles": dict(builtin=builtin.mjBUILTIN_FLAT, rgb1=[0.92, 0.92, 0.92], rgb2=[0.92, 0.92, 0.92],
                       mark=mark.mjMARK_EDGE, markrgb=[0.5, 0.5, 0.5]),
-        "planks": dict(data=_planks_texture(PLANKS_SIZE).ravel(), nchannel=3),
+        "planks": dict(data=_planks_texture(PLANKS_SIZE), nchannel=3),
     }
     repeat = {"checker": [4, 4], "tiles": [3, 3]}
-    for name, kw in surfaces.items():
+    for name, kw in kinds.items():
         size = PLANKS_SIZE if name == "planks" else 128
-        spec.add_texture(name=f"table_{name}", type=mujoco.mjtTexture.mjTEXTURE_2D, width=size, height=size, **kw)
-        mat = spec.add_material(name=f"table_{name}", texrepeat=repeat.get(name, [1, 1]))
-        textures = [""] * int(mujoco.mjtTextureRole.mjNTEXROLE)
-        textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = f"table_{name}"
-        mat.textures = textures
+        _add_surface(spec, f"table_{name}", size, repeat.get(name, [1, 1]), **kw)
+    for k, data in enumerate(surfaces.bank()):  # the procedural surfaces, one material each
+        _add_surface(spec, surface_material(k), surfaces.SIZE, [1, 1], data=data, nchannel=3)
+
+
+def _add_surface(spec: mujoco.MjSpec, name: str, size: int, texrepeat: list[int],
+                 data: np.ndarray | None = None, **texture) -> None:
+    """A 2D texture (built in, or from a uint8 array) and the material that shows it, both `name`."""
+    tex = spec.add_texture(name=name, type=mujoco.mjtTexture.mjTEXTURE_2D, width=size, height=size, **texture)
+    if data is not None:
+        tex.data = data.tobytes()  # as bytes: add_texture(data=array) converts element by element (20 ms each)
+    mat = spec.add_material(name=name, texrepeat=texrepeat)
+    textures = [""] * int(mujoco.mjtTextureRole.mjNTEXROLE)
+    textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = name
+    mat.textures = textures
+
+
+def surface_material(index: int) -> str:
+    """Name of the texture and material of procedural surface `index` (sim/surfaces.py)."""
+    return f"table_procedural_{index:02d}"
 
 
 def _planks_texture(size: int) -> np.ndarray:

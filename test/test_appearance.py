@@ -22,7 +22,7 @@ def test_draw_is_deterministic_by_seed_and_nominal_is_fixed():
     assert len({ap.draw("train", s) for s in range(20)}) == 20
     assert all(ap.draw("nominal", s) == ap.Appearance() for s in range(5))
     with pytest.raises(ValueError, match="appearance 'sunset': expected one of nominal, train, train_spot, "
-                                         "train_surfaces, heldout_"):
+                                         "train_surfaces, train_clouds, heldout_"):
         ap.draw("sunset", 0)
 
 
@@ -31,7 +31,7 @@ def test_heldout_suites_lie_outside_the_training_distribution(suite):
     held = ap.DISTRIBUTIONS[suite]
     held_draws = [held.draw(s) for s in SEEDS]
     assert all(held.contains(a) for a in held_draws)
-    for name in ("train", "train_spot", "train_surfaces"):
+    for name in ("train", "train_spot", "train_surfaces", "train_clouds"):
         train = ap.DISTRIBUTIONS[name]
         train_draws = [train.draw(s) for s in SEEDS]
         assert all(train.contains(a) for a in train_draws)  # `contains` recovers the drawn parameters
@@ -91,7 +91,7 @@ def test_training_draws_vary_every_axis():
     ({"table_rgb": (1.2, 0.0, 0.0)}, "table_rgb"),
     ({"floor_rgb": (0.1, float("nan"), 0.1)}, "floor_rgb"),
     ({"table_texture": "marble"}, "table_texture"),
-    ({"table_surface": 48}, "table_surface"),
+    ({"table_surface": 64}, "table_surface"),
     ({"table_surface": -1}, "table_surface"),
     ({"table_surface": 2.5}, "table_surface"),
     ({"light_dir": (0.0, 0.0, 1.0)}, "light_dir"),
@@ -206,7 +206,10 @@ def test_train_surfaces_puts_procedural_surfaces_on_half_the_tables():
     assert all(dataclasses.replace(a, **off) == dataclasses.replace(b, **off) for a, b in zip(drawn, plain))
     assert not any(ap.DISTRIBUTIONS["train"].contains(a) for a in procedural)
     assert ap.DISTRIBUTIONS["train_surfaces"].contains(procedural[0])
-    assert set(surfaces.KINDS) == {surfaces.KINDS[a.table_surface % len(surfaces.KINDS)] for a in procedural}
+    assert {surfaces.KIND_OF[a.table_surface] for a in procedural} == set(surfaces.STRUCTURED)
+    clouds = [ap.draw("train_clouds", s) for s in range(200)]
+    assert {surfaces.KIND_OF[a.table_surface] for a in clouds if a.table_texture == "procedural"} == {"clouds"}
+    assert not any(ap.DISTRIBUTIONS["train_surfaces"].contains(a) for a in clouds if a.table_texture == "procedural")
 
 
 def test_procedural_surfaces_are_fixed_grey_patterns_each_its_own():
@@ -221,8 +224,8 @@ def test_procedural_surfaces_are_fixed_grey_patterns_each_its_own():
         assert np.ptp(tex) > 20  # a pattern, not a plain top
     flat = np.stack([t[..., 0].astype(np.int16) for t in bank]).reshape(len(bank), -1)
     assert min(np.abs(flat[i] - flat[j]).mean() for i in range(len(bank)) for j in range(i)) > 2
-    with pytest.raises(ValueError, match="surface index 48: expected an integer in 0..47"):
-        surfaces.surface(48)
+    with pytest.raises(ValueError, match="surface index 64: expected an integer in 0..63"):
+        surfaces.surface(64)
 
 
 def test_a_procedural_surface_re_renders_from_its_index(sims):

@@ -212,6 +212,7 @@ class AppearanceDistribution:
     spot_intensity: tuple[Interval, ...] = ((0.2, 0.7),)  # x the light's gain and colour, like the key's 0.6
     spot_cutoff: tuple[Interval, ...] = ((15.0, 35.0),)  # deg: a pool 0.5-1.4 m across
     procedural: float = 0.0  # chance the table gets a procedural surface instead (`train_surfaces`: 0.5)
+    surface_kinds: tuple[str, ...] = surfaces.STRUCTURED  # the kinds of sim/surfaces.py it is drawn from
     fixed: Appearance | None = None  # every seed draws this (the nominal scene)
 
     def draw(self, seed: int) -> Appearance:
@@ -275,7 +276,8 @@ class AppearanceDistribution:
             spot, cutoff = light(u(self.spot_intensity)), u(self.spot_cutoff)
         surface = 0
         if rng.random() < self.procedural:  # drawn last, as the spot light was
-            texture, surface = "procedural", int(rng.integers(surfaces.COUNT))
+            allowed = [k for k, kind in enumerate(surfaces.KIND_OF) if kind in self.surface_kinds]
+            texture, surface = "procedural", allowed[int(rng.integers(len(allowed)))]
         return Appearance(
             table_rgb=table, table_texture=texture, table_surface=surface,
             floor_rgb=(floor_v * 0.95, floor_v, floor_v * 1.05 if floor_v < 0.95 else 1.0),
@@ -306,7 +308,9 @@ class AppearanceDistribution:
             self.spot_intensity, self.spot_cutoff)]
         th, ts, tv, li, lt, la, le, cs, ct, fc, si, sc = widen
         spot_ok = spot == 0.0 or (self.spot > 0 and _inside(spot, si) and _inside(a.spot_cutoff, sc))
-        texture_ok = a.table_texture in self.textures or (a.table_texture == "procedural" and self.procedural > 0)
+        texture_ok = a.table_texture in self.textures or (
+            a.table_texture == "procedural" and self.procedural > 0
+            and surfaces.KIND_OF[a.table_surface] in self.surface_kinds)
         return (self.distractors[0] <= len(a.distractors) <= self.distractors[1]
                 and texture_ok and _inside(h * 360.0, th) and _inside(s, ts) and _inside(v, tv)
                 and _inside(gain, li) and _inside(temp, lt) and _inside(az, la) and _inside(el, le)
@@ -333,6 +337,9 @@ DISTRIBUTIONS: dict[str, AppearanceDistribution] = {
     # `train` and, in half of the episodes, one of 48 procedural table surfaces instead (boards,
     # tiles, stripes, cloth, patches, tape marks: sim/surfaces.py), none of them a held-out kind.
     "train_surfaces": dataclasses.replace(TRAIN, name="train_surfaces", procedural=0.5),
+    # The same with soft stains (`clouds`) only: smooth brightness changes across the table, the
+    # nearest training gets to the held-out `gradient` without drawing it.
+    "train_clouds": dataclasses.replace(TRAIN, name="train_clouds", procedural=0.5, surface_kinds=("clouds",)),
     # Another table: surface kinds never trained on and hues between the training ones, away from
     # the red / green / blue of the task objects (yellow-olive, violet). A lab's own table, a cloth.
     "heldout_table": dataclasses.replace(TRAIN, name="heldout_table", textures=("gradient", "noise"),

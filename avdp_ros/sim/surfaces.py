@@ -5,10 +5,15 @@ an episode picks one by index (`Appearance.table_surface`) and pays nothing at r
 texture upload per episode, no GL context to reach from the thread that resets. The bank is part
 of the scene (each surface drawn from its own fixed seed), so a recorded index re-renders exactly.
 
-The kinds are the surfaces of real work tables and what lies on them (boards, tiles and bricks,
-stripes, woven cloth, hard-edged patches, tape and paper), each drawn with random sizes, angles and
-contrasts. None is a smooth brightness falloff or per-pixel speckle: those are the held-out
-`gradient` and `noise` surfaces of sim/appearance.py, which training must never see.
+The kinds are the surfaces of real work tables and what lies on them, each drawn with random
+sizes, angles and contrasts. Six are structured: boards, tiles and bricks, stripes, woven cloth,
+hard-edged patches, tape and paper. The seventh, `clouds`, is smooth: several soft light and dark
+stains at random places (weathered wood, stone, a window's uneven light), the kind closest to the
+held-out `gradient` (one lit spot at the table's centre). No kind is that radial falloff or
+per-pixel speckle (the held-out `noise`): sim/appearance.py's held-out suites draw those, and
+training never does.
+
+The bank only ever grows at its end, so a recorded index keeps its look.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ import functools
 
 import numpy as np
 
-COUNT = 48  # surfaces in the bank (each 192 KiB in the model)
 SIZE = 256  # px per side, over the whole table top (1.3 x 1.2 m): about 5 mm a pixel
-KINDS = ("boards", "tiles", "stripes", "weave", "patches", "marks")
+KINDS = ("boards", "tiles", "stripes", "weave", "patches", "marks", "clouds")
+STRUCTURED = KINDS[:6]
+# The kind of each surface, by index: the first 48 take the six structured kinds in turn, then 16
+# clouds (added later; appended, so the first 48 kept their looks). Each is 192 KiB in the model.
+KIND_OF = tuple(STRUCTURED[k % 6] for k in range(48)) + ("clouds",) * 16
+COUNT = len(KIND_OF)
 _STREAM = 0x73757266  # "surf"
 
 
@@ -29,8 +38,7 @@ def surface(index: int, size: int = SIZE) -> np.ndarray:
     if not (isinstance(index, (int, np.integer)) and 0 <= index < COUNT):
         raise ValueError(f"surface index {index!r}: expected an integer in 0..{COUNT - 1}")
     rng = np.random.default_rng([_STREAM, int(index)])
-    kind = KINDS[int(index) % len(KINDS)]
-    v = _DRAW[kind](rng, size)
+    v = _DRAW[KIND_OF[int(index)]](rng, size)
     if rng.random() < 0.5:  # either way round on the table
         v = v.T
     return np.repeat((np.clip(v, 0.3, 1.0) * 255).astype(np.uint8)[..., None], 3, axis=2)
@@ -134,5 +142,20 @@ def _marks(rng: np.random.Generator, size: int) -> np.ndarray:
     return v
 
 
+def _clouds(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Soft stains: 3-8 Gaussian blobs, lighter or darker, 10-45% of the table across, at random
+    places, the whole stretched over a random range of shades (never clipped flat). Never one
+    blob at the centre alone (that is the held-out `gradient`)."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    v = np.zeros((size, size))
+    for _ in range(int(rng.integers(3, 9))):
+        cy, cx = rng.uniform(0, 1, 2)
+        width = rng.uniform(0.1, 0.45)
+        v += rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 1.0) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2)
+                                                                     / (2 * width ** 2))
+    lo, hi = rng.uniform(0.35, 0.65), rng.uniform(0.85, 1.0)
+    return lo + (hi - lo) * (v - v.min()) / max(np.ptp(v), 1e-9)
+
+
 _DRAW = {"boards": _boards, "tiles": _tiles, "stripes": _stripes, "weave": _weave, "patches": _patches,
-         "marks": _marks}
+         "marks": _marks, "clouds": _clouds}

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="128x128", help="WIDTHxHEIGHT")
     ap.add_argument("--appearances", nargs="+", default=list(DISTRIBUTIONS))
     ap.add_argument("--extras", action="store_true", help="the cost of the backdrop, distractors, spot light")
-    ap.add_argument("--look", default="train", help="--extras: the distribution drawn (train_spot for the spot light)")
+    ap.add_argument("--look", default="train", help="--extras: the distribution drawn (train_spot for the spot light, "
+                    "train_surfaces / train_clouds for procedural surfaces)")
     a = ap.parse_args(argv)
     w, h = (int(v) for v in a.size.lower().split("x"))
     if a.extras:

@@ -9,6 +9,13 @@ error down to the training looks' level, that parameter is what the encoder has 
 
     python bench/table_factors.py --reference models/avdp_default \
         --tokenizer models/avdp_default runs/inv8/tokenizer/latest --suite heldout_table --seeds 40
+
+`--hard-seeds N` prints instead the first N seeds from --first-seed whose look is a light
+`gradient` table (HSV value at least the nominal table's): where push loses most, picked by the
+drawn look alone. The ninth session's hard validation set is `--hard-seeds 100 --first-seed 13100`:
+
+    avdp-eval --policy P --task push --appearance heldout_table --threads 1 --out OUT \
+        --seeds $(python bench/table_factors.py --hard-seeds 100 --first-seed 13100)
 """
 
 from __future__ import annotations
@@ -46,16 +53,36 @@ VARIANTS = {
 }
 
 
+def hard_seeds(count: int, first: int, suite: str = "heldout_table") -> list[int]:
+    """The first `count` seeds from `first` whose `suite` look is a light `gradient` table."""
+    nominal_value = colorsys.rgb_to_hsv(*ap.Appearance().table_rgb)[2]
+    seeds, seed = [], first
+    while len(seeds) < count:
+        a = ap.draw(suite, seed)
+        if a.table_texture == "gradient" and colorsys.rgb_to_hsv(*a.table_rgb)[2] >= nominal_value:
+            seeds.append(seed)
+        seed += 1
+        if seed - first > 100 * count + 1000:
+            raise SystemExit(f"{suite} draws (almost) no light gradient tables")
+    return seeds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reference", required=True, help="the tokenizer (or policy) whose nominal latents are the target")
-    p.add_argument("--tokenizer", nargs="+", required=True, help="tokenizers or policy checkpoints to measure")
+    p.add_argument("--reference", help="the tokenizer (or policy) whose nominal latents are the target")
+    p.add_argument("--tokenizer", nargs="+", help="tokenizers or policy checkpoints to measure")
+    p.add_argument("--hard-seeds", type=int, metavar="N", help="print N light-gradient seeds and exit")
     p.add_argument("--suite", default="heldout_table", help="appearance distribution drawn (default %(default)s)")
     p.add_argument("--task", default="push", choices=("push", "pick_place"))
     p.add_argument("--camera", default="wrist", choices=("wrist", "camera"))
     p.add_argument("--seeds", type=int, default=40, help="how many seeds (default %(default)s)")
     p.add_argument("--first-seed", type=int, default=13000, help="default %(default)s (validation seeds)")
     a = p.parse_args()
+    if a.hard_seeds:
+        print(" ".join(map(str, hard_seeds(a.hard_seeds, a.first_seed, a.suite))))
+        return
+    if not (a.reference and a.tokenizer):
+        p.error("--reference and --tokenizer are required (unless --hard-seeds)")
     os.environ.setdefault("MUJOCO_GL", "egl")
     from avdp_ros.sim.env import PandaSim, SimConfig
 

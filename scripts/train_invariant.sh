@@ -32,7 +32,8 @@
 # 1 and 3 as in 5 (--augment invariant, --clean-fraction 0.5), its target POLICY's own latents of the
 # nominal views (--init POLICY): what `train` gained since POLICY was made (new table surfaces) taught
 # without the encoder's 16000 steps from BASE; attached to POLICY: OUT/encoder.
-# LOOK: the appearance distribution of 1 and 3 (default train; train_spot was tried, docs/appearance.md).
+# LOOK: the appearance distribution of 1 and 3 (default train; train_spot, train_surfaces and train_clouds
+# were tried, docs/appearance.md).
 # CAMERA_WEIGHT: camera=W items (e.g. "wrist=3"): that camera's images drawn W times per epoch in every
 # encoder stage (avdp-train-tokenizer --camera-weight); default none, every camera alike. OBJECT_WEIGHT: K,
 # the latents over the cube and the target weigh 1 + K in every encoder stage's loss (--object-weight; 0).

@@ -253,6 +253,33 @@ def test_free_video_curve_tables_and_plots_arms_by_action_free_episodes(tmp_path
         curve.collect(tmp_path / "evals" / "base_push")
 
 
+def test_table_factors_swap_one_table_parameter_at_a_time():
+    import colorsys
+
+    from avdp_ros.sim.appearance import draw
+
+    factors = _bench_module("table_factors")
+    drawn = draw("heldout_table", 13000)
+    h, s, v = colorsys.rgb_to_hsv(*drawn.table_rgb)
+    for name, swap in factors.VARIANTS.items():
+        a = swap(drawn)
+        others = {k: x for k, x in a.to_dict().items() if k not in ("table_texture", "table_rgb")}
+        assert others == {k: x for k, x in drawn.to_dict().items() if k not in ("table_texture", "table_rgb")}, name
+        if name.startswith("surface "):
+            assert a.table_texture == name.split()[1] and a.table_rgb == drawn.table_rgb
+        else:
+            assert a.table_texture == drawn.table_texture
+            h2, s2, v2 = colorsys.rgb_to_hsv(*a.table_rgb)
+            assert np.isclose(s2, s) and np.isclose(v2, v * (0.8 if name == "value x0.8" else 1.0))
+            if name.startswith("hue "):
+                assert np.isclose(h2 * 360, float(name.split()[1]))
+    seeds = factors.hard_seeds(5, 13100)
+    assert seeds[0] == 13101 and len(seeds) == 5 and seeds == sorted(seeds)
+    nominal = colorsys.rgb_to_hsv(*factors.ap.Appearance().table_rgb)[2]
+    assert all(draw("heldout_table", x).table_texture == "gradient"
+               and colorsys.rgb_to_hsv(*draw("heldout_table", x).table_rgb)[2] >= nominal for x in seeds)
+
+
 def test_failures_by_look_groups_episodes_by_their_redrawn_appearance():
     from avdp_ros.sim.appearance import draw
 

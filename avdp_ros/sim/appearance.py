@@ -11,7 +11,8 @@ and any episode can be re-rendered exactly (`Appearance.from_dict`).
 Distributions (`DISTRIBUTIONS`):
 - `nominal`: the one fixed look the sim always had (every seed draws the same appearance).
 - `train`: what data collection randomises over; `train_spot` adds a spot light (tried, not kept);
-  `train_surfaces` puts a procedural surface (sim/surfaces.py) on half of the tables.
+  `train_surfaces` and `train_clouds` put a procedural surface (sim/surfaces.py), structured or
+  smooth, on half of the tables (tried, not kept).
 - `heldout_table`, `heldout_light`, `heldout_camera`: evaluation suites whose defining parameters
   lie outside `train` by construction (disjoint texture kinds, hue / intensity / colour
   temperature intervals, camera offsets); every other parameter is drawn as in `train`.
@@ -334,8 +335,8 @@ DISTRIBUTIONS: dict[str, AppearanceDistribution] = {
     # `train` and, in half of the episodes, a spot light whose pool falls off across the table. Tried
     # for the shipped encoder and not kept (docs/appearance.md), so `train` draws none.
     "train_spot": dataclasses.replace(TRAIN, name="train_spot", spot=0.5),
-    # `train` and, in half of the episodes, one of 48 procedural table surfaces instead (boards,
-    # tiles, stripes, cloth, patches, tape marks: sim/surfaces.py), none of them a held-out kind.
+    # `train` and, in half of the episodes, one of the 48 structured procedural table surfaces
+    # instead (boards, tiles, stripes, cloth, patches, tape marks: sim/surfaces.py), none a held-out kind.
     "train_surfaces": dataclasses.replace(TRAIN, name="train_surfaces", procedural=0.5),
     # The same with soft stains (`clouds`) only: smooth brightness changes across the table, the
     # nearest training gets to the held-out `gradient` without drawing it.

@@ -212,6 +212,11 @@ def test_train_surfaces_puts_procedural_surfaces_on_half_the_tables():
     assert not any(ap.DISTRIBUTIONS["train_surfaces"].contains(a) for a in clouds if a.table_texture == "procedural")
 
 
+def test_a_distribution_refuses_unknown_surface_kinds():
+    with pytest.raises(ValueError, match="AppearanceDistribution.surface_kinds = \\('marble',\\)"):
+        dataclasses.replace(ap.TRAIN, procedural=0.5, surface_kinds=("marble",))
+
+
 def test_procedural_surfaces_are_fixed_grey_patterns_each_its_own():
     from avdp_ros.sim import surfaces
 

@@ -216,6 +216,12 @@ class AppearanceDistribution:
     surface_kinds: tuple[str, ...] = surfaces.STRUCTURED  # the kinds of sim/surfaces.py it is drawn from
     fixed: Appearance | None = None  # every seed draws this (the nominal scene)
 
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.surface_kinds if k not in surfaces.KINDS]
+        if unknown or not self.surface_kinds:
+            raise ValueError(f"AppearanceDistribution.surface_kinds = {self.surface_kinds!r}: expected some of "
+                             f"{surfaces.KINDS}")
+
     def draw(self, seed: int) -> Appearance:
         if self.fixed is not None:
             return self.fixed

@@ -32,8 +32,10 @@ import torch
 from avdp_ros.sim import appearance as ap
 
 try:  # run as `python bench/table_factors.py`
+    from failures_by_look import NOMINAL_VALUE
     from tokenizer_objects import load_tokenizer
 except ImportError:  # imported as bench.table_factors
+    from bench.failures_by_look import NOMINAL_VALUE
     from bench.tokenizer_objects import load_tokenizer
 
 
@@ -54,12 +56,12 @@ VARIANTS = {
 
 
 def hard_seeds(count: int, first: int, suite: str = "heldout_table") -> list[int]:
-    """The first `count` seeds from `first` whose `suite` look is a light `gradient` table."""
-    nominal_value = colorsys.rgb_to_hsv(*ap.Appearance().table_rgb)[2]
+    """The first `count` seeds from `first` whose `suite` look is a light `gradient` table (light as
+    bench/failures_by_look.py counts it)."""
     seeds, seed = [], first
     while len(seeds) < count:
         a = ap.draw(suite, seed)
-        if a.table_texture == "gradient" and colorsys.rgb_to_hsv(*a.table_rgb)[2] >= nominal_value:
+        if a.table_texture == "gradient" and colorsys.rgb_to_hsv(*a.table_rgb)[2] >= NOMINAL_VALUE:
             seeds.append(seed)
         seed += 1
         if seed - first > 100 * count + 1000:

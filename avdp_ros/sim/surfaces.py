@@ -76,10 +76,10 @@ def _tiles(rng: np.random.Generator, size: int) -> np.ndarray:
     base = rng.uniform(0.75, 1.0)
     y, x = np.mgrid[0:size, 0:size]
     row = y // h
-    col = (x + (row % 2) * (w // 2 if offset else 0)) // w
+    along = x + (row % 2) * (w // 2 if offset else 0)  # odd rows shifted by half a tile (bricks)
     cells = base - jitter * rng.random((size // h + 2, size // w + 3))
-    v = cells[row, col]
-    line = ((y % h) < grout) | (((x + (row % 2) * (w // 2 if offset else 0)) % w) < grout)
+    v = cells[row, along // w]
+    line = ((y % h) < grout) | ((along % w) < grout)
     v[line] = shade
     return v
 

@@ -31,7 +31,9 @@
 # what 6 fine-tunes. With ENCODER_STEPS > 0, POLICY's encoder is first trained on, that many steps, on
 # 1 and 3 as in 5 (--augment invariant, --clean-fraction 0.5), its target POLICY's own latents of the
 # nominal views (--init POLICY): what `train` gained since POLICY was made (new table surfaces) taught
-# without the encoder's 16000 steps from BASE; attached to POLICY: OUT/encoder.
+# without the encoder's 16000 steps from BASE; attached to POLICY: OUT/encoder. ENCODER_STEPS may list
+# legs, e.g. "5000 10000": to 5000 steps, then on to 10000 with --resume, the learning-rate schedule
+# recomputed for the new end (a warm restart at about half the peak rate); how the shipped encoder was made.
 # LOOK: the appearance distribution of 1 and 3 (default train; train_spot, train_surfaces and train_clouds
 # were tried, docs/appearance.md).
 # CAMERA_WEIGHT: camera=W items (e.g. "wrist=3"): that camera's images drawn W times per epoch in every
@@ -95,14 +97,23 @@ if [ -z "${ENCODER:-}" ] && [ ! -f "$OUT/encoder/checkpoint.json" ]; then
     --clean-fraction 0.5
   attach "$OUT/encoder"
 fi
-if [ -n "${ENCODER:-}" ] && [ "$ENCODER_STEPS" -gt 0 ] && [ ! -f "$OUT/encoder/checkpoint.json" ]; then
-  resume=(--init "$ENCODER"); [ -d "$tok/latest" ] && resume=(--resume --init "$ENCODER")
-  "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$ENCODER_STEPS" --augment invariant \
-    --clean-fraction 0.5 "${resume[@]}"
+step_of() {  # step_of RUN: the step its latest checkpoint reached (0 if none)
+  if [ -f "$1/latest/trainer.json" ]; then
+    "$BIN/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" "$1/latest/trainer.json"
+  else echo 0; fi
+}
+LAST_LEG="${ENCODER_STEPS##* }"
+if [ -n "${ENCODER:-}" ] && [ "$LAST_LEG" -gt 0 ] && [ ! -f "$OUT/encoder/checkpoint.json" ]; then
+  for leg in $ENCODER_STEPS; do
+    [ "$(step_of "$tok")" -ge "$leg" ] && continue
+    resume=(--init "$ENCODER"); [ -d "$tok/latest" ] && resume=(--resume --init "$ENCODER")
+    "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$leg" --augment invariant \
+      --clean-fraction 0.5 "${resume[@]}"
+  done
   attach "$OUT/encoder"
 fi
 POLICY="${ENCODER:-$OUT/encoder}"
-[ "$ENCODER_STEPS" -gt 0 ] && POLICY="$OUT/encoder"
+[ "$LAST_LEG" -gt 0 ] && POLICY="$OUT/encoder"
 if [ "$FINETUNE_STEPS" -gt 0 ]; then
   record nominal_push push 3000 "$NOMINAL_EPISODES" expert nominal &
   record nominal_pick_place pick_place 3000 "$NOMINAL_EPISODES" expert nominal
@@ -115,8 +126,7 @@ if [ "$FINETUNE_STEPS" -gt 0 ]; then
   # shellcheck disable=SC2206
   [ -n "${FINETUNE_WEIGHTS:-}" ] && weights=(--data-weight $FINETUNE_WEIGHTS)
   [ -d "$ft/latest" ] && resume=(--resume)
-  [ -f "$ft/latest/trainer.json" ] && [ "$("$BIN/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" \
-    "$ft/latest/trainer.json")" -ge "$FINETUNE_STEPS" ] ||
+  [ "$(step_of "$ft")" -ge "$FINETUNE_STEPS" ] ||
     "$BIN/avdp-train-baseline" --data "${DATA[@]}" --out "$ft" --steps "$FINETUNE_STEPS" --lr 1e-4 --ema 0.999 \
       --include-failed --early-weight 8 --early-frames 4 --override action_temperature=0 --threads "$THREADS" \
       --no-progress "${resume[@]}" "${weights[@]}"

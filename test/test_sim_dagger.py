@@ -298,6 +298,16 @@ def test_nominal_pairs_show_the_same_states_in_the_nominal_scene_and_train_an_in
     frame = np.asarray(train["camera"][5:6])
     with torch.no_grad():
         assert torch.equal(moved.tokenizer.encode(frame), Tokenizer.from_checkpoint(out / tu.LATEST).encode(frame))
+    # --blend: a point on the line between the policy's own weights and the new ones
+    assert attach(["--policy", str(policy), "--tokenizer", str(out / tu.LATEST), "--out", str(tmp_path / "half"),
+                   "--blend", "0.5"]) == 0
+    half, own = Policy.from_checkpoint(tmp_path / "half").tokenizer.state_dict(), ref.state_dict()
+    for k, v in moved.tokenizer.state_dict().items():
+        torch.testing.assert_close(half[k], 0.5 * (own[k] + v))
+    assert not torch.equal(half["vae.encoder.conv_in.weight"], own["vae.encoder.conv_in.weight"])
+    with pytest.raises(SystemExit):
+        attach(["--policy", str(policy), "--tokenizer", str(out / tu.LATEST), "--out", str(tmp_path / "p5"),
+                "--blend", "0"])
     ref.save(tmp_path / "plain")  # the policy's own tokenizer, not trained --target-look
     with pytest.raises(SystemExit):
         attach(["--policy", str(policy), "--tokenizer", str(tmp_path / "plain"), "--out", str(tmp_path / "p3")])

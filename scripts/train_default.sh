@@ -18,10 +18,7 @@
 #      5000 steps on new pairs with its own nominal latents as the target (ENCODER_STEPS, OUT/surfaces):
 #      the shipped encoder was made when `train` had two table surfaces and learnt tiles and planks so.
 #      A run from scratch sees all four in the first stage already; there the second trains on, 5000
-#      more steps, on pairs of the same seeds (5000+). Last, on pairs of `train_clouds` scenes (soft
-#      stains on half of the tables, same seeds; OUT/clouds), 5000 steps and then on to 10000 with a
-#      warm restart (ENCODER_STEPS="5000 10000"): this taught the encoder light tables whose brightness
-#      falls off across them (docs/appearance.md, "Stains on the tables, trained longer")
+#      more steps, on pairs of the same seeds (5000+)
 #   6. evaluate both policies and the expert closed-loop on held-out seeds (100000+)
 #   7. with EXPORT=1, copy the IDM checkpoint (EXPORT=baseline: the action-only one, with the invariant
 #      encoder unless INVARIANT=0) to models/avdp_default
@@ -120,9 +117,7 @@ if [ "${INVARIANT:-1}" != 0 ]; then
   BASE="$final" OUT="$OUT/invariant" THREADS="$THREADS" VAL_EPISODES=0 scripts/train_invariant.sh
   ENCODER="$OUT/invariant/policy" ENCODER_STEPS=5000 DAGGER_EPISODES=0 OUT="$OUT/surfaces" THREADS="$THREADS" \
     VAL_EPISODES=0 scripts/train_invariant.sh
-  ENCODER="$OUT/surfaces/policy" ENCODER_STEPS="5000 10000" LOOK=train_clouds DAGGER_EPISODES=0 OUT="$OUT/clouds" \
-    THREADS="$THREADS" VAL_EPISODES=0 scripts/train_invariant.sh
-  final="$OUT/clouds/policy"
+  final="$OUT/surfaces/policy"
 fi
 for policy in idm baseline expert; do
   for task in push pick_place; do

@@ -33,7 +33,8 @@
 # nominal views (--init POLICY): what `train` gained since POLICY was made (new table surfaces) taught
 # without the encoder's 16000 steps from BASE; attached to POLICY: OUT/encoder. ENCODER_STEPS may list
 # legs, e.g. "5000 10000": to 5000 steps, then on to 10000 with --resume, the learning-rate schedule
-# recomputed for the new end (a warm restart at about half the peak rate); how the shipped encoder was made.
+# recomputed for the new end (a warm restart at about half the peak rate). BLEND (1): attach ENCODER's
+# encoder moved only that fraction of the way to the trained one (avdp-attach-tokenizer --blend).
 # LOOK: the appearance distribution of 1 and 3 (default train; train_spot, train_surfaces and train_clouds
 # were tried, docs/appearance.md).
 # CAMERA_WEIGHT: camera=W items (e.g. "wrist=3"): that camera's images drawn W times per epoch in every
@@ -71,9 +72,9 @@ opts=(--target-look nominal --frame-stride 2 --lr 5e-4 --val-every 500 --ckpt-ev
       --out "$tok" --no-progress)
 for item in ${CAMERA_WEIGHT:-}; do opts+=(--camera-weight "$item"); done
 opts+=(--object-weight "${OBJECT_WEIGHT:-0}")
-attach() {  # attach DIR: BASE (or ENCODER) reading the tokenizer's latest encoder, once
+attach() {  # attach DIR [BLEND]: BASE (or ENCODER) reading the tokenizer's latest encoder, once
   [ -f "$1/checkpoint.json" ] || "$BIN/avdp-attach-tokenizer" --policy "${BASE:-$ENCODER}" --tokenizer "$tok/latest" \
-    --out "$1"
+    --out "$1" --blend "${2:-1}"
 }
 if [ -n "${ENCODER:-}" ]; then
   STAGE1="$ENCODER"  # an invariant policy already: its own rollouts, then only the fine-tune
@@ -110,7 +111,7 @@ if [ -n "${ENCODER:-}" ] && [ "$LAST_LEG" -gt 0 ] && [ ! -f "$OUT/encoder/checkp
     "$BIN/avdp-train-tokenizer" --data "${DATA[@]}" "${opts[@]}" --steps "$leg" --augment invariant \
       --clean-fraction 0.5 "${resume[@]}"
   done
-  attach "$OUT/encoder"
+  attach "$OUT/encoder" "${BLEND:-1}"
 fi
 POLICY="${ENCODER:-$OUT/encoder}"
 [ "$LAST_LEG" -gt 0 ] && POLICY="$OUT/encoder"

@@ -21,6 +21,7 @@ the old encoder's exactness on the looks it already read (docs/appearance.md).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,8 +30,6 @@ from types import SimpleNamespace
 def attach(policy: str | Path, tokenizer: str | Path, out: str | Path, blend: float = 1.0) -> Path:
     """Write `policy` with `tokenizer`'s weights (`blend` < 1: own + blend x (new - own)) to `out`;
     ValueError when the tokenizer was not trained (`--target-look`) against `policy`'s own tokenizer."""
-    import math
-
     if not (math.isfinite(blend) and 0.0 < blend <= 1.0):
         raise ValueError(f"--blend {blend}: expected in (0, 1] (the fraction of the way to the new encoder)")
     from avdp_ros.model.checkpoint import load_checkpoint

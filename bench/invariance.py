@@ -7,8 +7,9 @@ have unit variance, so 1.0 is as far as an unrelated frame); that MSE over the l
 task's objects only (where the nominal view shows the cube or the target:
 train/metrics.object_latents); and the object L1 of the decoded latents against the nominal views.
 A policy trained on REFERENCE's latents of nominal scenes sees exactly what it was trained on where
-the MSE is 0. `--png` draws, per dataset, a frame of each camera, what each tokenizer's latents of
-it decode to (REFERENCE's decoder), and the nominal view.
+the MSE is 0. `--nominal` feeds the nominal views themselves instead: the drift of a trained-on
+encoder on the look the policy was trained on. `--png` draws, per dataset, a frame of each
+camera, what each tokenizer's latents of it decode to (REFERENCE's decoder), and the nominal view.
 
     python bench/invariance.py --reference models/avdp_default \
         --tokenizer models/avdp_default runs/inv/tokenizer/latest --data runs/inv/val_*/dataset \
@@ -47,6 +48,9 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=10, help="episodes per dataset (default %(default)s)")
     ap.add_argument("--stride", type=int, default=2, help="every N-th frame (default %(default)s)")
     ap.add_argument("--png", type=Path, help="write the example grid here")
+    ap.add_argument("--nominal", action="store_true",
+                    help="feed the nominal views themselves: how far each tokenizer drifted on the look the policy "
+                         "was trained on (0 for REFERENCE)")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
     ref = load_tokenizer(a.reference)
@@ -65,6 +69,8 @@ def main() -> None:
                 frames.append(np.asarray(ds[i][cam][::a.stride]))
                 nominal.append(np.load(folder / f"{cam}_nominal.npy")[::a.stride])
             frames, nominal = np.concatenate(frames), np.concatenate(nominal)
+            if a.nominal:
+                frames = nominal
             target = encode(ref, nominal, cam)
             y = ref.camera_images(nominal, cam)
             objects = object_latents(y, tuple(target.shape[-2:])).expand_as(target)
@@ -76,7 +82,8 @@ def main() -> None:
                 rec = torch.cat([ref.decode(z[i:i + 128]) for i in range(0, len(z), 128)])
                 err = (z - target) ** 2
                 on_objects = (err * objects).sum().item() / max(objects.sum().item(), 1.0)
-                cells.append(f"{err.mean().item():.3f}, {on_objects:.3f}, {object_l1(rec, y).nanmean().item():.3f}")
+                d = 4 if a.nominal else 3  # drift on the nominal look is a few thousandths
+                cells.append(f"{err.mean().item():.{d}f}, {on_objects:.{d}f}, {object_l1(rec, y).nanmean().item():.3f}")
                 row.append(rec[k])
             rows.append(torch.cat([*row, y[k]], dim=2))  # (3, S, S * (tokenizers + 2))
             print(f"| {Path(root).parent.name} | {cam} | " + " | ".join(cells) + " |")

@@ -66,11 +66,11 @@ def main() -> None:
                 folder = ds.episode_dir(i)
                 if not (folder / f"{cam}_nominal.npy").exists():
                     raise SystemExit(f"{folder}: no {cam}_nominal.npy; record with avdp-dagger --nominal-pairs")
-                frames.append(np.asarray(ds[i][cam][::a.stride]))
                 nominal.append(np.load(folder / f"{cam}_nominal.npy")[::a.stride])
-            frames, nominal = np.concatenate(frames), np.concatenate(nominal)
-            if a.nominal:
-                frames = nominal
+                if not a.nominal:  # with --nominal the nominal views are the input too
+                    frames.append(np.asarray(ds[i][cam][::a.stride]))
+            nominal = np.concatenate(nominal)
+            frames = nominal if a.nominal else np.concatenate(frames)
             target = encode(ref, nominal, cam)
             y = ref.camera_images(nominal, cam)
             objects = object_latents(y, tuple(target.shape[-2:])).expand_as(target)

@@ -63,6 +63,7 @@ setup(
             "avdp-train-baseline = avdp_ros.tools.train:main_baseline",
             "avdp-attach-tokenizer = avdp_ros.tools.attach_tokenizer:main",
             "avdp-attach-video = avdp_ros.tools.attach_video:main",
+            "avdp-blend-policy = avdp_ros.tools.blend_policy:main",
             "avdp-pseudo-label = avdp_ros.tools.pseudo_label:main",
             "avdp-export = avdp_ros.tools.export:main",
             "avdp-build-engine = avdp_ros.tools.build_engine:main",

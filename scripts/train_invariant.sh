@@ -22,7 +22,10 @@
 #      per task in the nominal scene (seeds 3000+) and NOMINAL_DAGGER rollouts of OUT/encoder there
 #      (seeds 20500+), so it keeps the look it was best at, plus every labelled episode of 1 and 3, failed rollouts included (the expert's labels are
 #      right in any state); avdp-train-baseline --init OUT/encoder, small learning rate, EMA. The
-#      encoder is not trained here: the caches hold its latents. Result: OUT/finetune/latest
+#      encoder is not trained here: the caches hold its latents. Result: OUT/finetune/latest; with
+#      FINETUNE_BLEND A (in (0, 1); default 1, none), the policy moved only the fraction A of the way
+#      to it (avdp-blend-policy, as WiSE-FT does), OUT/ftblend: half-way kept the fine-tune's gain on
+#      held-out tables and the start's pick_place (docs/appearance.md)
 #   7. the result is copied to OUT/policy and run on VAL_EPISODES validation seeds (13000+) per task,
 #      nominal and every held-out suite (VAL_EPISODES=0 skips it). The held-out test (seeds 100000+):
 #      scripts/eval_appearance.sh OUT/policy OUT/test
@@ -131,7 +134,13 @@ if [ "$FINETUNE_STEPS" -gt 0 ]; then
     "$BIN/avdp-train-baseline" --data "${DATA[@]}" --out "$ft" --steps "$FINETUNE_STEPS" --lr 1e-4 --ema 0.999 \
       --include-failed --early-weight 8 --early-frames 4 --override action_temperature=0 --threads "$THREADS" \
       --no-progress "${resume[@]}" "${weights[@]}"
-  POLICY="$ft/latest"
+  if [ "${FINETUNE_BLEND:-1}" = 1 ]; then
+    POLICY="$ft/latest"
+  else  # WiSE-FT: the fine-tune's start moved only that fraction of the way to it
+    [ -f "$OUT/ftblend/checkpoint.json" ] || "$BIN/avdp-blend-policy" --policy "$POLICY" --tuned "$ft/latest" \
+      --alpha "$FINETUNE_BLEND" --out "$OUT/ftblend"
+    POLICY="$OUT/ftblend"
+  fi
 fi
 mkdir -p "$OUT/policy"
 cp "$POLICY/checkpoint.json" "$POLICY/model.safetensors" "$OUT/policy/"  # what scripts/train_default.sh ships

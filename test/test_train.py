@@ -494,6 +494,42 @@ def test_attach_video_swaps_the_video_model_of_a_head_that_reads_none(runs, tmp_
         attach(runs["baseline"] / tu.LATEST, other / tu.LATEST, tmp_path / "base")
 
 
+def test_blend_policy_is_a_point_between_a_policy_and_its_fine_tune(runs, tmp_path):
+    """avdp-blend-policy: every weight of the policy moved the fraction alpha of the way to its
+    fine-tune (WiSE-FT), the tokenizer untouched; an alpha outside (0, 1), another kind, or a
+    fine-tune that reads another tokenizer is refused with the reason."""
+    from avdp_ros.model.policy import Policy
+    from avdp_ros.tools.attach_tokenizer import write_policy
+    from avdp_ros.tools.blend_policy import blend
+    from avdp_ros.tools.blend_policy import main as blend_policy
+
+    start = runs["baseline"] / tu.LATEST
+    tuned = tmp_path / "ft"
+    assert main_baseline(["--data", *map(str, runs["data"]), "--out", str(tuned), "--init", str(start),
+                          "--steps", "3", "--batch-size", "8", "--lr", "1e-2", *COMMON]) == 0
+    out = tmp_path / "blend"
+    assert blend_policy(["--policy", str(start), "--tuned", str(tuned / tu.LATEST), "--out", str(out),
+                         "--alpha", "0.25"]) == 0
+    (a, _), (b, meta), (mid, mmeta) = (load_checkpoint(p) for p in (start, tuned / tu.LATEST, out))
+    moved = [k for k in a["baseline"] if not torch.equal(a["baseline"][k], b["baseline"][k])]
+    assert moved  # the fine-tune changed the head, so the blend is a real point between
+    for k, v in a["baseline"].items():
+        torch.testing.assert_close(mid["baseline"][k], v + 0.25 * (b["baseline"][k] - v))
+    assert all(torch.equal(mid["tokenizer"][k], v) for k, v in a["tokenizer"].items())
+    assert mmeta["extra"]["blended_from"]["alpha"] == 0.25 and mmeta["config"] == meta["config"]
+    Policy.from_checkpoint(out)  # loads as a policy
+    for alpha in ("0", "1", "nan"):
+        with pytest.raises(SystemExit):
+            blend_policy(["--policy", str(start), "--tuned", str(tuned / tu.LATEST), "--out", str(tmp_path / alpha),
+                          "--alpha", alpha])
+    with pytest.raises(ValueError, match="expected 'baseline'"):
+        blend(start, runs["uwm"] / tu.LATEST, tmp_path / "kind")
+    other = {**b, "tokenizer": {k: v + 0.01 if v.is_floating_point() else v for k, v in b["tokenizer"].items()}}
+    write_policy(tmp_path / "other_tok", meta["kind"], other, meta["config"], meta["extra"])
+    with pytest.raises(ValueError, match="reads another tokenizer"):
+        blend(start, tmp_path / "other_tok", tmp_path / "tok")
+
+
 def test_vpp_idm_run_plans_from_video_tokens(runs):
     """--head vpp: the loss goes down, validation has no frame futures to compare, and the policy
     plans from the video model's tokens (frames only when asked for, to show them)."""

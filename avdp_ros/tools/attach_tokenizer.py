@@ -52,14 +52,17 @@ def attach(policy: str | Path, tokenizer: str | Path, out: str | Path, blend: fl
     # the same architecture and latent scale: the config differs at most in nothing the policy reads
     new = frozen_tokenizer(tmeta["config"], tstates["tokenizer"], "cpu", f"{tokenizer}")
     if blend < 1.0:
-        mine = own.state_dict()
-        new.load_state_dict({k: (mine[k] + blend * (v - mine[k]) if v.is_floating_point() else v)
-                             for k, v in new.state_dict().items()})
+        new.load_state_dict(lerp_states(own.state_dict(), new.state_dict(), blend))
     states = dict(states, tokenizer=new.state_dict())
     config = dict(meta["config"], tokenizer=tmeta["config"])
     extra = dict(meta["extra"], attached_tokenizer={"path": str(tokenizer), "fingerprint": new.fingerprint(),
                                                     "target_look": target["look"], "blend": blend})
     return write_policy(out, meta["kind"], states, config, extra)
+
+
+def lerp_states(start: dict, end: dict, alpha: float) -> dict:
+    """The state dict start + alpha x (end - start); tensors that are not floating point (counters) are end's."""
+    return {k: (start[k] + alpha * (v - start[k]) if v.is_floating_point() else v) for k, v in end.items()}
 
 
 def write_policy(out: str | Path, kind: str, states: dict, config: dict, extra: dict) -> Path:

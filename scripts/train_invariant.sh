@@ -25,7 +25,7 @@
 #      encoder is not trained here: the caches hold its latents. Result: OUT/finetune/latest; with
 #      FINETUNE_BLEND A (in (0, 1); default 1, none), the policy moved only the fraction A of the way
 #      to it (avdp-blend-policy, as WiSE-FT does), OUT/ftblend: half-way kept the fine-tune's gain on
-#      held-out tables and the start's pick_place (docs/appearance.md)
+#      held-out tables and most of the start's pick_place (docs/appearance.md)
 #   7. the result is copied to OUT/policy and run on VAL_EPISODES validation seeds (13000+) per task,
 #      nominal and every held-out suite (VAL_EPISODES=0 skips it). The held-out test (seeds 100000+):
 #      scripts/eval_appearance.sh OUT/policy OUT/test

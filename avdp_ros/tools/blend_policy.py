@@ -7,7 +7,8 @@ writes the weights POLICY + ALPHA x (TUNED - POLICY) of every module, with TUNED
 WiSE-FT (Wortsman et al., CVPR 2022): a fine-tune and the model it started from lie in one basin,
 and a point between them keeps much of what the fine-tune gained while losing less of what the
 start could do. Here the policy fine-tuned onto a new invariant encoder's latents gained push on
-held-out tables and lost pick_place; half-way it kept the gain and the grasp (docs/appearance.md).
+held-out tables and lost pick_place; half-way it kept the gain and most of pick_place
+(docs/appearance.md).
 
 Refused unless TUNED is a fine-tune of POLICY's architecture reading exactly POLICY's tokenizer:
 the action head is what moves, and a head between two heads reading different latents would read

@@ -294,3 +294,28 @@ def test_failures_by_look_groups_episodes_by_their_redrawn_appearance():
     assert set(surfaces) <= {"surface gradient", "surface noise"}  # the suite's own surfaces
     gradient = [s for s in seeds if draw("heldout_table", s).table_texture == "gradient"]
     assert surfaces.get("surface gradient", [0, 0])[1] == len(gradient)
+
+
+def test_task_layouts_reads_the_cube_yaw_and_picks_layouts_by_it(capsys):
+    from avdp_ros.sim.expert import body_yaw, wrap
+
+    layouts = _bench_module("task_layouts")
+    rows = layouts.layouts("pick_place", list(range(17000, 17040)))
+    sim = PandaSim(SimConfig(task="pick_place", image_width=16, image_height=16))
+    try:  # the same yaw the expert aligns its grasp with, a square's quarter turn wrapped away
+        info = sim.reset(17003)
+        cube = sim.object_poses()[info["object_names"][0]]
+    finally:
+        sim.close()
+    assert rows[3]["cube_yaw_deg"] == pytest.approx(np.degrees(wrap(body_yaw(cube[3:]), np.pi / 2)), abs=0.05)
+    yaws = [r["cube_yaw_deg"] for r in rows]
+    assert all(-45 <= y < 45 for y in yaws) and min(yaws) < -10 < max(yaws)  # spread, not one constant
+    success = {r["seed"]: r["cube_yaw_deg"] >= -10 for r in rows}
+    table = layouts.by_sector(rows, success, "cube_yaw_deg", layouts.YAW_BINS)
+    clockwise = sum(-45 <= y < -30 for y in yaws)
+    assert f"| -45 to -30 | {clockwise} | 0% (0) |" in table and "| cube yaw (deg) |" in table
+    assert layouts.main(["--task", "pick_place", "--first", "17000", "--count", "5", "--cube-yaw", "-45", "-10",
+                         "--seeds-only"]) == 0
+    picked = [int(s) for s in capsys.readouterr().out.split()]
+    by_seed = {r["seed"]: r for r in rows}  # the first five such layouts lie among these 40 seeds
+    assert len(picked) == 5 and all(-45 <= by_seed[s]["cube_yaw_deg"] <= -10 for s in picked)

@@ -16,9 +16,9 @@
 #   5. on to STEPS_TOK3 steps with half the images unaugmented (--clean-fraction 0.5): every image
 #      was augmented until here, and the policy lost nominal pick_place success to the encoder's small
 #      error on clean nominal frames (docs/appearance.md); attached: OUT/encoder
-#   6. optional (FINETUNE_STEPS, default 0: OUT/encoder is the result and the shipped default): the policy
-#      fine-tuned on the invariant latents. It traded pick_place for push on validation seeds
-#      (docs/appearance.md), so the default does not have it. Data: NOMINAL_EPISODES expert episodes
+#   6. optional (FINETUNE_STEPS, default 0: OUT/encoder is the result): the policy fine-tuned on the
+#      invariant latents. Alone it traded pick_place for push; with NOMINAL_DAGGER=120 and
+#      FINETUNE_BLEND=0.5 it is the last stage of the default (scripts/train_default.sh, docs/appearance.md). Data: NOMINAL_EPISODES expert episodes
 #      per task in the nominal scene (seeds 3000+) and NOMINAL_DAGGER rollouts of OUT/encoder there
 #      (seeds 20500+), so it keeps the look it was best at, plus every labelled episode of 1 and 3, failed rollouts included (the expert's labels are
 #      right in any state); avdp-train-baseline --init OUT/encoder, small learning rate, EMA. The

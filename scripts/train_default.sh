@@ -12,8 +12,8 @@
 #      fine-tuned with them
 #   4. a targeted DAgger round on the push layouts the policy gets wrong (TARGETED_EPISODES), then a
 #      fine-tune with an EMA of the weights
-#   5. an appearance-invariant encoder for the action-only policy (INVARIANT, 1; 0 = off): the policy is
-#      not retrained, its tokenizer's encoder learns to map every scene look to the latents of the
+#   5. an appearance-invariant encoder for the action-only policy (INVARIANT, 1; 0 = off): first the
+#      policy is not retrained, its tokenizer's encoder learns to map every scene look to the latents of the
 #      nominal scene (scripts/train_invariant.sh with BASE = that policy, OUT/invariant), then trained on
 #      5000 steps on new pairs with its own nominal latents as the target (ENCODER_STEPS, OUT/surfaces):
 #      the shipped encoder was made when `train` had two table surfaces and learnt tiles and planks so.

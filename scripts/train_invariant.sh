@@ -18,14 +18,19 @@
 #      error on clean nominal frames (docs/appearance.md); attached: OUT/encoder
 #   6. optional (FINETUNE_STEPS, default 0: OUT/encoder is the result): the policy fine-tuned on the
 #      invariant latents. Alone it traded pick_place for push; with NOMINAL_DAGGER=120 and
-#      FINETUNE_BLEND=0.5 it is the last stage of the default (scripts/train_default.sh, docs/appearance.md). Data: NOMINAL_EPISODES expert episodes
-#      per task in the nominal scene (seeds 3000+) and NOMINAL_DAGGER rollouts of OUT/encoder there
-#      (seeds 20500+), so it keeps the look it was best at, plus every labelled episode of 1 and 3, failed rollouts included (the expert's labels are
-#      right in any state); avdp-train-baseline --init OUT/encoder, small learning rate, EMA. The
-#      encoder is not trained here: the caches hold its latents. Result: OUT/finetune/latest; with
-#      FINETUNE_BLEND A (in (0, 1); default 1, none), the policy moved only the fraction A of the way
-#      to it (avdp-blend-policy, as WiSE-FT does), OUT/ftblend: half-way kept the fine-tune's gain on
-#      held-out tables and most of the start's pick_place (docs/appearance.md)
+#      FINETUNE_BLEND=0.5 it is the last stage of the default (scripts/train_default.sh,
+#      docs/appearance.md). Data: NOMINAL_EPISODES expert episodes per task in the nominal scene
+#      (seeds 3000+) and NOMINAL_DAGGER rollouts of OUT/encoder there (seeds 20500+), so it keeps the
+#      look it was best at, plus every labelled episode of 1 and 3, failed rollouts included (the
+#      expert's labels are right in any state); avdp-train-baseline --init OUT/encoder, small
+#      learning rate, EMA. The encoder is not trained here: the caches hold its latents.
+#      Result: OUT/finetune/latest; with FINETUNE_BLEND A (in (0, 1); default 1, none), the policy
+#      moved only the fraction A of the way to it (avdp-blend-policy, as WiSE-FT does), OUT/ftblend:
+#      half-way kept the fine-tune's gain on held-out tables and most of the start's pick_place
+#      (docs/appearance.md). NOMINAL_DAGGER2 (0): a second DAgger round, that many nominal
+#      pick_place rollouts of that result (seeds 22000+, where its own grasps fail), then the same
+#      fine-tune from OUT/encoder again on everything (OUT/finetune2, blended: OUT/ftblend2).
+#      FINETUNE_WEIGHTS holds for the first fine-tune only.
 #   7. the result is copied to OUT/policy and run on VAL_EPISODES validation seeds (13000+) per task,
 #      nominal and every held-out suite (VAL_EPISODES=0 skips it). The held-out test (seeds 100000+):
 #      scripts/eval_appearance.sh OUT/policy OUT/test
@@ -126,20 +131,30 @@ if [ "$FINETUNE_STEPS" -gt 0 ]; then
   record daggern_pick_place pick_place 20500 "$NOMINAL_DAGGER" "$POLICY" nominal --threads 1
   wait
   DATA+=("$OUT"/{nominal,daggern}_{push,pick_place}/dataset)
-  ft="$OUT/finetune" resume=(--init "$POLICY") weights=()
-  # shellcheck disable=SC2206
-  [ -n "${FINETUNE_WEIGHTS:-}" ] && weights=(--data-weight $FINETUNE_WEIGHTS)
-  [ -d "$ft/latest" ] && resume=(--resume)
-  [ "$(step_of "$ft")" -ge "$FINETUNE_STEPS" ] ||
-    "$BIN/avdp-train-baseline" --data "${DATA[@]}" --out "$ft" --steps "$FINETUNE_STEPS" --lr 1e-4 --ema 0.999 \
-      --include-failed --early-weight 8 --early-frames 4 --override action_temperature=0 --threads "$THREADS" \
-      --no-progress "${resume[@]}" "${weights[@]}"
-  if [ "${FINETUNE_BLEND:-1}" = 1 ]; then
+  START="$POLICY"
+  finetune() {  # finetune RUN BLENDED [avdp-train-baseline options]: START fine-tuned on DATA; sets POLICY
+    local ft="$OUT/$1" resume=(--init "$START")
+    [ -d "$ft/latest" ] && resume=(--resume)
+    [ "$(step_of "$ft")" -ge "$FINETUNE_STEPS" ] ||
+      "$BIN/avdp-train-baseline" --data "${DATA[@]}" --out "$ft" --steps "$FINETUNE_STEPS" --lr 1e-4 --ema 0.999 \
+        --include-failed --early-weight 8 --early-frames 4 --override action_temperature=0 --threads "$THREADS" \
+        --no-progress "${resume[@]}" "${@:3}"
     POLICY="$ft/latest"
-  else  # WiSE-FT: the fine-tune's start moved only that fraction of the way to it
-    [ -f "$OUT/ftblend/checkpoint.json" ] || "$BIN/avdp-blend-policy" --policy "$POLICY" --tuned "$ft/latest" \
-      --alpha "$FINETUNE_BLEND" --out "$OUT/ftblend"
-    POLICY="$OUT/ftblend"
+    if [ "${FINETUNE_BLEND:-1}" != 1 ]; then  # WiSE-FT: the fine-tune's start moved only that fraction of the way
+      [ -f "$OUT/$2/checkpoint.json" ] || "$BIN/avdp-blend-policy" --policy "$START" --tuned "$ft/latest" \
+        --alpha "$FINETUNE_BLEND" --out "$OUT/$2"
+      POLICY="$OUT/$2"
+    fi
+  }
+  # shellcheck disable=SC2086
+  finetune finetune ftblend ${FINETUNE_WEIGHTS:+--data-weight $FINETUNE_WEIGHTS}
+  if [ "${NOMINAL_DAGGER2:-0}" -gt 0 ]; then  # a second round: where that result itself fails a grasp
+    half=$(( NOMINAL_DAGGER2 / 2 ))
+    record dagger2_a pick_place 22000 "$half" "$POLICY" nominal --threads 1 &
+    record dagger2_b pick_place $(( 22000 + half )) $(( NOMINAL_DAGGER2 - half )) "$POLICY" nominal --threads 1
+    wait
+    DATA+=("$OUT"/dagger2_{a,b}/dataset)
+    finetune finetune2 ftblend2  # from START again, on every dataset
   fi
 fi
 mkdir -p "$OUT/policy"

@@ -28,8 +28,9 @@
 #      moved only the fraction A of the way to it (avdp-blend-policy, as WiSE-FT does), OUT/ftblend:
 #      half-way kept the fine-tune's gain on held-out tables and most of the start's pick_place
 #      (docs/appearance.md). NOMINAL_DAGGER2 (0): a second DAgger round, that many nominal
-#      pick_place rollouts of that result (seeds 22000+, where its own grasps fail), then the same
-#      fine-tune from OUT/encoder again on everything (OUT/finetune2, blended: OUT/ftblend2).
+#      pick_place rollouts of that result (seeds 22000+: the states it reaches itself, its failed
+#      grasps included), then the same fine-tune from OUT/encoder again on everything
+#      (OUT/finetune2, blended: OUT/ftblend2).
 #      FINETUNE_WEIGHTS holds for the first fine-tune only.
 #   7. the result is copied to OUT/policy and run on VAL_EPISODES validation seeds (13000+) per task,
 #      nominal and every held-out suite (VAL_EPISODES=0 skips it). The held-out test (seeds 100000+):

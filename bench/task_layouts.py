@@ -11,7 +11,7 @@ picks the seeds of one kind of layout to collect more data on:
 The angle is that of cube -> goal in the robot's base frame, in degrees: 0 = away from the robot
 (+x), 90 = to its left (+y). The cube's yaw is its turn about the vertical, in degrees, wrapped into
 [-45, 45): a square cube looks the same every 90 degrees, so that is all a grasp has to match.
-A pick_place policy's failed grasps can gather at some yaws (the default's do, docs/appearance.md):
+A pick_place policy's failed grasps can gather at some yaws (an earlier default's did, docs/appearance.md):
 `--summary` also gives success per cube-yaw sector, and `--cube-yaw LO HI` picks such layouts.
 """
 
